@@ -1,0 +1,51 @@
+"""Command-line entry glue: Hydra errors and our own ConfigErrors become one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Optional
+
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from proxies.config import ConfigError
+
+
+def _root_omegaconf_error(e: BaseException) -> Optional[OmegaConfBaseException]:
+    while e is not None:
+        if isinstance(e, OmegaConfBaseException):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def one_line(e: BaseException) -> str:
+    """The message a user sees for a bad config: one line that names the fix."""
+    if isinstance(e, ConfigError):
+        return str(e)
+    oc = _root_omegaconf_error(e)
+    if oc is not None:
+        key = getattr(oc, "full_key", None) or "?"
+        if isinstance(oc, ConfigKeyError) or "not in struct" in str(oc):
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            where = f" under '{parent}'" if parent else ""
+            return (f"unknown config key '{key}'; check the spelling against the keys{where} "
+                    "in proxies/config.py (README lists them)")
+        if isinstance(oc, ValidationError):
+            msg = str(oc).splitlines()[0]
+            return f"bad value for '{key}': {msg}; fix the value's type"
+        return f"config error at '{key}': {str(oc).splitlines()[0]}"
+    msg = str(e).strip().splitlines()
+    return f"config error: {msg[0] if msg else type(e).__name__}"
+
+
+def run_cli(hydra_main: Callable[[], None]) -> None:
+    """Call a @hydra.main function, turning config and data errors into one line on stderr."""
+    from hydra.errors import HydraException
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let exceptions reach us instead of Hydra's print
+    try:
+        hydra_main()
+    except (ConfigError, HydraException, OmegaConfBaseException) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,206 @@
+"""GPT-2-style pre-LN decoder with every stability toggle of the small-scale-proxies paper.
+
+Shapes in names: B batch, L sequence, D d_model, H heads, K d_head, F MLP hidden, V vocab.
+Probes: when the caller makes the `intermediates` collection mutable, each block `sow`s what the
+probes need (max attention logit, attention entropy, residual-stream outliers). The training step
+never does, so none of that is computed on the hot path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from proxies.config import ModelConfig
+
+# jax's truncated normal (cut at ±2σ) has std 0.8796·σ; dividing makes `std` the real std.
+_TRUNC_STD = 0.87962566103423978
+
+
+def trunc_normal(std: float) -> Callable:
+    return jax.nn.initializers.truncated_normal(std / _TRUNC_STD)
+
+
+def width_mult(cfg: ModelConfig) -> float:
+    """μParam width multiplier m = d / d_base (1 under standard parametrization)."""
+    return cfg.d_model / cfg.mup_base_width if cfg.parametrization == "mup" else 1.0
+
+
+def init_std(cfg: ModelConfig, fan_in: int, kind: str = "hidden") -> float:
+    """Init std of one weight. `kind` is hidden | embed | readout."""
+    rule, d = cfg.init_std, cfg.d_model
+    if not isinstance(rule, str):
+        return float(rule)
+    if rule == "gpt2":
+        return 0.02
+    if rule == "small_init":
+        return math.sqrt(2 / (5 * d))
+    if rule == "mt_nlg":
+        return math.sqrt(1 / (3 * d))
+    # fan_in (paper): 1/sqrt(fan_in) for matrices, 1/sqrt(d) for the input embedding.
+    return 1 / math.sqrt(d) if kind == "embed" else 1 / math.sqrt(fan_in)
+
+
+def attn_logit_scale(cfg: ModelConfig) -> float:
+    """Scale of q·kᵀ: 1/sqrt(d_head) (SP) or 1/d_head (μParam)."""
+    d_head = cfg.d_model // cfg.n_heads
+    return 1 / d_head if cfg.parametrization == "mup" else 1 / math.sqrt(d_head)
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=-1, keepdims=True) + self.eps)
+        return (y * scale).astype(x.dtype)
+
+
+def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(name=name)
+    # Statistics in float32 whatever the compute dtype.
+    return nn.LayerNorm(epsilon=1e-6, use_bias=cfg.use_bias, dtype=jnp.float32,
+                        param_dtype=jnp.float32, name=name)
+
+
+def rope(x_BxLxHxK: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding (rotate-half form) on the last axis."""
+    L, K = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
+    inv_freq = base ** (-jnp.arange(0, K, 2, dtype=jnp.float32) / K)  # K/2
+    angle_LxK2 = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    sin, cos = jnp.sin(angle_LxK2)[None, :, None, :], jnp.cos(angle_LxK2)[None, :, None, :]
+    x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxHxK.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        cfg = self.cfg
+        H, D = cfg.n_heads, cfg.d_model
+        K = D // H
+        dtype = jnp.dtype(cfg.dtype)
+        dense = lambda feats, axis, fan_in, name: nn.DenseGeneral(  # noqa: E731
+            feats, axis=axis, use_bias=cfg.use_bias, dtype=dtype, param_dtype=jnp.float32,
+            kernel_init=trunc_normal(init_std(cfg, fan_in)), name=name)
+        q_BxLxHxK = dense((H, K), -1, D, "query")(x_BxLxD)
+        k_BxLxHxK = dense((H, K), -1, D, "key")(x_BxLxD)
+        v_BxLxHxK = dense((H, K), -1, D, "value")(x_BxLxD)
+        if cfg.qk_layernorm:
+            q_BxLxHxK = make_norm(cfg, "q_norm")(q_BxLxHxK)
+            k_BxLxHxK = make_norm(cfg, "k_norm")(k_BxLxHxK)
+        if cfg.pos_emb == "rope":
+            q_BxLxHxK = rope(q_BxLxHxK, cfg.rope_base)
+            k_BxLxHxK = rope(k_BxLxHxK, cfg.rope_base)
+        scale = attn_logit_scale(cfg)
+        if cfg.attn_scale == "before":
+            # Same product, but q and k stay small before the matmul (safer in low precision).
+            q_BxLxHxK = q_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)
+            k_BxLxHxK = k_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)
+            logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
+        else:
+            logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) * scale
+        logits_BxHxLxL = logits_BxHxLxL.astype(jnp.float32)
+        L = x_BxLxD.shape[1]
+        causal_LxL = jnp.tril(jnp.ones((L, L), dtype=bool))
+        masked = jnp.where(causal_LxL, logits_BxHxLxL, jnp.finfo(jnp.float32).min)
+        probs_BxHxLxL = jax.nn.softmax(masked, axis=-1)
+        if self.is_mutable_collection("intermediates"):
+            # Max pre-softmax logit over heads and positions, masked entries excluded.
+            self.sow("intermediates", "max_logit",
+                     jnp.max(jnp.where(causal_LxL, logits_BxHxLxL, -jnp.inf)))
+            plogp = jnp.where(causal_LxL, probs_BxHxLxL * jnp.log(probs_BxHxLxL + 1e-30), 0.0)
+            self.sow("intermediates", "entropy", -jnp.mean(jnp.sum(plogp, axis=-1)))
+        out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(dtype), v_BxLxHxK)
+        return nn.DenseGeneral(D, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
+                               param_dtype=jnp.float32,
+                               kernel_init=trunc_normal(init_std(cfg, D)), name="out")(out_BxLxHxK)
+
+
+def mlp_hidden(cfg: ModelConfig) -> int:
+    """4d for GELU; 8d/3 for SwiGLU so its three matrices hold as many params as GELU's two."""
+    return 4 * cfg.d_model if cfg.mlp == "gelu" else int(round(8 * cfg.d_model / 3))
+
+
+class Mlp(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        cfg = self.cfg
+        D, F = cfg.d_model, mlp_hidden(cfg)
+        dense = lambda feats, fan_in, name: nn.Dense(  # noqa: E731
+            feats, use_bias=cfg.use_bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32,
+            kernel_init=trunc_normal(init_std(cfg, fan_in)), name=name)
+        if cfg.mlp == "swiglu":
+            h_BxLxF = nn.swish(dense(F, D, "gate")(x_BxLxD)) * dense(F, D, "up")(x_BxLxD)
+        else:
+            h_BxLxF = nn.gelu(dense(F, D, "up")(x_BxLxD))
+        return dense(D, F, "down")(h_BxLxF)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        x_BxLxD = x_BxLxD + Attention(self.cfg, name="attn")(make_norm(self.cfg, "ln_attn")(x_BxLxD))
+        x_BxLxD = x_BxLxD + Mlp(self.cfg, name="mlp")(make_norm(self.cfg, "ln_mlp")(x_BxLxD))
+        if self.is_mutable_collection("intermediates"):
+            a = jnp.abs(x_BxLxD.astype(jnp.float32))
+            self.sow("intermediates", "act_max_abs", jnp.max(a))
+            self.sow("intermediates", "act_max_median_ratio", jnp.max(a) / jnp.median(a))
+        return x_BxLxD
+
+
+class Transformer(nn.Module):
+    """Token ids (B, L) -> float32 logits (B, L, V)."""
+
+    cfg: ModelConfig
+    vocab_size: int
+    seq_len: int
+
+    @nn.compact
+    def __call__(self, tokens_BxL):
+        cfg = self.cfg
+        D, dtype = cfg.d_model, jnp.dtype(cfg.dtype)
+        embed = nn.Embed(self.vocab_size, D, dtype=dtype, param_dtype=jnp.float32,
+                         embedding_init=trunc_normal(init_std(cfg, self.vocab_size, "embed")),
+                         name="embed")
+        x_BxLxD = embed(tokens_BxL)
+        if cfg.pos_emb == "learned":
+            pos_LxD = self.param("pos_embed", trunc_normal(init_std(cfg, self.seq_len, "embed")),
+                                 (self.seq_len, D), jnp.float32)
+            x_BxLxD = x_BxLxD + pos_LxD[None, : tokens_BxL.shape[1]].astype(dtype)
+        for i in range(cfg.n_layers):
+            x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD)
+        x_BxLxD = make_norm(cfg, "ln_final")(x_BxLxD)
+        if cfg.tie_embeddings:
+            logits_BxLxV = embed.attend(x_BxLxD)
+        else:
+            logits_BxLxV = nn.Dense(self.vocab_size, use_bias=False, dtype=dtype,
+                                    param_dtype=jnp.float32,
+                                    kernel_init=trunc_normal(init_std(cfg, D, "readout")),
+                                    name="unembed")(x_BxLxD)
+        # μParam readout multiplier 1/m keeps logits O(1) as width grows.
+        return logits_BxLxV.astype(jnp.float32) / width_mult(cfg)
+
+
+def count_params(params) -> tuple[int, int]:
+    """(all params, non-embedding params = all minus token/position embeddings and readout)."""
+    total = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    p = params.get("params", params)
+    emb = sum(p[k]["embedding"].size if k == "embed" else
+              (p[k].size if k == "pos_embed" else p[k]["kernel"].size)
+              for k in ("embed", "pos_embed", "unembed") if k in p)
+    return int(total), int(total - emb)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, OmegaConfBaseException,
+                              ValidationError)
 
 from proxies.config import ConfigError
 
@@ -26,7 +28,7 @@ def one_line(e: BaseException) -> str:
     oc = _root_omegaconf_error(e)
     if oc is not None:
         key = getattr(oc, "full_key", None) or "?"
-        if isinstance(oc, ConfigKeyError) or "not in struct" in str(oc):
+        if isinstance(oc, (ConfigKeyError, ConfigAttributeError)) or " not in " in str(oc):
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             where = f" under '{parent}'" if parent else ""
             return (f"unknown config key '{key}'; check the spelling against the keys{where} "
@@ -35,8 +37,31 @@ def one_line(e: BaseException) -> str:
             msg = str(oc).splitlines()[0]
             return f"bad value for '{key}': {msg}; fix the value's type"
         return f"config error at '{key}': {str(oc).splitlines()[0]}"
-    msg = str(e).strip().splitlines()
-    return f"config error: {msg[0] if msg else type(e).__name__}"
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    opts = [i for i, ln in enumerate(lines) if ln.startswith("Available options")]
+    if opts:  # Hydra: an unknown preset name; list the real ones
+        names = []
+        for ln in lines[opts[0] + 1:]:
+            if ln.startswith("Config search path"):
+                break
+            if not ln.endswith("_schema"):
+                names.append(ln)
+        return f"{lines[0]}; available: {', '.join(names)}"
+    return f"config error: {lines[0] if lines else type(e).__name__}"
+
+
+def _fail(e: BaseException) -> None:
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Inside a Hydra task: our ConfigErrors exit 2 with one line (before Hydra adds its own)."""
+    try:
+        yield
+    except (ConfigError, OmegaConfBaseException) as e:
+        _fail(e)
 
 
 def run_cli(hydra_main: Callable[[], None]) -> None:
@@ -47,5 +72,4 @@ def run_cli(hydra_main: Callable[[], None]) -> None:
     try:
         hydra_main()
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        _fail(e)

@@ -34,15 +34,20 @@ def init_std(cfg: ModelConfig, fan_in: int, kind: str = "hidden") -> float:
     """Init std of one weight. `kind` is hidden | embed | readout."""
     rule, d = cfg.init_std, cfg.d_model
     if not isinstance(rule, str):
-        return float(rule)
-    if rule == "gpt2":
-        return 0.02
-    if rule == "small_init":
-        return math.sqrt(2 / (5 * d))
-    if rule == "mt_nlg":
-        return math.sqrt(1 / (3 * d))
-    # fan_in (paper): 1/sqrt(fan_in) for matrices, 1/sqrt(d) for the input embedding.
-    return 1 / math.sqrt(d) if kind == "embed" else 1 / math.sqrt(fan_in)
+        std = float(rule)
+    elif rule == "gpt2":
+        std = 0.02
+    elif rule == "small_init":
+        std = math.sqrt(2 / (5 * d))
+    elif rule == "mt_nlg":
+        std = math.sqrt(1 / (3 * d))
+    else:  # fan_in (paper): 1/sqrt(fan_in) for matrices, 1/sqrt(d) for the input embedding
+        std = 1 / math.sqrt(d) if kind == "embed" else 1 / math.sqrt(fan_in)
+    if kind == "readout" and cfg.parametrization == "mup":
+        # μParam: the 1/m logit multiplier already shrinks the readout, so it keeps its
+        # base-width std (mup's MuReadout rescales by sqrt(m) likewise).
+        std *= math.sqrt(width_mult(cfg))
+    return std
 
 
 def attn_logit_scale(cfg: ModelConfig) -> float:

@@ -55,7 +55,7 @@ def learning_rate(step: jax.Array, hp: Hparams, total_steps: int, schedule: str)
 
 def clip_by_global_norm(grads: Any, max_norm: jax.Array) -> tuple[Any, jax.Array]:
     """Clip to global norm `max_norm` (0 = off); also returns the norm before clipping."""
-    norm = optax.global_norm(grads)
+    norm = optax.tree.norm(grads)
     factor = jnp.where((max_norm > 0) & (norm > max_norm), max_norm / (norm + 1e-30), 1.0)
     return jax.tree_util.tree_map(lambda g: g * factor.astype(g.dtype), grads), norm
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from proxies.checkpoint import Checkpointer
-from proxies.cli import run_cli
+from proxies.cli import one_line_errors, run_cli
 from proxies.config import (ConfigError, config_hash, first_difference, identity,
                             register_configs, validate)
 from proxies.data import Dataset, eval_batches, load_dataset, train_batch
@@ -235,9 +235,13 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None) -> Dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    train(cfg)
+    with one_line_errors():
+        train(cfg)
 
 
 def main() -> None:

@@ -1,0 +1,134 @@
+"""Every data source and tokenizer, on small local data made here; batches from (seed, step)."""
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from proxies.config import DataConfig
+from proxies.data import (DataError, load_dataset, split_docs, stdlib_files, train_batch,
+                          train_bpe, write_token_file)
+
+
+def dcfg(cache_dir, **kw):
+    return OmegaConf.merge(OmegaConf.structured(DataConfig),
+                           {"cache_dir": str(cache_dir), **kw})
+
+
+def test_byte_tokenizer_on_text_dir_is_utf8_bytes_split_by_file(corpus_dir, cache_dir):
+    ds = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir)))
+    assert ds.vocab_size == 256
+    total = sum(len(f.read_bytes()) for f in corpus_dir.iterdir())
+    assert len(ds.train) + len(ds.val) == total  # every byte, no separators
+    assert len(ds.val) > 0 and len(ds.train) > len(ds.val)
+    text = bytes(np.asarray(ds.train[:40], np.uint8)).decode()
+    assert text in "".join(f.read_text() for f in sorted(corpus_dir.iterdir()))
+
+
+def test_text_glob_and_single_file(corpus_dir, cache_dir):
+    ds_glob = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir / "doc_0*.txt")))
+    ds_all = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir)))
+    assert 0 < len(ds_glob.train) < len(ds_all.train)
+    assert ds_glob.corpus_hash != ds_all.corpus_hash
+
+
+def test_bad_utf8_decodes_with_replacement(tmp_path, cache_dir):
+    (tmp_path / "a.txt").write_bytes(b"ok \xff\xfe bytes" * 50)
+    (tmp_path / "b.txt").write_bytes(b"more text here " * 50)
+    ds = load_dataset(dcfg(cache_dir, source="text", path=str(tmp_path)))
+    assert len(ds.train) + len(ds.val) > 0
+
+
+def test_cache_is_reused_and_hash_is_stable(corpus_dir, cache_dir):
+    a = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir)))
+    b = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir)))
+    assert a.corpus_hash == b.corpus_hash
+    np.testing.assert_array_equal(a.train, b.train)
+    assert list((cache_dir / "tokens").glob(f"{a.corpus_hash}*"))
+
+
+def test_bpe_trained_on_corpus_and_cached(corpus_dir, cache_dir):
+    ds = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir), tokenizer="bpe",
+                           bpe_vocab_size=300))
+    assert ds.vocab_size == 300
+    byte_len = sum(len(f.read_bytes()) for f in corpus_dir.iterdir())
+    assert len(ds.train) + len(ds.val) < byte_len / 1.5  # merges compress the text
+    assert int(np.max(ds.train)) < 300
+    assert len(list((cache_dir / "tokenizers").glob("bpe300-*.json"))) == 1
+
+
+def test_tokenizer_json_file(corpus_dir, cache_dir, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    train_bpe([f.read_text() for f in corpus_dir.iterdir()], 280, path)
+    ds = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir), tokenizer=str(path)))
+    assert ds.vocab_size == 280 and int(np.max(ds.train)) < 280
+
+
+def test_sentencepiece_model_file(corpus_dir, cache_dir, tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    spm.SentencePieceTrainer.train(input=str(corpus_dir / "doc_00.txt"),
+                                   model_prefix=str(tmp_path / "sp"), vocab_size=60,
+                                   model_type="bpe", minloglevel=2)
+    ds = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir),
+                           tokenizer=str(tmp_path / "sp.model")))
+    assert ds.vocab_size == 60 and int(np.max(ds.train)) < 60
+
+
+def test_pretokenized_bin_files(tmp_path, cache_dir):
+    ids = np.arange(5000) % 1000
+    write_token_file(tmp_path / "train.bin", ids)
+    write_token_file(tmp_path / "val.bin", ids[:500])
+    ds = load_dataset(dcfg(cache_dir, source="tokens", train_bin=str(tmp_path / "train.bin"),
+                           val_bin=str(tmp_path / "val.bin"), vocab_size=1000))
+    np.testing.assert_array_equal(np.asarray(ds.train), ids)
+    assert ds.vocab_size == 1000
+    with pytest.raises(DataError, match="vocab_size"):
+        load_dataset(dcfg(cache_dir, source="tokens", train_bin=str(tmp_path / "train.bin"),
+                          val_bin=str(tmp_path / "val.bin"), vocab_size=10))
+
+
+def test_hf_dataset_from_local_dir(tmp_path, cache_dir, corpus_dir):
+    datasets = pytest.importorskip("datasets")
+    texts = [f.read_text() for f in sorted(corpus_dir.iterdir())]
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": texts[:15]}),
+        "validation": datasets.Dataset.from_dict({"text": texts[15:]}),
+    }).save_to_disk(str(tmp_path / "c4_tiny"))
+    ds = load_dataset(dcfg(cache_dir, source="hf", path=str(tmp_path / "c4_tiny"),
+                           hf_val_split="validation"))
+    assert len(ds.train) == sum(len(t.encode()) for t in texts[:15])
+    assert len(ds.val) == sum(len(t.encode()) for t in texts[15:])
+    with pytest.raises(DataError, match="text_field"):
+        load_dataset(dcfg(cache_dir, source="hf", path=str(tmp_path / "c4_tiny"),
+                          text_field="body"))
+
+
+def test_missing_inputs_are_data_errors(tmp_path, cache_dir, corpus_dir):
+    with pytest.raises(DataError, match="data.path"):
+        load_dataset(dcfg(cache_dir, source="text", path=str(tmp_path / "nothing_here")))
+    with pytest.raises(DataError, match="data.train_bin"):
+        load_dataset(dcfg(cache_dir, source="tokens", train_bin=str(tmp_path / "x.bin")))
+    with pytest.raises(DataError, match="tokenizer"):
+        load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir),
+                          tokenizer=str(tmp_path / "missing.json")))
+
+
+def test_batches_are_a_function_of_seed_and_step(corpus_dir, cache_dir):
+    ds = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir)))
+    a = train_batch(ds, 4, 16, seed=0, step=7)
+    assert a.shape == (4, 17) and a.dtype == np.int32
+    np.testing.assert_array_equal(a, train_batch(ds, 4, 16, seed=0, step=7))
+    assert not np.array_equal(a, train_batch(ds, 4, 16, seed=0, step=8))
+    assert not np.array_equal(a, train_batch(ds, 4, 16, seed=1, step=7))
+
+
+def test_split_is_stable_and_nonempty():
+    names = [f"f{i}.py" for i in range(200)]
+    is_val = split_docs(names, 0.05)
+    assert 0 < is_val.sum() < 30
+    np.testing.assert_array_equal(is_val[:100], split_docs(names[:100], 0.05))
+
+
+def test_stdlib_corpus_excludes_site_packages():
+    files = stdlib_files()
+    assert len(files) > 500
+    assert not any("site-packages" in f.parts for f in files)

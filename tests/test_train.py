@@ -1,0 +1,131 @@
+"""A whole run: the output layout, exact resume, divergence marking, W&B offline, bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxies.train import train
+from proxies.tracking import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def comparable(rows):
+    """Metrics rows without wall-clock figures."""
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def test_run_writes_config_metrics_summary_and_checkpoints(make_cfg):
+    cfg = make_cfg()
+    summary = train(cfg)
+    out = Path(cfg.out_dir)
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"} <= {
+        p.name for p in out.iterdir()}
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["d_model"] == 32 and len(config["run"]["corpus_hash"]) == 16
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 4, 6, 8, 12]
+    log_row = rows[1]
+    for key in ("train/loss", "train/ce", "train/z_loss", "train/lr", "train/grad_norm",
+                "attn/max_logit", "attn/max_logit/layer_1", "attn/entropy/layer_0",
+                "logits/log_z_mean", "logits/mean", "logits/max_abs", "act/max_abs/layer_0",
+                "act/max_median_ratio/layer_1", "grad_rms/block_0/attn/query/kernel",
+                "update_rms/unembed/kernel", "param_rms/embed/embedding"):
+        assert key in log_row, key
+    assert "eval/ce" in rows[2] and "train/loss" not in rows[2]  # eval-only step 6
+    for key in ("final_eval_ce", "final_train_ce", "loss_at_init", "diverged", "steps_done",
+                "n_params", "n_params_nonembed", "max_attn_logit", "tokens_per_s", "wall_s"):
+        assert key in summary, key
+    assert summary["steps_done"] == 12 and summary["diverged"] is False
+    assert summary["final_eval_ce"] < summary["loss_at_init"]
+    assert json.loads((out / "summary.json").read_text())["n_params"] == summary["n_params"]
+    assert train(cfg)["steps_done"] == 12  # a finished run is left as it is
+
+
+def test_resume_matches_an_uninterrupted_run_step_for_step(make_cfg):
+    full_cfg = make_cfg(out="full")
+    train(full_cfg)
+    full = comparable(read_metrics(Path(full_cfg.out_dir) / "metrics.jsonl"))
+
+    cut_cfg = make_cfg(out="cut")
+    assert train(cut_cfg, stop_after=7) == {"steps_done": 7, "complete": False}
+    out = Path(cut_cfg.out_dir)
+    assert not (out / "summary.json").exists()
+    # Lose the newest checkpoint too, as a kill between checkpoints would: resume from step 4.
+    shutil.rmtree(out / "checkpoints" / "7")
+    summary = train(cut_cfg)
+    assert summary["steps_done"] == 12
+    assert comparable(read_metrics(out / "metrics.jsonl")) == full
+
+
+def test_divergence_stops_and_marks_the_run(make_cfg):
+    cfg = make_cfg("optim.lr=30.0", "optim.grad_clip=0", "optim.warmup_steps=0",
+                   "optim.weight_decay=0", "train.steps=40")
+    summary = train(cfg)
+    assert summary["diverged"] is True
+    assert summary["steps_done"] < 40
+    assert summary["final_train_ce"] is None or summary["final_train_ce"] == summary[
+        "final_train_ce"]  # a number or absent, never NaN
+    out = Path(cfg.out_dir)
+    assert (out / "summary.json").exists() and (out / "metrics.jsonl").exists()
+    text = (out / "summary.json").read_text() + (out / "metrics.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert summary["loss_at_init"] > 0
+
+
+def test_divergence_threshold_is_configurable(make_cfg):
+    summary = train(make_cfg("train.divergence_loss=1.0"))
+    assert summary["diverged"] is True and summary["diverged_at_step"] <= 2
+
+
+def test_wandb_offline_mirrors_without_network(make_cfg, monkeypatch, tmp_path):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = make_cfg("wandb.mode=offline", "train.steps=4")
+    train(cfg)
+    assert list((Path(cfg.out_dir) / "wandb").glob("offline-run-*"))
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "proxies.train", *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["model.d_modle=64"], "unknown config key 'model.d_modle'"),
+    (["model.d_model=100", "model.n_heads=3"], "not divisible by model.n_heads"),
+    (["data.source=text", "data.path=/no/such/corpus"], "no text files at data.path"),
+    (["optim.lr=nan"], "optim.lr=nan must be finite"),
+    (["optim.eps=inf"], "optim.eps=inf must be finite"),
+    (["model=no_such_preset"], "available: laptop"),
+])
+def test_bad_input_is_one_line_and_nonzero_exit(args, expect, tmp_path):
+    res = run_cli(*args, f"out_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert expect in lines[0]
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_out_dir_with_a_different_config_is_refused(make_cfg, corpus_dir, cache_dir):
+    cfg = make_cfg("train.steps=2")
+    train(cfg)
+    before = (Path(cfg.out_dir) / "summary.json").read_text()
+    res = run_cli(f"out_dir={cfg.out_dir}", "train.steps=2", "optim.lr=0.01",
+                  "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
+                  "data.source=text", f"data.path={corpus_dir}", f"data.cache_dir={cache_dir}",
+                  cwd=REPO)
+    assert res.returncode == 2
+    assert "holds a run with a different config" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert (Path(cfg.out_dir) / "summary.json").read_text() == before  # nothing lost

@@ -1,0 +1,1 @@
+"""Analysis of sweep results: LR sensitivity, scaling-trend fits, figures and reports."""

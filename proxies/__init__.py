@@ -1,0 +1,1 @@
+"""proxies: small-scale proxies for large-scale Transformer training instabilities."""

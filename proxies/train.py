@@ -127,8 +127,11 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None) -> Dict[str, Any]:
 
     hp = hparams_from_config(cfg)
     donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate buffers
-    step_fn = jax.jit(make_train_step(model, cfg), donate_argnums=donate)
-    stats_step_fn = jax.jit(make_train_step(model, cfg, with_stats=True), donate_argnums=donate)
+    # Compile both step variants up front, so neither a log step nor the throughput pays for it.
+    example = jnp.asarray(train_batch(ds, tc.batch_size, tc.seq_len, tc.seed, start))
+    step_fn, stats_step_fn = (
+        jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate)
+        .lower(state, example, hp).compile() for s in (False, True))
     eval_step = jax.jit(make_eval_step(model))
     probe = make_probe(model, cfg.model.n_layers)
     evals = [jnp.asarray(b) for b in eval_batches(ds, tc.eval_batches, tc.batch_size, tc.seq_len,
@@ -149,9 +152,9 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None) -> Dict[str, Any]:
     end = tc.steps if stop_after is None else min(tc.steps, stop_after)
 
     bar = tqdm(total=tc.steps, initial=start, disable=quiet, dynamic_ncols=True, unit="step")
-    diverged_at, step, t_loop, t_last, last_logged = None, start, None, time.time(), start
+    diverged_at, last_logged = None, start
     pending = None  # previous step's loss, read one step late so dispatch never waits on it
-    t0 = time.time()
+    t0 = t_last = time.time()
     try:
         for step in range(start, end):
             batch = jnp.asarray(train_batch(ds, tc.batch_size, tc.seq_len, tc.seed, step))
@@ -164,9 +167,6 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None) -> Dict[str, Any]:
                     diverged_at = step  # the update numbered `step` (1-based) produced it
                     break
             pending = metrics["loss"]
-            if t_loop is None:
-                jax.block_until_ready(metrics)
-                t_loop, t_last = time.time(), time.time()  # throughput excludes compilation
             done = step + 1
             if log_now or done % tc.eval_every == 0:
                 lossv = float(metrics["loss"])
@@ -203,14 +203,16 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None) -> Dict[str, Any]:
                     diverged_at = end
     except KeyboardInterrupt:
         bar.close()
+        if int(state.step) > (ckpt.latest_step() or 0):
+            ckpt.save(int(state.step), state, rng)  # keep every finished step
         ckpt.close()
         tracker.finish({})
         say(f"\ninterrupted at step {int(state.step)}; rerun the same command to resume")
         raise
     bar.close()
-    wall = time.time() - t0
+    wall = time.time() - t0  # the training loop, probes and evals included, compilation not
     steps_run = (diverged_at or end) - start
-    tps = steps_run * tokens_per_step / (time.time() - t_loop) if t_loop and steps_run > 1 else None
+    tps = steps_run * tokens_per_step / wall if steps_run > 0 else None
 
     if diverged_at is not None:
         say(f"diverged at step {diverged_at} (loss {lossv:.4g} > {limit:.4g} or non-finite)")

@@ -1,0 +1,109 @@
+"""Train-step speed: compile time, ms/step, tokens/s and peak memory per model size.
+
+    python benchmarks/step_speed.py                 # the reference sizes at batch 32 x 128
+    python benchmarks/step_speed.py --probe-overhead  # also: whole loop with vs without probes
+
+Prints one row per configuration; medians over --repeats timed windows after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import OmegaConf
+
+from proxies.config import Config
+from proxies.model import Transformer, count_params
+from proxies.optim import hparams_from_config
+from proxies.step import init_state, make_train_step
+
+SIZES = [  # (name, d_model, n_layers, n_heads, vocab)
+    ("d64 L2 H2 V256", 64, 2, 2, 256),
+    ("laptop: d128 L4 H4 V256", 128, 4, 4, 256),
+    ("d256 L4 H4 V256", 256, 4, 4, 256),
+    ("d128 L4 H4 V32768", 128, 4, 4, 32768),
+]
+
+
+def bench(d: int, n_layers: int, n_heads: int, vocab: int, batch: int, seq: int, steps: int,
+          repeats: int, dtype: str) -> dict:
+    cfg = OmegaConf.structured(Config)
+    cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads = d, n_layers, n_heads
+    cfg.model.dtype = dtype
+    cfg.train.seq_len = seq
+    model = Transformer(cfg.model, vocab, seq)
+    state = init_state(model, cfg, jax.random.key(0))
+    n_params = count_params(state.params)[0]
+    hp = hparams_from_config(cfg)
+    rng = np.random.default_rng(0)
+    batches = [jnp.asarray(rng.integers(0, vocab, (batch, seq + 1), dtype=np.int32))
+               for _ in range(4)]
+    t = time.perf_counter()
+    step = jax.jit(make_train_step(model, cfg)).lower(state, batches[0], hp).compile()
+    compile_s = time.perf_counter() - t
+    mem = step.memory_analysis()
+    state, m = step(state, batches[0], hp)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for i in range(steps):
+            state, m = step(state, batches[i % 4], hp)
+        jax.block_until_ready(m)
+        times.append((time.perf_counter() - t) / steps)
+    ms = statistics.median(times) * 1e3
+    temp_mb = getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else float("nan")
+    return {"params": n_params, "compile_s": compile_s, "ms_step": ms,
+            "tokens_s": batch * seq / (ms / 1e3), "temp_mb": temp_mb,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def probe_overhead(steps: int, log_every: int) -> None:
+    """Whole training loop (laptop preset, stdlib bytes) with probes on vs off."""
+    from proxies.train import train
+    walls = {}
+    for probes in (False, True):
+        with tempfile.TemporaryDirectory() as out:
+            cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist([
+                f"train.steps={steps}", f"train.log_every={log_every}", "train.quiet=true",
+                f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
+                f"train.probes={str(probes).lower()}", "wandb.mode=disabled", f"out_dir={out}"]))
+            s = train(cfg)
+            walls[probes] = s["tokens_per_s"]
+    print(f"\nprobe overhead, laptop preset, {steps} steps, log_every={log_every}: "
+          f"{walls[False]:,.0f} tokens/s without probes, {walls[True]:,.0f} with "
+          f"({(walls[False] / walls[True] - 1) * 100:+.1f}% time)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--probe-overhead", action="store_true")
+    ap.add_argument("--overhead-steps", type=int, default=200)
+    ap.add_argument("--log-every", type=int, default=Config().train.log_every)
+    args = ap.parse_args()
+    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__},"
+          f" batch {args.batch} x seq {args.seq}, {args.dtype}")
+    print(f"{'config':26s} {'params':>10s} {'compile s':>9s} {'ms/step':>8s} {'tokens/s':>9s}"
+          f" {'XLA temp MB':>11s} {'peak RSS MB':>11s}")
+    for name, d, L, H, V in SIZES:
+        r = bench(d, L, H, V, args.batch, args.seq, args.steps, args.repeats, args.dtype)
+        print(f"{name:26s} {r['params']:10,d} {r['compile_s']:9.2f} {r['ms_step']:8.1f} "
+              f"{r['tokens_s']:9,.0f} {r['temp_mb']:11.1f} {r['peak_rss_mb']:11.0f}")
+    if args.probe_overhead:
+        probe_overhead(args.overhead_steps, args.log_every)
+
+
+if __name__ == "__main__":
+    main()

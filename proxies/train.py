@@ -7,6 +7,7 @@ uninterrupted run's step for step.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -109,7 +110,6 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None) -> Dict[str, Any]:
 
     summary_path, metrics_path = out / "summary.json", out / "metrics.jsonl"
     if summary_path.exists():
-        import json
         summary = json.loads(summary_path.read_text())
         say(f"{out}: already complete ({summary['steps_done']} steps); nothing to do")
         return summary

@@ -197,8 +197,10 @@ class Transformer(nn.Module):
                                     param_dtype=jnp.float32,
                                     kernel_init=trunc_normal(init_std(cfg, D, "readout")),
                                     name="unembed")(x_BxLxD)
-        # μParam readout multiplier 1/m keeps logits O(1) as width grows.
-        return logits_BxLxV.astype(jnp.float32) / width_mult(cfg)
+        logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+        if cfg.parametrization == "mup":  # readout multiplier 1/m keeps logits O(1) with width
+            logits_BxLxV = logits_BxLxV / width_mult(cfg)
+        return logits_BxLxV
 
 
 def count_params(params) -> tuple[int, int]:

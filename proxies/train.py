@@ -231,9 +231,9 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None) -> Dict[str, Any]:
         "corpus_hash": ds.corpus_hash})
     write_json(summary_path, summary)
     tracker.finish(summary)
-    ce = summary["final_eval_ce"]
-    say(f"{out}: eval CE {ce if ce is None else round(ce, 4)}, max attention logit "
-        f"{summary['max_attn_logit']:.3g}, {tps or 0:,.0f} tokens/s, {wall:.1f} s")
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    say(f"{out}: eval CE {fmt(summary['final_eval_ce'], '.4f')}, max attention logit "
+        f"{fmt(summary['max_attn_logit'], '.3g')}, {fmt(tps, ',.0f')} tokens/s, {wall:.1f} s")
     return summary
 
 

@@ -129,3 +129,12 @@ def test_out_dir_with_a_different_config_is_refused(make_cfg, corpus_dir, cache_
     assert "holds a run with a different config" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert (Path(cfg.out_dir) / "summary.json").read_text() == before  # nothing lost
+
+
+def test_probes_off_records_training_without_probe_metrics(make_cfg):
+    cfg = make_cfg("train.probes=false", "train.steps=4")
+    summary = train(cfg)
+    rows = read_metrics(Path(cfg.out_dir) / "metrics.jsonl")
+    assert "train/loss" in rows[-1] and "attn/max_logit" not in rows[-1]
+    assert not any(k.startswith("grad_rms/") for k in rows[-1])
+    assert summary["max_attn_logit"] is None and summary["steps_done"] == 4

@@ -193,10 +193,12 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             logits_BxLxV = embed.attend(x_BxLxD)
         else:
-            logits_BxLxV = nn.Dense(self.vocab_size, use_bias=False, dtype=dtype,
-                                    param_dtype=jnp.float32,
-                                    kernel_init=trunc_normal(init_std(cfg, D, "readout")),
-                                    name="unembed")(x_BxLxD)
+            # Stored V x D like the embedding: on CPU the x·Wᵀ layout runs ~1.6x faster at
+            # V=32768 than a D x V Dense kernel (benchmarks/step_speed.py).
+            unembed = nn.Embed(self.vocab_size, D, dtype=dtype, param_dtype=jnp.float32,
+                               embedding_init=trunc_normal(init_std(cfg, D, "readout")),
+                               name="unembed")
+            logits_BxLxV = unembed.attend(x_BxLxD)
         logits_BxLxV = logits_BxLxV.astype(jnp.float32)
         if cfg.parametrization == "mup":  # readout multiplier 1/m keeps logits O(1) with width
             logits_BxLxV = logits_BxLxV / width_mult(cfg)
@@ -207,7 +209,6 @@ def count_params(params) -> tuple[int, int]:
     """(all params, non-embedding params = all minus token/position embeddings and readout)."""
     total = sum(x.size for x in jax.tree_util.tree_leaves(params))
     p = params.get("params", params)
-    emb = sum(p[k]["embedding"].size if k == "embed" else
-              (p[k].size if k == "pos_embed" else p[k]["kernel"].size)
+    emb = sum(p[k].size if k == "pos_embed" else p[k]["embedding"].size
               for k in ("embed", "pos_embed", "unembed") if k in p)
     return int(total), int(total - emb)

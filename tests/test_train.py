@@ -36,7 +36,7 @@ def test_run_writes_config_metrics_summary_and_checkpoints(make_cfg):
                 "attn/max_logit", "attn/max_logit/layer_1", "attn/entropy/layer_0",
                 "logits/log_z_mean", "logits/mean", "logits/max_abs", "act/max_abs/layer_0",
                 "act/max_median_ratio/layer_1", "grad_rms/block_0/attn/query/kernel",
-                "update_rms/unembed/kernel", "param_rms/embed/embedding"):
+                "update_rms/unembed/embedding", "param_rms/embed/embedding"):
         assert key in log_row, key
     assert "eval/ce" in rows[2] and "train/loss" not in rows[2]  # eval-only step 6
     for key in ("final_eval_ce", "final_train_ce", "loss_at_init", "diverged", "steps_done",

@@ -78,6 +78,38 @@ def _summarize(rows: List[Dict[str, Any]], extra: Dict[str, Any]) -> Dict[str, A
     }
 
 
+# Runs of a sweep that differ only in scalar hyperparameters (hparams are array arguments) share
+# one compiled step and one loaded dataset within a process.
+_COMPILED: Dict[str, tuple] = {}
+_DATASETS: Dict[str, Dataset] = {}
+
+
+def _dataset(cfg: DictConfig) -> Dataset:
+    key = json.dumps(OmegaConf.to_container(cfg.data, resolve=True), sort_keys=True)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset(cfg.data)
+    return _DATASETS[key]
+
+
+def _compiled(cfg: DictConfig, model: Transformer, state: Any, example: jax.Array,
+              hp: Dict[str, jax.Array]) -> tuple:
+    """(train step, train step with per-tensor stats, eval step, probe), compiled once per
+    structure. Both step variants are compiled up front, so no log step pays for compilation."""
+    tc = cfg.train
+    key = json.dumps({"model": OmegaConf.to_container(cfg.model, resolve=True),
+                      "vocab": model.vocab_size, "shape": [tc.batch_size, tc.seq_len],
+                      "steps": tc.steps, "schedule": cfg.optim.schedule,
+                      "independent_wd": cfg.optim.independent_wd}, sort_keys=True)
+    if key not in _COMPILED:
+        donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate buffers
+        step_fn, stats_step_fn = (
+            jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate)
+            .lower(state, example, hp).compile() for s in (False, True))
+        _COMPILED[key] = (step_fn, stats_step_fn, jax.jit(make_eval_step(model)),
+                          make_probe(model, cfg.model.n_layers))
+    return _COMPILED[key]
+
+
 def evaluate(eval_step, params, batches: List[jax.Array]) -> float:
     return float(np.mean([float(eval_step(params, b)) for b in batches]))
 
@@ -94,7 +126,7 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None) -> Dict[str, Any]:
     tc, quiet = cfg.train, cfg.train.quiet
     say = (lambda *a: None) if quiet else print
 
-    ds: Dataset = load_dataset(cfg.data)
+    ds = _dataset(cfg)
     model = Transformer(cfg.model, ds.vocab_size, tc.seq_len)
     rng = jax.random.key(tc.seed)
     state = init_state(model, cfg, rng)
@@ -126,14 +158,8 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None) -> Dict[str, Any]:
         metrics_path.unlink()  # a run killed before its first checkpoint starts afresh
 
     hp = hparams_from_config(cfg)
-    donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate buffers
-    # Compile both step variants up front, so neither a log step nor the throughput pays for it.
     example = jnp.asarray(train_batch(ds, tc.batch_size, tc.seq_len, tc.seed, start))
-    step_fn, stats_step_fn = (
-        jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate)
-        .lower(state, example, hp).compile() for s in (False, True))
-    eval_step = jax.jit(make_eval_step(model))
-    probe = make_probe(model, cfg.model.n_layers)
+    step_fn, stats_step_fn, eval_step, probe = _compiled(cfg, model, state, example, hp)
     evals = [jnp.asarray(b) for b in eval_batches(ds, tc.eval_batches, tc.batch_size, tc.seq_len,
                                                    tc.seed)]
     probe_batch = evals[0]

@@ -1,0 +1,39 @@
+"""LR sensitivity, the paper's summary statistic of how much a recipe's final loss depends on LR.
+
+    LR sensitivity = E_{η ∈ [a, b]} [ min(ℓ(η), ℓ_0) − ℓ* ],   ℓ* = min_{η ∈ [a, b]} ℓ(η)
+
+ℓ_0 is the loss at initialization: diverged or NaN runs count as ℓ_0, never as +∞.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+
+
+def lr_sensitivity(lrs: Sequence[float], final_losses: Sequence[float], loss_at_init: float,
+                   lr_range: Tuple[float, float] = (3e-4, 3e-1)) -> float:
+    """Mean excess of the capped final loss over the best one, over grid points inside lr_range.
+
+    Non-finite losses and losses above `loss_at_init` count as `loss_at_init`. Returns NaN when
+    no grid point lies inside the range.
+    """
+    lrs = np.asarray(lrs, float)
+    losses = np.asarray(final_losses, float)
+    capped = np.where(np.isfinite(losses), np.minimum(losses, loss_at_init), loss_at_init)
+    lo, hi = lr_range
+    inside = (lrs >= lo * (1 - 1e-9)) & (lrs <= hi * (1 + 1e-9))
+    if not inside.any():
+        return float("nan")
+    capped = capped[inside]
+    return float(np.mean(capped - capped.min()))
+
+
+def best_lr(lrs: Sequence[float], final_losses: Sequence[float]) -> Tuple[float, float]:
+    """(LR, loss) of the lowest finite final loss; (nan, nan) if none is finite."""
+    losses = np.asarray(final_losses, float)
+    if not np.isfinite(losses).any():
+        return float("nan"), float("nan")
+    i = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+    return float(np.asarray(lrs, float)[i]), float(losses[i])

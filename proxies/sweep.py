@@ -1,0 +1,264 @@
+"""LR × size × toggle sweeps: `python -m proxies.sweep +exp=lr_sens [overrides]`.
+
+A sweep directory `<sweep.root>/<name>-<grid hash>/` holds one run directory per grid point (the
+single-run layout) and `results.csv`. Re-running the same command finds the same directory,
+skips finished runs (their run directories are named by config hash) and resumes interrupted ones
+from their checkpoints. Runs of one series share one compiled step: the LR is an array argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import hydra
+import numpy as np
+import pandas as pd
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from analysis.sensitivity import best_lr, lr_sensitivity
+from proxies.cli import one_line_errors, run_cli
+from proxies.config import Config, ConfigError, config_hash, register_configs, validate
+from proxies.tracking import read_metrics
+from proxies.train import CONFIG_DIR, run_name, train
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    lrs: List[float] = field(default_factory=lambda: [1e-3, 1e-2])
+    # Model overrides, one dict per size, e.g. [{d_model: 64, n_layers: 2, n_heads: 2}].
+    sizes: List[Dict[str, Any]] = field(default_factory=list)
+    # Toggle axes, nested like the config with lists at the leaves:
+    # {model: {qk_layernorm: [false, true]}, optim: {z_loss: [0, 1e-4]}}.
+    axes: Dict[str, Any] = field(default_factory=dict)
+    root: str = "runs"
+    lr_range: List[float] = field(default_factory=lambda: [3e-4, 3e-1])
+    figure: bool = True
+
+
+@dataclass
+class SweepRoot(Config):
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+ConfigStore.instance().store(name="proxies_sweep_schema", node=SweepRoot)
+register_configs()
+
+_MISSING = object()
+
+
+def flatten_axes(axes: Any, prefix: str = "") -> Dict[str, list]:
+    """{model: {qk_layernorm: [false, true]}} -> {'model.qk_layernorm': [False, True]}."""
+    out: Dict[str, list] = {}
+    for k, v in (axes or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, (list, ListConfig)):
+            out[key] = list(v)
+        elif isinstance(v, (dict, DictConfig)):
+            out.update(flatten_axes(v, key + "."))
+        else:
+            raise ConfigError(f"sweep axis '{key}' needs a list of values, got {v!r}; "
+                              f"write sweep.axes.{key}=[{v}]")
+    return out
+
+
+def base_config(cfg: DictConfig) -> DictConfig:
+    """The single-run config a sweep starts from (everything but `sweep`)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.pop("sweep", None)
+    return OmegaConf.merge(OmegaConf.structured(Config), c)
+
+
+def expand_grid(cfg: DictConfig) -> List[Tuple[Dict[str, Any], DictConfig]]:
+    """All grid points as (swept values by dotted key, run config), sizes × axes × LRs."""
+    sw = cfg.sweep
+    lrs = list(sw.lrs)
+    if not lrs:
+        raise ConfigError("sweep.lrs is empty; give at least one LR, e.g. sweep.lrs=[1e-3,1e-2]")
+    for lr in lrs:
+        if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+            raise ConfigError(f"sweep.lrs holds {lr!r}; every LR must be a finite number > 0")
+    base = base_config(cfg)
+    axes = flatten_axes(sw.axes)
+    sizes = [dict(s) for s in sw.sizes] or [{}]
+    for key in list(axes) + [f"model.{k}" for s in sizes for k in s]:
+        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            raise ConfigError(f"unknown sweep axis '{key}'; use a key of the run config "
+                              "(README lists them)")
+    for key, values in axes.items():
+        if not values:
+            raise ConfigError(f"sweep axis '{key}' has no values; give a list such as [a,b]")
+    points = []
+    for size in sizes:
+        for combo in itertools.product(*axes.values()):
+            for lr in lrs:
+                values = {**{f"model.{k}": v for k, v in size.items()},
+                          **dict(zip(axes, combo)), "optim.lr": float(lr)}
+                run = base.copy()
+                for k, v in values.items():
+                    OmegaConf.update(run, k, v, merge=False)
+                run.train.quiet = True
+                validate(run)
+                points.append((values, run))
+    return points
+
+
+def sweep_dir(cfg: DictConfig, points: List[Tuple[Dict[str, Any], DictConfig]]) -> Path:
+    """`<root>/<name>-<hash of the grid's run configs>`: same grid, same directory."""
+    h = hashlib.sha256("\n".join(sorted(config_hash(r) for _, r in points)).encode())
+    return Path(cfg.sweep.root) / f"{cfg.sweep.name}-{h.hexdigest()[:8]}"
+
+
+def _grad_rms_summary(run_dir: Path) -> Dict[str, float]:
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl")
+            if any(k.startswith("grad_rms/") for k in r)]
+    if not rows:
+        return {}
+    out = {}
+    for kind in ("grad_rms", "update_rms"):
+        vals = np.array([v for k, v in rows[-1].items() if k.startswith(kind + "/") and
+                         v is not None], float)
+        if vals.size:
+            out[f"{kind}_median"], out[f"{kind}_min"] = float(np.median(vals)), float(vals.min())
+    return out
+
+
+SUMMARY_COLUMNS = ("n_params", "n_params_nonembed", "final_eval_ce", "final_train_ce",
+                   "loss_at_init", "diverged", "diverged_at_step", "steps_done",
+                   "max_attn_logit", "final_max_attn_logit", "max_abs_log_z", "tokens_per_s",
+                   "wall_s")
+
+
+def results_table(points: List[Tuple[Dict[str, Any], DictConfig]]) -> pd.DataFrame:
+    """One row per grid point: swept values, summary figures (NaN where unfinished)."""
+    import json
+    rows = []
+    for values, run in points:
+        d = Path(run.out_dir)
+        row: Dict[str, Any] = dict(values)
+        s_path = d / "summary.json"
+        summary = json.loads(s_path.read_text()) if s_path.exists() else {}
+        row["status"] = ("diverged" if summary.get("diverged") else "done") if summary else (
+            "partial" if (d / "checkpoints").exists() else "pending")
+        for k in SUMMARY_COLUMNS:
+            row[k] = summary.get(k, np.nan)
+        row.update(_grad_rms_summary(d))
+        row["run_dir"] = d.name
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written table
+
+
+def series_keys(df: pd.DataFrame) -> List[str]:
+    """Swept keys other than the LR: each combination of them is one series."""
+    return [c for c in df.columns if "." in c and c != "optim.lr"]
+
+
+def series_table(df: pd.DataFrame, lr_range=(3e-4, 3e-1)) -> pd.DataFrame:
+    """Per series: params, best LR and loss, LR sensitivity (spec definition)."""
+    keys = series_keys(df)
+    out = []
+    groups = df.groupby(keys, sort=False, dropna=False) if keys else [((), df)]
+    for vals, g in groups:
+        vals = vals if isinstance(vals, tuple) else (vals,)
+        done = g[g["status"].isin(["done", "diverged"])]
+        l0 = float(done["loss_at_init"].max()) if len(done) else np.nan
+        lr, loss = best_lr(done["optim.lr"], done["final_eval_ce"].where(~done["diverged"]
+                                                                            .astype(bool)))
+        out.append({**dict(zip(keys, vals)),
+                    "n_params_nonembed": g["n_params_nonembed"].max(),
+                    "runs": f"{len(done)}/{len(g)}", "best_lr": lr, "best_loss": loss,
+                    "lr_sensitivity": lr_sensitivity(
+                        done["optim.lr"], done["final_eval_ce"].where(
+                            ~done["diverged"].astype(bool)), l0, tuple(lr_range))
+                    if len(done) else np.nan})
+    return pd.DataFrame(out)
+
+
+def lr_figure(df: pd.DataFrame, path: Path) -> None:
+    """Final eval loss vs LR: one panel per toggle setting, one line per model size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size_keys = [c for c in series_keys(df) if c.startswith("model.") and c.split(".")[1] in
+                 ("d_model", "n_layers", "n_heads")]
+    toggle_keys = [c for c in series_keys(df) if c not in size_keys]
+    panels = list(df.groupby(toggle_keys, sort=False)) if toggle_keys else [((), df)]
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True,
+                            squeeze=False)
+    for ax, (tvals, pdf) in zip(axs[0], panels):
+        tvals = tvals if isinstance(tvals, tuple) else (tvals,)
+        lines = pdf.groupby("n_params_nonembed", sort=True, dropna=False)
+        for n, g in lines:
+            g = g.sort_values("optim.lr")
+            div = g["diverged"].astype(bool) | g["final_eval_ce"].isna()
+            loss = g["final_eval_ce"].where(~div, g["loss_at_init"])
+            line, = ax.plot(g["optim.lr"], loss, marker="o", label=f"{n / 1e6:.2g}M")
+            ax.scatter(g["optim.lr"][div], loss[div], marker="x", s=60, color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_title(", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(toggle_keys, tvals))
+                     or "all runs", fontsize=9)
+        ax.grid(alpha=0.3)
+    axs[0][0].set_ylabel("final eval loss (x: diverged = loss at init)")
+    axs[0][-1].legend(title="non-emb. params", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_sweep(cfg: DictConfig) -> Tuple[Path, pd.DataFrame]:
+    points = expand_grid(cfg)
+    out = sweep_dir(cfg, points)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(OmegaConf.to_yaml(cfg))
+    for _, run in points:
+        run.out_dir = str(out / run_name(run))
+    table = out / "results.csv"
+    print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out}")
+    t0 = time.time()
+    bar = tqdm(points, unit="run", dynamic_ncols=True)
+    for values, run in bar:
+        bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()))
+        train(run)
+        write_table(results_table(points), table)
+    bar.close()
+    df = results_table(points)
+    write_table(df, table)
+    summary = series_table(df, tuple(cfg.sweep.lr_range))
+    with pd.option_context("display.width", 140, "display.max_columns", 20):
+        print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    (out / "series.csv").write_text(summary.to_csv(index=False))
+    if cfg.sweep.figure:
+        lr_figure(df, out / "lr_vs_loss.png")
+    print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {table}"
+          + (f", figure {out / 'lr_vs_loss.png'}" if cfg.sweep.figure else ""))
+    return out, df
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    with one_line_errors():
+        run_sweep(cfg)
+
+
+def main() -> None:
+    run_cli(_main)
+
+
+if __name__ == "__main__":
+    main()

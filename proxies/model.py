@@ -95,11 +95,13 @@ class Attention(nn.Module):
         H, D = cfg.n_heads, cfg.d_model
         K = D // H
         dtype = jnp.dtype(cfg.dtype)
-        dense = lambda feats, axis, fan_in, name: nn.DenseGeneral(  # noqa: E731
-            feats, axis=axis, use_bias=cfg.use_bias, dtype=dtype, param_dtype=jnp.float32,
+        dense = lambda feats, axis, fan_in, name, bias=cfg.use_bias: nn.DenseGeneral(  # noqa
+            feats, axis=axis, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
             kernel_init=trunc_normal(init_std(cfg, fan_in)), name=name)
         q_BxLxHxK = dense((H, K), -1, D, "query")(x_BxLxD)
-        k_BxLxHxK = dense((H, K), -1, D, "key")(x_BxLxD)
+        # No key bias: q·b is the same for every key of a query, so softmax ignores it; its
+        # gradient is exactly zero and Adam would only random-walk it on rounding noise.
+        k_BxLxHxK = dense((H, K), -1, D, "key", False)(x_BxLxD)
         v_BxLxHxK = dense((H, K), -1, D, "value")(x_BxLxD)
         if cfg.qk_layernorm:
             q_BxLxHxK = make_norm(cfg, "q_norm")(q_BxLxHxK)

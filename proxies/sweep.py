@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import hydra
+import jax
 import numpy as np
 import pandas as pd
 from hydra.core.config_store import ConfigStore
@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from analysis.sensitivity import best_lr, lr_sensitivity
 from proxies.cli import one_line_errors, run_cli
 from proxies.config import Config, ConfigError, config_hash, register_configs, validate
-from proxies.tracking import read_metrics
-from proxies.train import CONFIG_DIR, run_name, train
+from proxies.results import run_row, write_table
+from proxies.train import CONFIG_DIR, group_key, run_name, train_group
 
 
 @dataclass
@@ -42,6 +42,10 @@ class SweepConfig:
     root: str = "runs"
     lr_range: List[float] = field(default_factory=lambda: [3e-4, 3e-1])
     figure: bool = True
+    # Train runs that differ only in scalar hyperparameters together under jax.vmap:
+    # auto = on accelerators (small models leave them idle), off on CPU (no gain there).
+    vmap: str = "auto"  # auto | on | off
+    group_size: int = 8  # most runs per vmapped group (memory grows with it)
 
 
 @dataclass
@@ -111,55 +115,34 @@ def expand_grid(cfg: DictConfig) -> List[Tuple[Dict[str, Any], DictConfig]]:
     return points
 
 
+def use_vmap(cfg: DictConfig) -> bool:
+    mode = cfg.sweep.vmap
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"sweep.vmap={mode!r} is not one of auto, on, off; pick one of those")
+    return mode == "on" or (mode == "auto" and jax.default_backend() != "cpu")
+
+
+def plan_groups(points: List[Tuple[Dict[str, Any], DictConfig]], vmap: bool,
+                group_size: int) -> List[List[Tuple[Dict[str, Any], DictConfig]]]:
+    """Points in training order: vmapped groups of up to `group_size` runs that differ only in
+    scalar hyperparameters, or one run per group when not vmapping."""
+    if not vmap or group_size <= 1:
+        return [[p] for p in points]
+    by_key: Dict[str, list] = {}
+    for p in points:
+        by_key.setdefault(group_key(p[1]), []).append(p)
+    return [g[i:i + group_size] for g in by_key.values() for i in range(0, len(g), group_size)]
+
+
 def sweep_dir(cfg: DictConfig, points: List[Tuple[Dict[str, Any], DictConfig]]) -> Path:
     """`<root>/<name>-<hash of the grid's run configs>`: same grid, same directory."""
     h = hashlib.sha256("\n".join(sorted(config_hash(r) for _, r in points)).encode())
     return Path(cfg.sweep.root) / f"{cfg.sweep.name}-{h.hexdigest()[:8]}"
 
 
-def _grad_rms_summary(run_dir: Path) -> Dict[str, float]:
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl")
-            if any(k.startswith("grad_rms/") for k in r)]
-    if not rows:
-        return {}
-    out = {}
-    for kind in ("grad_rms", "update_rms"):
-        vals = np.array([v for k, v in rows[-1].items() if k.startswith(kind + "/") and
-                         v is not None], float)
-        if vals.size:
-            out[f"{kind}_median"], out[f"{kind}_min"] = float(np.median(vals)), float(vals.min())
-    return out
-
-
-SUMMARY_COLUMNS = ("n_params", "n_params_nonembed", "final_eval_ce", "final_train_ce",
-                   "loss_at_init", "diverged", "diverged_at_step", "steps_done",
-                   "max_attn_logit", "final_max_attn_logit", "max_abs_log_z", "tokens_per_s",
-                   "wall_s")
-
-
 def results_table(points: List[Tuple[Dict[str, Any], DictConfig]]) -> pd.DataFrame:
-    """One row per grid point: swept values, summary figures (NaN where unfinished)."""
-    import json
-    rows = []
-    for values, run in points:
-        d = Path(run.out_dir)
-        row: Dict[str, Any] = dict(values)
-        s_path = d / "summary.json"
-        summary = json.loads(s_path.read_text()) if s_path.exists() else {}
-        row["status"] = ("diverged" if summary.get("diverged") else "done") if summary else (
-            "partial" if (d / "checkpoints").exists() else "pending")
-        for k in SUMMARY_COLUMNS:
-            row[k] = summary.get(k, np.nan)
-        row.update(_grad_rms_summary(d))
-        row["run_dir"] = d.name
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def write_table(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)  # atomic: a kill never leaves a half-written table
+    """One row per grid point, unfinished ones included (NaN figures, status pending/partial)."""
+    return pd.DataFrame([run_row(Path(run.out_dir), values) for values, run in points])
 
 
 def series_keys(df: pd.DataFrame) -> List[str]:
@@ -231,11 +214,17 @@ def run_sweep(cfg: DictConfig) -> Tuple[Path, pd.DataFrame]:
     table = out / "results.csv"
     print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out}")
     t0 = time.time()
-    bar = tqdm(points, unit="run", dynamic_ncols=True)
-    for values, run in bar:
-        bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()))
-        train(run)
+    groups = plan_groups(points, use_vmap(cfg), cfg.sweep.group_size)
+    if len(groups) < len(points):
+        print(f"vmapped: {len(groups)} groups of up to {cfg.sweep.group_size} runs")
+    bar = tqdm(total=len(points), unit="run", dynamic_ncols=True)
+    for g in groups:
+        values = g[0][0]
+        bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()
+                                     if k != "optim.lr" or len(g) == 1))
+        train_group([run for _, run in g], swept=[v for v, _ in g], vmap=len(g) > 1)
         write_table(results_table(points), table)
+        bar.update(len(g))
     bar.close()
     df = results_table(points)
     write_table(df, table)

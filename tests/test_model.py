@@ -90,7 +90,7 @@ def test_attention_logit_probe_matches_brute_force():
         x = p["embed"]["embedding"][tokens[:, :-1]] + p["pos_embed"][None, :L]
         h = _layernorm(x.astype(np.float64), p["block_0"]["ln_attn"])
         q = np.einsum("bld,dhk->blhk", h, att["query"]["kernel"]) + att["query"]["bias"]
-        k = np.einsum("bld,dhk->blhk", h, att["key"]["kernel"]) + att["key"]["bias"]
+        k = np.einsum("bld,dhk->blhk", h, att["key"]["kernel"])
         logits = np.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(16)
         expected = logits[:, :, causal].max()
         got = probe(params, jnp.asarray(tokens))

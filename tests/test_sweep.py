@@ -1,0 +1,210 @@
+"""Sweeps: grid expansion, directory identity, skip/resume, the table, bad sweep input."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from analysis import lr_sensitivity
+from proxies.config import ConfigError
+from proxies.sweep import SweepRoot, expand_grid, run_sweep, sweep_dir
+from proxies.tracking import read_metrics
+from proxies.train import run_name, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sweep_cfg(tmp_path, corpus_dir, cache_dir, *overrides):
+    base = [
+        "sweep.name=t", f"sweep.root={tmp_path / 'sweeps'}", "sweep.lrs=[1e-3,1e-2]",
+        "sweep.figure=false",
+        "model.d_model=32", "model.n_layers=1", "model.n_heads=2",
+        "train.steps=6", "train.batch_size=4", "train.seq_len=16", "train.log_every=3",
+        "train.eval_every=6", "train.eval_batches=1", "train.checkpoint_every=3",
+        "wandb.mode=disabled", "data.source=text", f"data.path={corpus_dir}",
+        f"data.cache_dir={cache_dir}",
+    ]
+    cfg = OmegaConf.merge(OmegaConf.structured(SweepRoot), OmegaConf.from_dotlist(base))
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+
+
+def test_grid_is_sizes_times_axes_times_lrs(tmp_path, corpus_dir, cache_dir):
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-3,3e-3,1e-2]")
+    cfg.sweep.sizes = [{"d_model": 32, "n_layers": 1, "n_heads": 2},
+                       {"d_model": 64, "n_layers": 2, "n_heads": 2}]
+    cfg.sweep.axes = {"model": {"qk_layernorm": [False, True]}, "optim": {"z_loss": [0, 1e-4]}}
+    points = expand_grid(cfg)
+    assert len(points) == 2 * 2 * 2 * 3
+    values, run = points[-1]
+    assert values == {"model.d_model": 64, "model.n_layers": 2, "model.n_heads": 2,
+                      "model.qk_layernorm": True, "optim.z_loss": 1e-4, "optim.lr": 1e-2}
+    assert run.model.d_model == 64 and run.optim.z_loss == 1e-4 and run.optim.lr == 1e-2
+    assert run.train.steps == 6 and run.train.quiet  # base overrides reach every run
+    assert len({run_name(r) for _, r in points}) == len(points)
+
+
+def test_sweep_dir_is_a_function_of_the_grid(tmp_path, corpus_dir, cache_dir):
+    a = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    b = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    c = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-3,3e-2]")
+    d = sweep_cfg(tmp_path, corpus_dir, cache_dir, "train.steps=7")
+    da, db = sweep_dir(a, expand_grid(a)), sweep_dir(b, expand_grid(b))
+    assert da == db and da.name.startswith("t-")
+    assert sweep_dir(c, expand_grid(c)) != da
+    assert sweep_dir(d, expand_grid(d)) != da
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("sweep.lrs=[]", "sweep.lrs is empty"),
+    ("sweep.lrs=[1e-3,-1.0]", "must be a finite number > 0"),
+    ("sweep.lrs=[0]", "must be a finite number > 0"),
+])
+def test_bad_lr_lists_are_config_errors(tmp_path, corpus_dir, cache_dir, override, msg):
+    with pytest.raises(ConfigError, match=msg):
+        expand_grid(sweep_cfg(tmp_path, corpus_dir, cache_dir, override))
+
+
+def test_unknown_axis_key_is_a_config_error(tmp_path, corpus_dir, cache_dir):
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    cfg.sweep.axes = {"model": {"qk_layrnorm": [True]}}
+    with pytest.raises(ConfigError, match="unknown sweep axis 'model.qk_layrnorm'"):
+        expand_grid(cfg)
+
+
+def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, corpus_dir,
+                                                                 cache_dir):
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    cfg.sweep.axes = {"model": {"qk_layernorm": [False, True]}}
+    out, df = run_sweep(cfg)
+    assert len(df) == 4 and set(df["status"]) <= {"done", "diverged"}
+    table = pd.read_csv(out / "results.csv")
+    for col in ("optim.lr", "model.qk_layernorm", "n_params", "n_params_nonembed",
+                "final_eval_ce", "final_train_ce", "loss_at_init", "diverged",
+                "max_attn_logit", "max_abs_log_z", "grad_rms_median", "wall_s"):
+        assert col in table.columns, col
+    first = {r: (out / r / "summary.json").read_text() for r in table["run_dir"]}
+
+    # Interrupt one run (summary gone, last checkpoint at step 3), finish the sweep again.
+    victim = out / table["run_dir"][2]
+    full_metrics = read_metrics(victim / "metrics.jsonl")
+    (victim / "summary.json").unlink()
+    shutil.rmtree(victim / "checkpoints" / "6")
+    out2, df2 = run_sweep(cfg)
+    assert out2 == out
+    for r, text in first.items():
+        if out / r != victim:
+            assert (out / r / "summary.json").read_text() == text  # skipped, untouched
+    resumed = read_metrics(victim / "metrics.jsonl")
+    strip = lambda rows: [{k: v for k, v in x.items() if not k.startswith("perf/")}  # noqa
+                          for x in rows]
+    assert strip(resumed) == strip(full_metrics)
+    assert (df2["status"] != "pending").all()
+
+
+def test_sweep_command_end_to_end(tmp_path, corpus_dir, cache_dir):
+    args = [f"sweep.root={tmp_path / 'sw'}", "sweep.lrs=[1e-3,1e-2]",
+            "sweep.sizes=[{d_model:32,n_layers:1,n_heads:2}]", "train.steps=4",
+            "train.batch_size=4", "train.seq_len=16", "train.log_every=2", "train.eval_every=4",
+            "train.eval_batches=1", "data.source=text", f"data.path={corpus_dir}",
+            f"data.cache_dir={cache_dir}", "wandb.mode=disabled"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    res = subprocess.run([sys.executable, "-m", "proxies.sweep", "+exp=lr_sens", *args],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "lr_sensitivity" in res.stdout and "best_lr" in res.stdout
+    (d,) = (tmp_path / "sw").iterdir()
+    assert d.name.startswith("lr_sens-")
+    assert (d / "lr_vs_loss.png").stat().st_size > 10_000
+    assert len(pd.read_csv(d / "results.csv")) == 4  # 2 LRs x qk-layernorm off/on
+
+    bad = subprocess.run([sys.executable, "-m", "proxies.sweep", "+exp=lr_sens",
+                          "sweep.lrs=[]", *args[2:]], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: sweep.lrs is empty; give at least one LR, e.g. sweep.lrs=[1e-3,1e-2]"]
+
+
+def test_lr_sensitivity_counts_diverged_runs_as_loss_at_init():
+    lrs = [1e-4, 3e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    losses = [9.0, 3.0, 2.0, 2.5, np.nan, 1.5]  # 1e-4 and 1.0 lie outside [3e-4, 3e-1]
+    # inside: 3.0, 2.0, 2.5, nan->5.0 ; best 2.0 ; excess 1.0, 0, 0.5, 3.0
+    assert lr_sensitivity(lrs, losses, 5.0) == pytest.approx((1.0 + 0 + 0.5 + 3.0) / 4)
+    assert lr_sensitivity(lrs, [7.0] * 6, 5.0) == 0.0  # all above ℓ0: all count as ℓ0
+
+
+def test_hydra_multirun_with_joblib_launcher_writes_the_sweep_layout(tmp_path, corpus_dir,
+                                                                       cache_dir):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    res = subprocess.run(
+        [sys.executable, "-m", "proxies.train", "-m", "hydra/launcher=local",
+         "optim.lr=1e-3,1e-2", "model.d_model=32", "model.n_layers=1", "model.n_heads=2",
+         "train.steps=4", "train.batch_size=4", "train.seq_len=16", "train.log_every=2",
+         "train.eval_batches=1", "train.quiet=true", "wandb.mode=disabled", "data.source=text",
+         f"data.path={corpus_dir}", f"data.cache_dir={cache_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (sweep,) = (tmp_path / "runs").iterdir()
+    table = pd.read_csv(sweep / "results.csv")
+    assert sorted(table["optim.lr"]) == [1e-3, 1e-2]
+    assert set(table["status"]) == {"done"}
+    for run_dir in table["run_dir"]:
+        assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"} <= {
+            p.name for p in (sweep / run_dir).iterdir()}
+
+
+def _close_rows(a, b, rtol=2e-4, atol=1e-6):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        keys = {k for k in ra if not k.startswith("perf/")}
+        assert keys == {k for k in rb if not k.startswith("perf/")}
+        np.testing.assert_allclose([ra[k] for k in sorted(keys)], [rb[k] for k in sorted(keys)],
+                                   rtol=rtol, atol=atol)
+
+
+def test_vmapped_group_matches_the_same_runs_one_by_one(make_cfg):
+    from proxies.train import train_group
+    lrs = ["1e-3", "1e-2", "3e-2"]
+    group = [make_cfg(f"optim.lr={lr}", "optim.weight_decay=0.05", out=f"g{lr}") for lr in lrs]
+    solo = [make_cfg(f"optim.lr={lr}", "optim.weight_decay=0.05", out=f"s{lr}") for lr in lrs]
+    g_summaries = train_group(group, vmap=True)
+    assert all(s["group_size"] == 3 for s in g_summaries)
+    for g, s in zip(group, solo):
+        train(s)
+        _close_rows(read_metrics(Path(g.out_dir) / "metrics.jsonl"),
+                    read_metrics(Path(s.out_dir) / "metrics.jsonl"))
+
+
+def test_diverging_member_leaves_its_group_mates_unchanged(make_cfg):
+    from proxies.train import train_group
+    calm = make_cfg("optim.lr=1e-2", out="calm")
+    wild = make_cfg("optim.lr=30.0", "optim.grad_clip=0", "optim.warmup_steps=0",
+                    "optim.weight_decay=0", out="wild")
+    alone = make_cfg("optim.lr=1e-2", out="alone")
+    s_calm, s_wild = train_group([calm, wild], vmap=True)
+    assert s_wild["diverged"] is True and s_wild["diverged_at_step"] < 12
+    assert s_calm["diverged"] is False and s_calm["steps_done"] == 12
+    train(alone)
+    _close_rows(read_metrics(Path(calm.out_dir) / "metrics.jsonl"),
+                read_metrics(Path(alone.out_dir) / "metrics.jsonl"))
+    text = (Path(wild.out_dir) / "metrics.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_sweep_plans_vmapped_groups_by_series(tmp_path, corpus_dir, cache_dir):
+    from proxies.sweep import plan_groups
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-4,1e-3,1e-2]")
+    cfg.sweep.axes = {"model": {"qk_layernorm": [False, True]}}
+    points = expand_grid(cfg)
+    groups = plan_groups(points, vmap=True, group_size=2)
+    assert [len(g) for g in groups] == [2, 1, 2, 1]  # per series: LRs in chunks of 2
+    for g in groups:
+        assert len({v["model.qk_layernorm"] for v, _ in g}) == 1
+    assert [len(g) for g in plan_groups(points, vmap=False, group_size=8)] == [1] * 6

@@ -23,7 +23,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from analysis.sensitivity import best_lr, lr_sensitivity
+from analysis.__main__ import print_report
+from analysis.report import analyze
 from proxies.cli import one_line_errors, run_cli
 from proxies.config import Config, ConfigError, config_hash, register_configs, validate
 from proxies.results import run_row, write_table
@@ -40,8 +41,12 @@ class SweepConfig:
     # {model: {qk_layernorm: [false, true]}, optim: {z_loss: [0, 1e-4]}}.
     axes: Dict[str, Any] = field(default_factory=dict)
     root: str = "runs"
+    # The analysis run at the end (python -m analysis): LR range of LR sensitivity, sizes to
+    # extrapolate the attention-logit fit to, and the logit above which they are flagged.
+    analysis: bool = True
     lr_range: List[float] = field(default_factory=lambda: [3e-4, 3e-1])
-    figure: bool = True
+    target_params: List[float] = field(default_factory=lambda: [4.8e9])
+    threshold: float = 1e4
     # Train runs that differ only in scalar hyperparameters together under jax.vmap:
     # auto = on accelerators (small models leave them idle), off on CPU (no gain there).
     vmap: str = "auto"  # auto | on | off
@@ -145,65 +150,6 @@ def results_table(points: List[Tuple[Dict[str, Any], DictConfig]]) -> pd.DataFra
     return pd.DataFrame([run_row(Path(run.out_dir), values) for values, run in points])
 
 
-def series_keys(df: pd.DataFrame) -> List[str]:
-    """Swept keys other than the LR: each combination of them is one series."""
-    return [c for c in df.columns if "." in c and c != "optim.lr"]
-
-
-def series_table(df: pd.DataFrame, lr_range=(3e-4, 3e-1)) -> pd.DataFrame:
-    """Per series: params, best LR and loss, LR sensitivity (spec definition)."""
-    keys = series_keys(df)
-    out = []
-    groups = df.groupby(keys, sort=False, dropna=False) if keys else [((), df)]
-    for vals, g in groups:
-        vals = vals if isinstance(vals, tuple) else (vals,)
-        done = g[g["status"].isin(["done", "diverged"])]
-        l0 = float(done["loss_at_init"].max()) if len(done) else np.nan
-        lr, loss = best_lr(done["optim.lr"], done["final_eval_ce"].where(~done["diverged"]
-                                                                            .astype(bool)))
-        out.append({**dict(zip(keys, vals)),
-                    "n_params_nonembed": g["n_params_nonembed"].max(),
-                    "runs": f"{len(done)}/{len(g)}", "best_lr": lr, "best_loss": loss,
-                    "lr_sensitivity": lr_sensitivity(
-                        done["optim.lr"], done["final_eval_ce"].where(
-                            ~done["diverged"].astype(bool)), l0, tuple(lr_range))
-                    if len(done) else np.nan})
-    return pd.DataFrame(out)
-
-
-def lr_figure(df: pd.DataFrame, path: Path) -> None:
-    """Final eval loss vs LR: one panel per toggle setting, one line per model size."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size_keys = [c for c in series_keys(df) if c.startswith("model.") and c.split(".")[1] in
-                 ("d_model", "n_layers", "n_heads")]
-    toggle_keys = [c for c in series_keys(df) if c not in size_keys]
-    panels = list(df.groupby(toggle_keys, sort=False)) if toggle_keys else [((), df)]
-    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True,
-                            squeeze=False)
-    for ax, (tvals, pdf) in zip(axs[0], panels):
-        tvals = tvals if isinstance(tvals, tuple) else (tvals,)
-        lines = pdf.groupby("n_params_nonembed", sort=True, dropna=False)
-        for n, g in lines:
-            g = g.sort_values("optim.lr")
-            div = g["diverged"].astype(bool) | g["final_eval_ce"].isna()
-            loss = g["final_eval_ce"].where(~div, g["loss_at_init"])
-            line, = ax.plot(g["optim.lr"], loss, marker="o", label=f"{n / 1e6:.2g}M")
-            ax.scatter(g["optim.lr"][div], loss[div], marker="x", s=60, color=line.get_color())
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_title(", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(toggle_keys, tvals))
-                     or "all runs", fontsize=9)
-        ax.grid(alpha=0.3)
-    axs[0][0].set_ylabel("final eval loss (x: diverged = loss at init)")
-    axs[0][-1].legend(title="non-emb. params", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def run_sweep(cfg: DictConfig) -> Tuple[Path, pd.DataFrame]:
     points = expand_grid(cfg)
     out = sweep_dir(cfg, points)
@@ -228,14 +174,11 @@ def run_sweep(cfg: DictConfig) -> Tuple[Path, pd.DataFrame]:
     bar.close()
     df = results_table(points)
     write_table(df, table)
-    summary = series_table(df, tuple(cfg.sweep.lr_range))
-    with pd.option_context("display.width", 140, "display.max_columns", 20):
-        print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    (out / "series.csv").write_text(summary.to_csv(index=False))
-    if cfg.sweep.figure:
-        lr_figure(df, out / "lr_vs_loss.png")
-    print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {table}"
-          + (f", figure {out / 'lr_vs_loss.png'}" if cfg.sweep.figure else ""))
+    print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {table}")
+    if cfg.sweep.analysis:
+        rep = analyze(out, list(cfg.sweep.target_params), cfg.sweep.threshold,
+                      tuple(cfg.sweep.lr_range))
+        print_report(rep, out)
     return out, df
 
 

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 def sweep_cfg(tmp_path, corpus_dir, cache_dir, *overrides):
     base = [
         "sweep.name=t", f"sweep.root={tmp_path / 'sweeps'}", "sweep.lrs=[1e-3,1e-2]",
-        "sweep.figure=false",
+        "sweep.analysis=false",
         "model.d_model=32", "model.n_layers=1", "model.n_heads=2",
         "train.steps=6", "train.batch_size=4", "train.seq_len=16", "train.log_every=3",
         "train.eval_every=6", "train.eval_batches=1", "train.checkpoint_every=3",
@@ -120,7 +120,8 @@ def test_sweep_command_end_to_end(tmp_path, corpus_dir, cache_dir):
     assert "lr_sensitivity" in res.stdout and "best_lr" in res.stdout
     (d,) = (tmp_path / "sw").iterdir()
     assert d.name.startswith("lr_sens-")
-    assert (d / "lr_vs_loss.png").stat().st_size > 10_000
+    assert (d / "analysis" / "lr_vs_loss.png").stat().st_size > 10_000
+    assert "## LR sensitivity per series" in (d / "analysis" / "report.md").read_text()
     assert len(pd.read_csv(d / "results.csv")) == 4  # 2 LRs x qk-layernorm off/on
 
     bad = subprocess.run([sys.executable, "-m", "proxies.sweep", "+exp=lr_sens",

@@ -1,0 +1,59 @@
+"""Read a sweep directory (local files only, no W&B) into pandas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from proxies.results import table_from_dirs
+from proxies.tracking import read_metrics
+
+SIZE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads")
+# Run-config values analysis needs even when a sweep did not sweep them.
+CONFIG_COLUMNS = SIZE_KEYS + ("model.qk_layernorm", "optim.z_loss", "optim.eps", "optim.lr")
+
+
+def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
+    """The results table rebuilt from the run directories, plus CONFIG_COLUMNS from each run's
+    config.yaml. Runs still going or interrupted have status partial/pending and NaN figures."""
+    sweep_dir = Path(sweep_dir)
+    df = table_from_dirs(sweep_dir)
+    if df.empty:
+        return df
+    for col in CONFIG_COLUMNS:
+        if col not in df.columns:
+            vals = []
+            for run in df["run_dir"]:
+                cfg = yaml.safe_load((sweep_dir / run / "config.yaml").read_text()) or {}
+                section, key = col.split(".")
+                vals.append((cfg.get(section) or {}).get(key, np.nan))
+            df[col] = vals
+    return df
+
+
+def load_metrics(sweep_dir: str | Path, run_dir: str) -> pd.DataFrame:
+    """One run's metrics.jsonl as a DataFrame indexed by step (missing values NaN)."""
+    rows = read_metrics(Path(sweep_dir) / run_dir / "metrics.jsonl")
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index("step").astype(float, errors="ignore")
+
+
+def series_keys(df: pd.DataFrame) -> List[str]:
+    """Swept keys other than the LR: each combination of them is one series."""
+    # Size keys always; any other key only where it varies within the sweep.
+    return [c for c in df.columns if "." in c and c != "optim.lr" and
+            (c in SIZE_KEYS or df[c].nunique(dropna=False) > 1)]
+
+
+def toggle_keys(df: pd.DataFrame) -> List[str]:
+    """Series keys that are not model-size keys."""
+    return [k for k in series_keys(df) if k not in SIZE_KEYS]
+
+
+def finished(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].isin(["done", "diverged"])]

@@ -1,0 +1,186 @@
+"""The sweep report: tables, predictions, figures, and a note for everything it could not do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from analysis import figures
+from analysis.fits import FitError, QuadraticLogFit, eps_crossover, fit_quadratic_log
+from analysis.load import finished, load_sweep, series_keys, toggle_keys
+from analysis.sensitivity import best_lr, lr_sensitivity
+
+DEFAULT_TARGETS = (4.8e9,)
+
+
+@dataclass
+class Report:
+    series: pd.DataFrame
+    predictions: pd.DataFrame
+    eps_warnings: pd.DataFrame
+    notes: List[str] = field(default_factory=list)
+    figures: Dict[str, str] = field(default_factory=dict)
+
+
+def series_table(df: pd.DataFrame, lr_range: Tuple[float, float] = (3e-4, 3e-1)) -> pd.DataFrame:
+    """Per series: params, finished runs, best LR and loss, LR sensitivity (spec definition:
+    diverged and NaN runs count as the loss at init)."""
+    keys = series_keys(df)
+    out = []
+    groups = df.groupby(keys, sort=False, dropna=False) if keys else [((), df)]
+    for vals, g in groups:
+        vals = vals if isinstance(vals, tuple) else (vals,)
+        done = finished(g)
+        losses = done["final_eval_ce"].where(~done["diverged"].astype(bool))
+        l0 = float(done["loss_at_init"].max()) if len(done) else np.nan
+        lr, loss = best_lr(done["optim.lr"], losses)
+        out.append({**dict(zip(keys, vals)), "n_params_nonembed": g["n_params_nonembed"].max(),
+                    "runs": f"{len(done)}/{len(g)}", "diverged": int(done["diverged"].sum()),
+                    "best_lr": lr, "best_loss": loss,
+                    "lr_sensitivity": lr_sensitivity(done["optim.lr"], losses, l0, lr_range)
+                    if len(done) else np.nan})
+    return pd.DataFrame(out)
+
+
+def attn_predictions(df: pd.DataFrame, targets: Sequence[float], threshold: float,
+                     notes: List[str]) -> Tuple[pd.DataFrame, Dict[tuple, QuadraticLogFit]]:
+    """Per toggle setting and LR: quadratic fit of max attention logit in ln(params),
+    extrapolated to each target size, flagged where it passes `threshold`."""
+    keys = toggle_keys(df)
+    done = finished(df).dropna(subset=["max_attn_logit", "n_params_nonembed"])
+    rows, fits, skipped = [], {}, []
+    groups = done.groupby(keys + ["optim.lr"], sort=False, dropna=False)
+    for vals, g in groups:
+        vals = vals if isinstance(vals, tuple) else (vals,)
+        try:
+            fit = fit_quadratic_log(g["n_params_nonembed"], g["max_attn_logit"])
+        except FitError as e:
+            skipped.append(str(e))
+            continue
+        fits[vals] = fit
+        for t in targets:
+            pred = fit.predict(t)
+            rows.append({**dict(zip(keys + ["optim.lr"], vals)), "target_params": t,
+                         "predicted_max_logit": pred, "diverges": bool(pred > threshold),
+                         "coef_x2": fit.coef[0], "coef_x": fit.coef[1], "coef_1": fit.coef[2],
+                         "rms_residual": float(np.sqrt(np.mean(fit.residuals ** 2))),
+                         "points": fit.n_points})
+    if skipped:  # one note, not one per LR
+        notes.append(f"attention-logit fit skipped for {len(skipped)} of {len(groups)} "
+                     f"(setting, LR) pairs: {skipped[0]}")
+    return pd.DataFrame(rows), fits
+
+
+def eps_table(df: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, Dict[str, float]]:
+    """Per toggle setting and LR: the size at which median gradient RMS reaches AdamW ε."""
+    keys = toggle_keys(df)
+    done = finished(df)
+    if "grad_rms_median" not in done.columns:
+        notes.append("no gradient RMS recorded (probes off?): ε warning skipped")
+        return pd.DataFrame(), {}
+    rows, eps_by = [], {}
+    for vals, g in done.groupby(keys + ["optim.lr"], sort=False, dropna=False):
+        vals = vals if isinstance(vals, tuple) else (vals,)
+        eps = float(g["optim.eps"].iloc[0])
+        label = figures._label(keys + ["lr"], vals)
+        eps_by[label] = eps
+        try:
+            n_star = eps_crossover(g["n_params_nonembed"], g["grad_rms_median"], eps)
+        except FitError as e:
+            notes.append(f"ε crossover skipped for {label}: {e}")
+            continue
+        rows.append({**dict(zip(keys + ["optim.lr"], vals)), "eps": eps,
+                     "smallest_grad_rms": float(g["grad_rms_median"].min()),
+                     "params_where_grad_rms_reaches_eps": n_star})
+    return pd.DataFrame(rows), eps_by
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(nothing to show)_\n"
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)  # noqa
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "".join("| " + " | ".join(fmt(v) for v in r) + " |\n"
+                          for r in df.itertuples(index=False))
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
+def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
+            threshold: float = 1e4, lr_range: Tuple[float, float] = (3e-4, 3e-1),
+            series: Dict[str, object] | None = None) -> Report:
+    """Write `<sweep_dir>/analysis/` (report.md and PNG figures) and return the tables."""
+    sweep_dir = Path(sweep_dir)
+    out = sweep_dir / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    df = load_sweep(sweep_dir)
+    notes: List[str] = []
+    if df.empty:
+        notes.append(f"no run directories in {sweep_dir} yet")
+        rep = Report(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), notes)
+        (out / "report.md").write_text("# Sweep analysis\n\n" + "\n".join(f"- {n}" for n in notes))
+        return rep
+    unfinished = df[~df["status"].isin(["done", "diverged"])]
+    if len(unfinished):
+        notes.append(f"{len(unfinished)} of {len(df)} runs unfinished (no summary yet): "
+                     "left out of every figure and table below")
+    done = finished(df)
+    if done["optim.lr"].nunique() < 2:
+        notes.append("a single LR: LR sensitivity is 0 by definition and says nothing")
+    if done["final_eval_ce"].isna().any():
+        notes.append(f"{int(done['final_eval_ce'].isna().sum())} finished runs have no final eval "
+                     "loss (NaN): counted as loss at init")
+    tab = series_table(df, lr_range)
+    for _, r in tab.iterrows():
+        if r["diverged"] and r["runs"].split("/")[0] == str(r["diverged"]):
+            notes.append(f"series {figures._label(series_keys(df), tuple(r[k] for k in series_keys(df)))}"
+                         ": every run diverged")
+    preds, fits = attn_predictions(df, targets, threshold, notes)
+    eps_tab, eps_by = eps_table(df, notes)
+
+    figs: Dict[str, str] = {}
+    if len(done):
+        figs["LR vs final loss"] = _save(figures.lr_curves(done), out / "lr_vs_loss.png")
+        figs["LR sensitivity vs params"] = _save(figures.sensitivity_vs_params(tab),
+                                                 out / "sensitivity_vs_params.png")
+        figs["max attention logit vs params, with fits"] = _save(
+            figures.attn_logit_fits(done, fits, targets, threshold), out / "attn_logit_fit.png")
+        figs["log Z mean over training"] = _save(figures.metric_over_training(
+            sweep_dir, done, "logits/log_z_mean", "optim.z_loss", "mean log Z"),
+            out / "log_z.png")
+        if "grad_rms_median" in done.columns:
+            figs["gradient and update RMS vs params"] = _save(
+                figures.grad_rms_vs_params(done, eps_by), out / "grad_rms.png")
+        pick = done
+        for k, v in (series or {}).items():
+            pick = pick[pick[k] == v]
+        if series is None and len(done):  # default: the largest model's runs
+            pick = done[done["n_params_nonembed"] == done["n_params_nonembed"].max()]
+        figs["loss curves"] = _save(figures.metric_over_training(
+            sweep_dir, pick, "eval/ce", "optim.lr", "eval CE"), out / "loss_curves.png")
+
+    lines = [f"# Sweep analysis: {sweep_dir.name}\n",
+             f"{len(done)} finished runs of {len(df)}; LR sensitivity over LRs in "
+             f"[{lr_range[0]:g}, {lr_range[1]:g}].\n"]
+    if notes:
+        lines += ["## Notes\n"] + [f"- {n}" for n in notes] + [""]
+    lines += ["## LR sensitivity per series\n", _md_table(tab),
+              f"## Attention-logit growth: predicted max logit (divergence above {threshold:g})\n",
+              _md_table(preds),
+              "## Gradient RMS vs AdamW ε: size where the median gradient RMS reaches ε\n",
+              _md_table(eps_tab), "## Figures\n"]
+    lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in figs.items()]
+    (out / "report.md").write_text("\n".join(lines))
+    tab.to_csv(out / "series.csv", index=False)
+    preds.to_csv(out / "attn_predictions.csv", index=False)
+    eps_tab.to_csv(out / "eps_crossover.csv", index=False)
+    return Report(tab, preds, eps_tab, notes, figs)

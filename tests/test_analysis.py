@@ -1,0 +1,118 @@
+"""Analysis numerics against hand-computed answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from analysis import eps_crossover, fit_quadratic_log, lr_sensitivity
+from analysis.fits import FitError
+
+
+def test_lr_sensitivity_hand_computed_with_diverged_and_nan_runs():
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
+    losses = [4.0, 3.2, 3.0, 2.8, 3.1, np.inf, np.nan, 9.9, 2.0]
+    # In [3e-4, 3e-1]: 3.2, 3.0, 2.8, 3.1, inf->6, nan->6, 9.9->6 ; best 2.8
+    expected = np.mean([0.4, 0.2, 0.0, 0.3, 3.2, 3.2, 3.2])
+    assert lr_sensitivity(lrs, losses, 6.0) == pytest.approx(expected)
+    # A narrower range only averages the points inside it.
+    assert lr_sensitivity(lrs, losses, 6.0, lr_range=(1e-3, 1e-2)) == pytest.approx(
+        np.mean([0.2, 0.0, 0.3]))
+    assert math.isnan(lr_sensitivity([1.0], [2.0], 6.0))  # no grid point inside the range
+    assert lr_sensitivity([1e-3], [2.0], 6.0) == 0.0  # a single LR: no spread
+
+
+def test_quadratic_in_log_params_is_recovered_and_extrapolated():
+    n = np.array([1e6, 4e6, 1.6e7, 6.4e7])
+    x = np.log(n)
+    y = 0.5 * x**2 - 3.0 * x + 7.0
+    fit = fit_quadratic_log(n, y)
+    np.testing.assert_allclose(fit.coef, [0.5, -3.0, 7.0], rtol=1e-6)
+    assert fit.n_points == 4
+    np.testing.assert_allclose(fit.residuals, 0, atol=1e-6)
+    big = 4.8e9
+    assert fit.predict(big) == pytest.approx(0.5 * math.log(big) ** 2 - 3 * math.log(big) + 7)
+    np.testing.assert_allclose(fit.predict(n), y, rtol=1e-8)
+
+
+def test_quadratic_fit_refuses_fewer_than_three_sizes():
+    with pytest.raises(FitError, match="at least 3 model sizes"):
+        fit_quadratic_log([1e6, 1e6, 4e6], [1.0, 2.0, 3.0])
+    with pytest.raises(FitError, match="at least 3"):
+        fit_quadratic_log([1e6, 4e6, 1.6e7], [1.0, np.nan, 3.0])
+
+
+def test_eps_crossover_on_synthetic_power_law():
+    n = np.array([1e6, 1e7, 1e8])
+    g = 1e-2 * (n / 1e6) ** -0.5  # 1e-2, 3.16e-3, 1e-3
+    # 1e-2 * (N/1e6)^-0.5 = 1e-6  =>  (N/1e6)^0.5 = 1e4  =>  N = 1e14
+    assert eps_crossover(n, g, 1e-6) == pytest.approx(1e14, rel=1e-6)
+    assert eps_crossover(n, g, 1e-8) == pytest.approx(1e18, rel=1e-6)
+    assert eps_crossover(n, [1e-3, 1e-3, 1e-3], 1e-8) == math.inf  # flat: never
+    assert eps_crossover(n, 1e-3 * (n / 1e6) ** 0.2, 1e-8) == math.inf  # rising: never
+
+
+def _fake_run(root, name, lr, d, summary, qk=False, metrics=None):
+    import json
+    import yaml
+    run = root / name
+    run.mkdir(parents=True)
+    swept = {"model.d_model": d, "model.n_layers": 2, "model.n_heads": 2,
+             "model.qk_layernorm": qk, "optim.lr": lr}
+    cfg = {"model": {"d_model": d, "n_layers": 2, "n_heads": 2, "qk_layernorm": qk},
+           "optim": {"lr": lr, "eps": 1e-8, "z_loss": 0.0}, "run": {"swept": swept}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = metrics or [{"step": 0, "eval/ce": 5.5}, {"step": 10, "eval/ce": 3.0,
+                                                     "logits/log_z_mean": 5.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if summary is not None:
+        (run / "summary.json").write_text(json.dumps(summary))
+
+
+def _summary(ce, n, diverged=False, logit=5.0):
+    return {"final_eval_ce": ce, "final_train_ce": ce, "loss_at_init": 5.5,
+            "diverged": diverged, "steps_done": 10, "n_params": n * 2,
+            "n_params_nonembed": n, "max_attn_logit": logit}
+
+
+def test_report_survives_unfinished_all_diverged_single_lr_and_nan(tmp_path):
+    from analysis.report import analyze
+    root = tmp_path / "sweep"
+    _fake_run(root, "a", 1e-3, 64, _summary(3.0, 1e5))
+    _fake_run(root, "b", 1e-2, 64, _summary(None, 1e5))  # NaN final loss
+    _fake_run(root, "c", 1e-3, 128, None)  # interrupted: no summary
+    _fake_run(root, "d", 1e-3, 32, _summary(None, 5e4, diverged=True), qk=True)  # all diverged
+    rep = analyze(root, targets=[1e9])
+    text = (root / "analysis" / "report.md").read_text()
+    assert "1 of 4 runs unfinished" in text
+    assert "no final eval loss" in text
+    assert "every run diverged" in text
+    assert "attention-logit fit skipped" in text
+    assert (root / "analysis" / "lr_vs_loss.png").exists()
+    d64 = rep.series[rep.series["model.d_model"] == 64].iloc[0]
+    # LRs 1e-3 (3.0) and 1e-2 (NaN -> loss at init 5.5): best 3.0, sensitivity (0 + 2.5) / 2
+    assert d64["lr_sensitivity"] == pytest.approx(1.25)
+
+
+def test_report_predicts_attention_logit_divergence_from_three_sizes(tmp_path):
+    from analysis.report import analyze
+    root = tmp_path / "sweep"
+    for d, n in ((64, 1e5), (128, 8e5), (256, 6.4e6)):
+        x = math.log(n)
+        _fake_run(root, f"r{d}", 1e-2, d, _summary(3.0, n, logit=0.5 * x * x - 5 * x + 20))
+    rep = analyze(root, targets=[4.8e9], threshold=1e4)
+    (pred,) = rep.predictions.to_dict("records")
+    x = math.log(4.8e9)
+    assert pred["predicted_max_logit"] == pytest.approx(0.5 * x * x - 5 * x + 20, rel=1e-6)
+    assert pred["diverges"] is False  # about 125, far below 1e4
+    rep = analyze(root, targets=[4.8e9], threshold=100)
+    assert rep.predictions["diverges"].tolist() == [True]
+    assert (root / "analysis" / "attn_logit_fit.png").exists()
+
+
+def test_analysis_cli_on_a_missing_dir_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "nope")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1

@@ -116,3 +116,12 @@ def test_analysis_cli_on_a_missing_dir_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_report_notes_a_single_lr(tmp_path):
+    from analysis.report import analyze
+    root = tmp_path / "sweep"
+    _fake_run(root, "a", 1e-3, 64, _summary(3.0, 1e5))
+    rep = analyze(root)
+    assert any("single LR" in n for n in rep.notes)
+    assert rep.series["lr_sensitivity"].tolist() == [0.0]

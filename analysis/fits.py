@@ -26,6 +26,12 @@ class QuadraticLogFit:
     residuals: np.ndarray  # data minus fit, at the fitted points
     n_points: int
 
+    @property
+    def dof(self) -> int:
+        """Residual degrees of freedom: 0 means the curve passes through every point and its
+        residuals say nothing about how well it extrapolates."""
+        return self.n_points - 3
+
     def predict(self, n_params: float | Sequence[float] | np.ndarray) -> np.ndarray | float:
         x = np.log(np.asarray(n_params, float))
         y = np.polyval(self.coef, x)

@@ -47,32 +47,56 @@ def series_table(df: pd.DataFrame, lr_range: Tuple[float, float] = (3e-4, 3e-1))
     return pd.DataFrame(out)
 
 
+def held_out_mask(n_params: pd.Series, hold_out: Sequence[float]) -> pd.Series:
+    """Rows whose size is within 10% of a held-out size (sizes are given as non-emb params)."""
+    mask = pd.Series(False, index=n_params.index)
+    for h in hold_out:
+        mask |= (n_params - h).abs() <= 0.1 * h
+    return mask
+
+
 def attn_predictions(df: pd.DataFrame, targets: Sequence[float], threshold: float,
-                     notes: List[str]) -> Tuple[pd.DataFrame, Dict[tuple, QuadraticLogFit]]:
-    """Per toggle setting and LR: quadratic fit of max attention logit in ln(params),
-    extrapolated to each target size, flagged where it passes `threshold`."""
+                     notes: List[str], hold_out: Sequence[float] = ()
+                     ) -> Tuple[pd.DataFrame, Dict[tuple, QuadraticLogFit]]:
+    """Per toggle setting and LR: quadratic fit of max attention logit in ln(params) on the
+    sizes not held out, its prediction at each held-out size (with the measured value) and at
+    each target size, flagged where it passes `threshold`."""
     keys = toggle_keys(df)
     done = finished(df).dropna(subset=["max_attn_logit", "n_params_nonembed"])
-    rows, fits, skipped = [], {}, []
-    groups = done.groupby(keys + ["optim.lr"], sort=False, dropna=False)
+    held = held_out_mask(done["n_params_nonembed"], hold_out)
+    rows, fits, skipped, exact, negative = [], {}, [], 0, 0
+    groups = done.groupby(keys + ["optim.lr"], sort=True, dropna=False)
     for vals, g in groups:
         vals = vals if isinstance(vals, tuple) else (vals,)
+        fit_pts = g[~held.loc[g.index]]
         try:
-            fit = fit_quadratic_log(g["n_params_nonembed"], g["max_attn_logit"])
+            fit = fit_quadratic_log(fit_pts["n_params_nonembed"], fit_pts["max_attn_logit"])
         except FitError as e:
             skipped.append(str(e))
             continue
         fits[vals] = fit
-        for t in targets:
+        exact += fit.dof == 0
+        checks = [(float(r.n_params_nonembed), float(r.max_attn_logit))
+                  for r in g[held.loc[g.index]].itertuples()]
+        for t, measured in checks + [(float(t), np.nan) for t in targets]:
             pred = fit.predict(t)
+            negative += pred < 0
             rows.append({**dict(zip(keys + ["optim.lr"], vals)), "target_params": t,
-                         "predicted_max_logit": pred, "diverges": bool(pred > threshold),
-                         "coef_x2": fit.coef[0], "coef_x": fit.coef[1], "coef_1": fit.coef[2],
+                         "held_out": np.isfinite(measured), "predicted_max_logit": pred,
+                         "measured_max_logit": measured, "diverges": bool(pred > threshold),
+                         "points": fit.n_points, "dof": fit.dof,
                          "rms_residual": float(np.sqrt(np.mean(fit.residuals ** 2))),
-                         "points": fit.n_points})
+                         "coef_x2": fit.coef[0], "coef_x": fit.coef[1], "coef_1": fit.coef[2]})
     if skipped:  # one note, not one per LR
         notes.append(f"attention-logit fit skipped for {len(skipped)} of {len(groups)} "
                      f"(setting, LR) pairs: {skipped[0]}")
+    if exact:
+        notes.append(f"{exact} attention-logit fits pass through exactly 3 sizes (0 residual "
+                     "degrees of freedom): nothing checks their extrapolation; sweep a 4th size "
+                     "or hold one out (sweep.hold_out / --hold-out) to test them")
+    if negative:
+        notes.append(f"{negative} extrapolated max logits are negative: the quadratic turns "
+                     "down outside the fitted sizes, so those predictions are meaningless")
     return pd.DataFrame(rows), fits
 
 
@@ -117,7 +141,7 @@ def _save(fig: plt.Figure, path: Path) -> str:
 
 def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
             threshold: float = 1e4, lr_range: Tuple[float, float] = (3e-4, 3e-1),
-            series: Dict[str, object] | None = None) -> Report:
+            series: Dict[str, object] | None = None, hold_out: Sequence[float] = ()) -> Report:
     """Write `<sweep_dir>/analysis/` (report.md and PNG figures) and return the tables."""
     sweep_dir = Path(sweep_dir)
     out = sweep_dir / "analysis"
@@ -144,7 +168,7 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
         if r["diverged"] and r["runs"].split("/")[0] == str(r["diverged"]):
             notes.append(f"series {figures._label(series_keys(df), tuple(r[k] for k in series_keys(df)))}"
                          ": every run diverged")
-    preds, fits = attn_predictions(df, targets, threshold, notes)
+    preds, fits = attn_predictions(df, targets, threshold, notes, hold_out)
     eps_tab, eps_by = eps_table(df, notes)
 
     figs: Dict[str, str] = {}

@@ -12,6 +12,13 @@ from typing import Sequence, Tuple
 import numpy as np
 
 
+def capped_losses(final_losses: Sequence[float], loss_at_init: float) -> np.ndarray:
+    """min(loss, ℓ0), with non-finite losses at ℓ0: the loss LR sensitivity counts (and the
+    figures draw)."""
+    losses = np.asarray(final_losses, float)
+    return np.where(np.isfinite(losses), np.minimum(losses, loss_at_init), loss_at_init)
+
+
 def lr_sensitivity(lrs: Sequence[float], final_losses: Sequence[float], loss_at_init: float,
                    lr_range: Tuple[float, float] = (3e-4, 3e-1)) -> float:
     """Mean excess of the capped final loss over the best one, over grid points inside lr_range.
@@ -20,8 +27,7 @@ def lr_sensitivity(lrs: Sequence[float], final_losses: Sequence[float], loss_at_
     no grid point lies inside the range.
     """
     lrs = np.asarray(lrs, float)
-    losses = np.asarray(final_losses, float)
-    capped = np.where(np.isfinite(losses), np.minimum(losses, loss_at_init), loss_at_init)
+    capped = capped_losses(final_losses, loss_at_init)
     lo, hi = lr_range
     inside = (lrs >= lo * (1 - 1e-9)) & (lrs <= hi * (1 + 1e-9))
     if not inside.any():
@@ -37,3 +43,23 @@ def best_lr(lrs: Sequence[float], final_losses: Sequence[float]) -> Tuple[float,
         return float("nan"), float("nan")
     i = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
     return float(np.asarray(lrs, float)[i]), float(losses[i])
+
+
+def best_lr_interp(lrs: Sequence[float], final_losses: Sequence[float]) -> float:
+    """Best LR between grid points: the vertex of a parabola in log10(LR) through the best grid
+    point and its two neighbours (the grid point itself at an edge of the grid or when the
+    three points do not curve upwards). NaN if no loss is finite."""
+    lrs = np.asarray(lrs, float)
+    losses = np.asarray(final_losses, float)
+    order = np.argsort(lrs)
+    lrs, losses = lrs[order], losses[order]
+    if not np.isfinite(losses).any():
+        return float("nan")
+    i = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+    if i == 0 or i == len(lrs) - 1 or not np.isfinite(losses[[i - 1, i + 1]]).all():
+        return float(lrs[i])
+    x = np.log10(lrs[i - 1:i + 2])
+    a, b, _ = np.polyfit(x, losses[i - 1:i + 2], 2)
+    if a <= 0:
+        return float(lrs[i])
+    return float(10 ** np.clip(-b / (2 * a), x[0], x[2]))

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +42,9 @@ class ModelConfig:
     parametrization: str = "sp"  # sp | mup (Adam μParam, see optim.py and the README)
     mup_base_width: int = 128
     dtype: str = "float32"  # compute dtype; params, softmax and loss stay float32
+    # κ experiment: q and k each become sqrt(κ)·z/‖z‖ per head, so logit = κ·cos(q, k) and the
+    # max attention logit is ≈ κ (no 1/sqrt(d_head)). None = off.
+    attn_kappa: Optional[float] = None
 
 
 @dataclass
@@ -114,10 +117,53 @@ class Config:
     out_dir: Optional[str] = None  # None: runs/<size>-<config hash>, so a rerun finds it again
 
 
+@dataclass
+class SweepConfig:
+    """`python -m proxies.sweep` and the `sweeps/` scripts: a grid of runs and its analysis."""
+
+    name: str = "sweep"
+    lrs: List[float] = field(default_factory=lambda: [1e-3, 1e-2])
+    # Model overrides, one dict per size, e.g. [{d_model: 64, n_layers: 2, n_heads: 2}].
+    sizes: List[Dict[str, Any]] = field(default_factory=list)
+    # Toggle axes, nested like the config with lists at the leaves:
+    # {model: {qk_layernorm: [false, true]}, optim: {z_loss: [0, 1e-4]}}. On the command line
+    # `sweep.axes={...}` replaces the experiment's axes, `+sweep.axes.optim.z_loss=[0,1e-4]` adds
+    # one and `~sweep.axes.model.qk_layernorm` drops one.
+    axes: Dict[str, Any] = field(default_factory=dict)
+    # Settings that change several keys at once, one nested override dict per setting, e.g.
+    # [{optim: {independent_wd: false, weight_decay: 0.1}}, {optim: {independent_wd: true,
+    # weight_decay: 1e-4}}]; crossed with sizes, axes and LRs.
+    variants: List[Dict[str, Any]] = field(default_factory=list)
+    root: str = "runs"  # sweep directories: <root>/<name>-<grid hash>
+    dir: Optional[str] = None  # an explicit sweep directory instead
+    # Run directories are shared by every sweep: <run_root>/<size>-<config hash>. A run any sweep
+    # already finished is reused, never retrained.
+    run_root: str = "runs"
+    dry_run: bool = False  # print the grid, run count and cost estimate; train nothing
+    # The analysis run at the end (python -m analysis): LR range of LR sensitivity, sizes to
+    # extrapolate the attention-logit fit to, the logit above which they are flagged, and sizes
+    # (non-embedding params) left out of the fit to check its prediction.
+    analysis: bool = True
+    lr_range: List[float] = field(default_factory=lambda: [3e-4, 3e-1])
+    target_params: List[float] = field(default_factory=lambda: [4.8e9])
+    threshold: float = 1e4
+    hold_out: List[float] = field(default_factory=list)
+    # Train runs that differ only in scalar hyperparameters together under jax.vmap:
+    # auto = on accelerators (small models leave them idle), off on CPU (no gain there).
+    vmap: str = "auto"  # auto | on | off
+    group_size: int = 8  # most runs per vmapped group (memory grows with it)
+
+
+@dataclass
+class SweepRoot(Config):
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="proxies_schema", node=Config)
     cs.store(group="model", name="proxies_model_schema", node=ModelConfig)
+    cs.store(name="proxies_sweep_schema", node=SweepRoot)
 
 
 def _choice(name: str, value: Any, options: tuple) -> None:
@@ -134,8 +180,11 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 def validate(cfg: DictConfig | Config) -> None:
     """Raise ConfigError (one line, naming the fix) for any impossible value."""
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
-    for k in ("d_model", "n_layers", "n_heads", "mup_base_width"):
+    for k in ("d_model", "n_heads", "mup_base_width"):
         _positive(f"model.{k}", getattr(m, k))
+    _positive("model.n_layers", m.n_layers, allow_zero=True)  # 0 layers: a bigram model
+    if m.attn_kappa is not None:
+        _positive("model.attn_kappa", m.attn_kappa)
     if m.d_model % m.n_heads:
         raise ConfigError(
             f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
@@ -179,15 +228,25 @@ def validate(cfg: DictConfig | Config) -> None:
 
 # Keys that change how a run is shown, not what it computes: outside its identity.
 _NOT_IDENTITY = {"train": ("quiet",)}
+# Features added after runs were first hashed: left out of the identity while off, so turning
+# a new feature into the schema never renames (and retrains) the runs that do not use it.
+_OFF_VALUES = {"model": {"attn_kappa": None}}
 
 
 def identity(cfg: DictConfig | Config) -> dict:
     """The part of a config that determines a run's results (what resume and hashes compare)."""
     c = OmegaConf.to_container(OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg,
                                resolve=True)
-    out = {k: c[k] for k in ("model", "optim", "data", "train")}
+    return identity_of(c)
+
+
+def identity_of(c: Dict[str, Any]) -> Dict[str, Any]:
+    """`identity` of a plain config dict (e.g. a run's config.yaml read back)."""
+    out = {k: dict(c.get(k) or {}) for k in ("model", "optim", "data", "train")}
     for section, keys in _NOT_IDENTITY.items():
         out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    for section, off in _OFF_VALUES.items():
+        out[section] = {k: v for k, v in out[section].items() if k not in off or v != off[k]}
     return out
 
 

@@ -16,6 +16,7 @@ import glob
 import hashlib
 import os
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -193,7 +194,12 @@ def make_tokenizer(cfg: DataConfig, train_docs: Callable[[], Sequence[str]],
     if spec == "bpe":
         path = cache_dir(cfg) / "tokenizers" / f"bpe{cfg.bpe_vocab_size}-{key}.json"
         if not path.exists():
+            # Said aloud: on a large corpus this takes a minute or more, once per corpus and size.
+            print(f"training a byte-level BPE tokenizer (vocab {cfg.bpe_vocab_size}) on the "
+                  f"training documents, once; cached at {path}", flush=True)
+            t0 = time.time()
             train_bpe(train_docs(), cfg.bpe_vocab_size, path)
+            print(f"tokenizer trained in {time.time() - t0:.0f} s", flush=True)
         return HFTokenizer(HFTok.from_file(str(path)), f"bpe{cfg.bpe_vocab_size}",
                            "<|endoftext|>")
     path = Path(spec).expanduser()

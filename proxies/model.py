@@ -86,6 +86,13 @@ def rope(x_BxLxHxK: jax.Array, base: float) -> jax.Array:
     return out.astype(x_BxLxHxK.dtype)
 
 
+def plant_kappa(z_BxLxHxK: jax.Array, kappa: float) -> jax.Array:
+    """sqrt(κ)·z/‖z‖ per head: with q and k both planted, q·k = κ·cos(q, k), so max logit ≈ κ."""
+    z32 = z_BxLxHxK.astype(jnp.float32)
+    z32 = z32 * jax.lax.rsqrt(jnp.sum(z32**2, axis=-1, keepdims=True) + 1e-12)
+    return (math.sqrt(kappa) * z32).astype(z_BxLxHxK.dtype)
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
@@ -110,7 +117,11 @@ class Attention(nn.Module):
             q_BxLxHxK = rope(q_BxLxHxK, cfg.rope_base)
             k_BxLxHxK = rope(k_BxLxHxK, cfg.rope_base)
         scale = attn_logit_scale(cfg)
-        if cfg.attn_scale == "before":
+        if cfg.attn_kappa is not None:  # the κ experiment sets the logit scale itself
+            q_BxLxHxK = plant_kappa(q_BxLxHxK, cfg.attn_kappa)
+            k_BxLxHxK = plant_kappa(k_BxLxHxK, cfg.attn_kappa)
+            logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
+        elif cfg.attn_scale == "before":
             # Same product, but q and k stay small before the matmul (safer in low precision).
             q_BxLxHxK = q_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)
             k_BxLxHxK = k_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)

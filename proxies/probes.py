@@ -21,7 +21,7 @@ def make_probe(model: nn.Module, n_layers: int) -> Callable[[Any, jax.Array], Di
     def probe(params: Any, batch_BxLp1: jax.Array) -> Dict[str, jax.Array]:
         logits_BxLxV, state = model.apply({"params": params}, batch_BxLp1[:, :-1],
                                           mutable=["intermediates"])
-        inter = state["intermediates"]
+        inter = state.get("intermediates", {})  # nothing sown by a zero-layer model
         out: Dict[str, jax.Array] = {}
         for i in range(n_layers):
             blk = inter[f"block_{i}"]
@@ -29,8 +29,9 @@ def make_probe(model: nn.Module, n_layers: int) -> Callable[[Any, jax.Array], Di
             out[f"attn/entropy/layer_{i}"] = blk["attn"]["entropy"][0]
             out[f"act/max_abs/layer_{i}"] = blk["act_max_abs"][0]
             out[f"act/max_median_ratio/layer_{i}"] = blk["act_max_median_ratio"][0]
-        out["attn/max_logit"] = jnp.max(jnp.stack(
-            [out[f"attn/max_logit/layer_{i}"] for i in range(n_layers)]))
+        if n_layers:  # a zero-layer (bigram) model has no attention
+            out["attn/max_logit"] = jnp.max(jnp.stack(
+                [out[f"attn/max_logit/layer_{i}"] for i in range(n_layers)]))
         log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
         out["logits/log_z_mean"] = jnp.mean(log_z_BxL)
         out["logits/mean"] = jnp.mean(logits_BxLxV)

@@ -60,8 +60,19 @@ def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, 
 
 
 def table_from_dirs(sweep_dir: Path) -> pd.DataFrame:
-    """The table of every run directory (a folder with config.yaml) inside `sweep_dir`."""
-    dirs = sorted(p.parent for p in Path(sweep_dir).glob("*/config.yaml"))
+    """The table of a sweep directory: its grid points from `runs.json` (written by
+    `proxies.sweep`; run directories may live outside it, shared with other sweeps), or else
+    every run directory (a folder with config.yaml) inside it (Hydra multirun)."""
+    sweep_dir = Path(sweep_dir)
+    manifest = sweep_dir / "runs.json"
+    if manifest.exists():
+        rows = []
+        for entry in json.loads(manifest.read_text()):
+            row = run_row(sweep_dir / entry["run_dir"], entry["swept"])
+            row["run_dir"] = entry["run_dir"]
+            rows.append(row)
+        return pd.DataFrame(rows)
+    dirs = sorted(p.parent for p in sweep_dir.glob("*/config.yaml"))
     return pd.DataFrame([run_row(d) for d in dirs])
 
 

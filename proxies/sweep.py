@@ -1,67 +1,51 @@
 """LR × size × toggle sweeps: `python -m proxies.sweep +exp=lr_sens [overrides]`.
 
-A sweep directory `<sweep.root>/<name>-<grid hash>/` holds one run directory per grid point (the
-single-run layout) and `results.csv`. Re-running the same command finds the same directory,
-skips finished runs (their run directories are named by config hash) and resumes interrupted ones
-from their checkpoints. Runs of one series share one compiled step: the LR is an array argument.
+Runs are shared, sweeps are views. Every run lives in `<sweep.run_root>/<size>-<config hash>/`
+(the single-run layout), whichever sweep asked for it first; a sweep that needs a run some
+sweep already finished reuses it. A sweep directory `<sweep.root>/<name>-<grid hash>/` (or
+`sweep.dir`) holds `runs.json` (its grid points: swept values and the run directory of each),
+`results.csv`, `sweep.yaml` and `analysis/`. Re-running the same command skips finished runs and
+resumes interrupted ones from their checkpoints; extending the grid trains only the new points.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+import os
+import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import hydra
 import jax
 import numpy as np
 import pandas as pd
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from analysis.__main__ import print_report
 from analysis.report import analyze
 from proxies.cli import one_line_errors, run_cli
-from proxies.config import Config, ConfigError, config_hash, register_configs, validate
+from proxies.config import (Config, ConfigError, SweepConfig, SweepRoot, config_hash,  # noqa: F401
+                            register_configs, validate)
+from proxies.model import mlp_hidden
 from proxies.results import run_row, write_table
 from proxies.train import CONFIG_DIR, group_key, run_name, train_group
 
-
-@dataclass
-class SweepConfig:
-    name: str = "sweep"
-    lrs: List[float] = field(default_factory=lambda: [1e-3, 1e-2])
-    # Model overrides, one dict per size, e.g. [{d_model: 64, n_layers: 2, n_heads: 2}].
-    sizes: List[Dict[str, Any]] = field(default_factory=list)
-    # Toggle axes, nested like the config with lists at the leaves:
-    # {model: {qk_layernorm: [false, true]}, optim: {z_loss: [0, 1e-4]}}.
-    axes: Dict[str, Any] = field(default_factory=dict)
-    root: str = "runs"
-    # The analysis run at the end (python -m analysis): LR range of LR sensitivity, sizes to
-    # extrapolate the attention-logit fit to, and the logit above which they are flagged.
-    analysis: bool = True
-    lr_range: List[float] = field(default_factory=lambda: [3e-4, 3e-1])
-    target_params: List[float] = field(default_factory=lambda: [4.8e9])
-    threshold: float = 1e4
-    # Train runs that differ only in scalar hyperparameters together under jax.vmap:
-    # auto = on accelerators (small models leave them idle), off on CPU (no gain there).
-    vmap: str = "auto"  # auto | on | off
-    group_size: int = 8  # most runs per vmapped group (memory grows with it)
-
-
-@dataclass
-class SweepRoot(Config):
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-
-
-ConfigStore.instance().store(name="proxies_sweep_schema", node=SweepRoot)
 register_configs()
 
 _MISSING = object()
+Point = Tuple[Dict[str, Any], DictConfig]  # (swept values by dotted key, run config)
+
+# Throughput assumed by cost estimates (FLOPs = 6·params + 12·L·d·seq per token, see
+# `run_flops`): a 2-core x86 CPU runs these small fp32 models at 60-170 GFLOP/s (measured with
+# benchmarks/step_speed.py); one H100 at 40% of its 989 TFLOP/s dense bf16 peak.
+CPU_FLOPS = 70e9
+GPU_FLOPS = 0.4 * 989e12
+RUN_OVERHEAD_S = 5.0  # compile, data and first eval per run (CPU, small models)
 
 
 def flatten_axes(axes: Any, prefix: str = "") -> Dict[str, list]:
@@ -79,6 +63,17 @@ def flatten_axes(axes: Any, prefix: str = "") -> Dict[str, list]:
     return out
 
 
+def flatten_values(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """{optim: {z_loss: 1e-4}} -> {'optim.z_loss': 1e-4} (one variant's settings)."""
+    out: Dict[str, Any] = {}
+    for k, v in (tree or {}).items():
+        if isinstance(v, (dict, DictConfig)):
+            out.update(flatten_values(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v.copy() if isinstance(v, list) else v
+    return out
+
+
 def base_config(cfg: DictConfig) -> DictConfig:
     """The single-run config a sweep starts from (everything but `sweep`)."""
     c = OmegaConf.to_container(cfg, resolve=True)
@@ -86,8 +81,8 @@ def base_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(Config), c)
 
 
-def expand_grid(cfg: DictConfig) -> List[Tuple[Dict[str, Any], DictConfig]]:
-    """All grid points as (swept values by dotted key, run config), sizes × axes × LRs."""
+def expand_grid(cfg: DictConfig) -> List[Point]:
+    """All grid points, sizes × variants × axes × LRs, each with its run directory set."""
     sw = cfg.sweep
     lrs = list(sw.lrs)
     if not lrs:
@@ -97,26 +92,28 @@ def expand_grid(cfg: DictConfig) -> List[Tuple[Dict[str, Any], DictConfig]]:
             raise ConfigError(f"sweep.lrs holds {lr!r}; every LR must be a finite number > 0")
     base = base_config(cfg)
     axes = flatten_axes(sw.axes)
-    sizes = [dict(s) for s in sw.sizes] or [{}]
-    for key in list(axes) + [f"model.{k}" for s in sizes for k in s]:
+    sizes = [{f"model.{k}": v for k, v in s.items()} for s in sw.sizes] or [{}]
+    variants = [flatten_values(v) for v in sw.variants] or [{}]
+    for key in {k for d in sizes + variants for k in d} | set(axes):
         if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
-            raise ConfigError(f"unknown sweep axis '{key}'; use a key of the run config "
+            raise ConfigError(f"unknown sweep key '{key}'; use a key of the run config "
                               "(README lists them)")
     for key, values in axes.items():
         if not values:
             raise ConfigError(f"sweep axis '{key}' has no values; give a list such as [a,b]")
     points = []
     for size in sizes:
-        for combo in itertools.product(*axes.values()):
-            for lr in lrs:
-                values = {**{f"model.{k}": v for k, v in size.items()},
-                          **dict(zip(axes, combo)), "optim.lr": float(lr)}
-                run = base.copy()
-                for k, v in values.items():
-                    OmegaConf.update(run, k, v, merge=False)
-                run.train.quiet = True
-                validate(run)
-                points.append((values, run))
+        for variant in variants:
+            for combo in itertools.product(*axes.values()):
+                for lr in lrs:
+                    values = {**size, **variant, **dict(zip(axes, combo)), "optim.lr": float(lr)}
+                    run = base.copy()
+                    for k, v in values.items():
+                        OmegaConf.update(run, k, v, merge=False)
+                    run.train.quiet = True
+                    validate(run)
+                    run.out_dir = str(Path(sw.run_root) / run_name(run))
+                    points.append((values, run))
     return points
 
 
@@ -127,8 +124,7 @@ def use_vmap(cfg: DictConfig) -> bool:
     return mode == "on" or (mode == "auto" and jax.default_backend() != "cpu")
 
 
-def plan_groups(points: List[Tuple[Dict[str, Any], DictConfig]], vmap: bool,
-                group_size: int) -> List[List[Tuple[Dict[str, Any], DictConfig]]]:
+def plan_groups(points: List[Point], vmap: bool, group_size: int) -> List[List[Point]]:
     """Points in training order: vmapped groups of up to `group_size` runs that differ only in
     scalar hyperparameters, or one run per group when not vmapping."""
     if not vmap or group_size <= 1:
@@ -139,58 +135,220 @@ def plan_groups(points: List[Tuple[Dict[str, Any], DictConfig]], vmap: bool,
     return [g[i:i + group_size] for g in by_key.values() for i in range(0, len(g), group_size)]
 
 
-def sweep_dir(cfg: DictConfig, points: List[Tuple[Dict[str, Any], DictConfig]]) -> Path:
-    """`<root>/<name>-<hash of the grid's run configs>`: same grid, same directory."""
+def sweep_dir(cfg: DictConfig, points: List[Point]) -> Path:
+    """`sweep.dir`, or `<root>/<name>-<hash of the grid's run configs>`: same grid, same dir."""
+    if cfg.sweep.dir:
+        return Path(cfg.sweep.dir)
     h = hashlib.sha256("\n".join(sorted(config_hash(r) for _, r in points)).encode())
     return Path(cfg.sweep.root) / f"{cfg.sweep.name}-{h.hexdigest()[:8]}"
 
 
-def results_table(points: List[Tuple[Dict[str, Any], DictConfig]]) -> pd.DataFrame:
+def is_done(run: DictConfig) -> bool:
+    return (Path(run.out_dir) / "summary.json").exists()
+
+
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path.absolute(), start.absolute())
+
+
+def write_manifest(points: List[Point], out: Path) -> None:
+    """`runs.json`: the sweep's grid points, each with its run directory relative to `out`."""
+    rows = [{"run_dir": _rel(Path(run.out_dir), out), "swept": values} for values, run in points]
+    tmp = out / f".runs.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    os.replace(tmp, out / "runs.json")
+
+
+def results_table(points: List[Point], out: Path) -> pd.DataFrame:
     """One row per grid point, unfinished ones included (NaN figures, status pending/partial)."""
-    return pd.DataFrame([run_row(Path(run.out_dir), values) for values, run in points])
+    rows = []
+    for values, run in points:
+        row = run_row(Path(run.out_dir), values)
+        row["run_dir"] = _rel(Path(run.out_dir), out)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def run_sweep(cfg: DictConfig) -> Tuple[Path, pd.DataFrame]:
-    points = expand_grid(cfg)
+# ---------------------------------------------------------------------------- cost estimates
+
+def run_params(run: DictConfig, vocab_size: int) -> Tuple[int, int]:
+    """(all params, non-embedding params) of a run's model, counted from its config."""
+    m, seq = run.model, run.train.seq_len
+    d, L, F = m.d_model, m.n_layers, mlp_hidden(m)
+    n_mats = 3 if m.mlp == "swiglu" else 2
+    block = 4 * d * d + n_mats * d * F
+    nonembed = L * block
+    embed = vocab_size * d * (1 if m.tie_embeddings else 2) + (seq * d if m.pos_emb == "learned"
+                                                                 else 0)
+    return nonembed + embed, nonembed
+
+
+def vocab_guess(run: DictConfig) -> int:
+    """The vocabulary a run will have, without loading its data (32768 for a tokenizer file)."""
+    d = run.data
+    if d.source == "tokens" and d.vocab_size:
+        return int(d.vocab_size)
+    if d.tokenizer == "byte":
+        return 256
+    if d.tokenizer == "bpe":
+        return int(d.bpe_vocab_size)
+    return 32768
+
+
+def run_flops(run: DictConfig) -> float:
+    """Training FLOPs of a run: (6·params + 12·L·d·seq) per token, plus its evals (1/3 of that
+    per held-out token)."""
+    t = run.train
+    n_all, _ = run_params(run, vocab_guess(run))
+    per_token = 6 * n_all + 12 * run.model.n_layers * run.model.d_model * t.seq_len
+    train_tokens = t.steps * t.batch_size * t.seq_len
+    eval_tokens = (t.steps // t.eval_every + 1) * t.eval_batches * t.batch_size * t.seq_len
+    return per_token * (train_tokens + eval_tokens / 3)
+
+
+def estimate(points: List[Point]) -> Dict[str, float]:
+    """Runs to train, runs reused, total FLOPs and the wall time on a 2-core CPU and one H100."""
+    todo = [run for _, run in points if not is_done(run)]
+    flops = sum(run_flops(run) for run in todo)
+    return {"runs": len(points), "todo": len(todo), "reused": len(points) - len(todo),
+            "flops": flops, "cpu_s": flops / CPU_FLOPS + RUN_OVERHEAD_S * len(todo),
+            "gpu_s": flops / GPU_FLOPS + RUN_OVERHEAD_S * len(todo)}
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def grid_summary(points: List[Point]) -> pd.DataFrame:
+    """One row per series (everything but the LR): its LRs, params, steps × tokens, runs done."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    for values, run in points:
+        key = json.dumps({k: v for k, v in values.items() if k != "optim.lr"}, sort_keys=True,
+                         default=str)
+        _, nonembed = run_params(run, vocab_guess(run))
+        r = rows.setdefault(key, {**{k.split(".")[-1]: v for k, v in values.items()
+                                     if k != "optim.lr"},
+                                  "nonembed_params": f"{nonembed / 1e6:.3g}M",
+                                  "steps": run.train.steps,
+                                  "tokens/step": run.train.batch_size * run.train.seq_len,
+                                  "lrs": [], "done": 0})
+        r["lrs"].append(f"{values['optim.lr']:g}")
+        r["done"] += int(is_done(run))
+    df = pd.DataFrame(list(rows.values()))
+    df["lrs"] = df["lrs"].map(lambda v: ",".join(v))
+    return df
+
+
+def print_plan(name: str, points: List[Point], table: bool = True) -> Dict[str, float]:
+    """Print the grid (a row per series) and the cost estimate; return the estimate."""
+    est = estimate(points)
+    if table:
+        with pd.option_context("display.width", 200, "display.max_columns", 40,
+                               "display.max_colwidth", 60):
+            print(grid_summary(points).to_string(index=False))
+    print(f"{name}: {est['runs']} runs ({est['reused']} already done, {est['todo']} to train), "
+          f"{est['flops']:.3g} FLOPs to go: ~{fmt_duration(est['cpu_s'])} on a 2-core CPU, "
+          f"~{fmt_duration(est['gpu_s'])} on one H100 at 40% MFU (estimates)")
+    return est
+
+
+# ---------------------------------------------------------------------------------- running
+
+def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None) -> Tuple[Path, pd.DataFrame]:
+    """Train every missing run of the grid, write the sweep directory, analyse it."""
+    points = expand_grid(cfg) if points is None else points
     out = sweep_dir(cfg, points)
+    if cfg.sweep.dry_run:
+        print_plan(f"sweep {cfg.sweep.name} (dry run, nothing trained)", points)
+        return out, pd.DataFrame()
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(OmegaConf.to_yaml(cfg))
-    for _, run in points:
-        run.out_dir = str(out / run_name(run))
+    write_manifest(points, out)
     table = out / "results.csv"
-    print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out}")
+    todo = [p for p in points if not is_done(p[1])]
+    print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out} ({len(points) - len(todo)} "
+          f"already done, runs under {cfg.sweep.run_root}/)")
     t0 = time.time()
-    groups = plan_groups(points, use_vmap(cfg), cfg.sweep.group_size)
-    if len(groups) < len(points):
+    groups = plan_groups(todo, use_vmap(cfg), cfg.sweep.group_size)
+    if len(groups) < len(todo):
         print(f"vmapped: {len(groups)} groups of up to {cfg.sweep.group_size} runs")
-    bar = tqdm(total=len(points), unit="run", dynamic_ncols=True)
+    bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, disable=not todo)
     for g in groups:
         values = g[0][0]
         bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()
                                      if k != "optim.lr" or len(g) == 1))
         train_group([run for _, run in g], swept=[v for v, _ in g], vmap=len(g) > 1)
-        write_table(results_table(points), table)
+        write_table(results_table(points, out), table)
         bar.update(len(g))
     bar.close()
-    df = results_table(points)
+    df = results_table(points, out)
     write_table(df, table)
     print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {table}")
     if cfg.sweep.analysis:
         rep = analyze(out, list(cfg.sweep.target_params), cfg.sweep.threshold,
-                      tuple(cfg.sweep.lr_range))
+                      tuple(cfg.sweep.lr_range), hold_out=list(cfg.sweep.hold_out))
         print_report(rep, out)
     return out, df
+
+
+# `sweep.axes=...` on the command line replaces the experiment's axes (Hydra would merge the two
+# dicts and refuse keys the experiment lacks); main() takes it out of Hydra's hands.
+_AXES_REPLACEMENT: List[Any] = []
+
+
+def split_axes_override(argv: List[str]) -> Tuple[List[str], Optional[Any]]:
+    """(argv without a plain `sweep.axes=VALUE`, VALUE parsed the Hydra way or None)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    rest, value = [], None
+    for a in argv:
+        if a.startswith("sweep.axes="):
+            value = OverridesParser.create().parse_override(a).value()
+        else:
+            rest.append(a)
+    return rest, value
+
+
+def apply_axes_replacement(cfg: DictConfig, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"sweep.axes={value!r} must be a dict such as "
+                          "{model:{qk_layernorm:[false,true]}}")
+    OmegaConf.set_struct(cfg, False)
+    cfg.sweep.axes = value
+    OmegaConf.set_struct(cfg, True)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     with one_line_errors():
+        if _AXES_REPLACEMENT:
+            apply_axes_replacement(cfg, _AXES_REPLACEMENT[0])
         run_sweep(cfg)
 
 
+def cli_argv(argv: List[str]) -> List[str]:
+    """`--dry-run` is `sweep.dry_run=true`; a plain `sweep.axes=...` is set aside (see above)."""
+    argv = ["sweep.dry_run=true" if a == "--dry-run" else a for a in argv]
+    argv, value = split_axes_override(argv)
+    _AXES_REPLACEMENT[:] = [value] if value is not None else []
+    return argv
+
+
 def main() -> None:
-    run_cli(_main)
+    def entry() -> None:
+        sys.argv[1:] = cli_argv(sys.argv[1:])
+        _main()
+    run_cli(entry)
 
 
 if __name__ == "__main__":
     main()
+

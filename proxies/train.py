@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from proxies.checkpoint import Checkpointer
 from proxies.cli import one_line_errors, run_cli
-from proxies.config import (ConfigError, config_hash, first_difference, identity,
+from proxies.config import (ConfigError, config_hash, first_difference, identity, identity_of,
                             register_configs, validate)
-from proxies.data import Dataset, eval_batches, load_dataset, train_batch
+from proxies.data import Dataset, cache_dir, eval_batches, load_dataset, train_batch
 from proxies.model import Transformer, count_params
 from proxies.optim import HPARAM_KEYS, hparams_from_config
 from proxies.probes import flatten_tensor_stats, make_probe
@@ -48,8 +48,7 @@ def _check_out_dir(out: Path, cfg: DictConfig) -> None:
     f = out / "config.yaml"
     if not f.exists():
         return
-    old = yaml.safe_load(f.read_text()) or {}
-    old_id = {k: old.get(k) for k in ("model", "optim", "data", "train")}
+    old_id = identity_of(yaml.safe_load(f.read_text()) or {})
     new_id = identity(cfg)
     old_id["train"] = {k: v for k, v in (old_id["train"] or {}).items() if k in new_id["train"]}
     diff = first_difference(old_id, new_id)
@@ -167,6 +166,14 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None,
     return train_group([cfg], stop_after, [swept], vmap=False)[0]
 
 
+def enable_compile_cache(cfg: DictConfig) -> None:
+    """Keep compiled steps on disk (JAX's persistent cache, under the data cache dir), so a
+    rerun, a resumed run or another sweep of the same structure skips compilation."""
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir(cfg.data) / "jax"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def train_group(cfgs: List[DictConfig], stop_after: Optional[int] = None,
                 swept: Optional[List[Optional[Dict[str, Any]]]] = None,
                 vmap: bool = True) -> List[Dict[str, Any]]:
@@ -182,6 +189,7 @@ def train_group(cfgs: List[DictConfig], stop_after: Optional[int] = None,
     if len({group_key(c) for c in cfgs}) != 1:
         raise ValueError("train_group needs runs that differ only in scalar hyperparameters")
     c0 = cfgs[0]
+    enable_compile_cache(c0)
     tc, quiet = c0.train, c0.train.quiet
     say = (lambda *a: None) if quiet else print
 

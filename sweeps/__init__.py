@@ -1,0 +1,9 @@
+"""Reproductions of the small-scale-proxies paper, one module per result.
+
+`python -m sweeps.<name> scale=tiny|laptop|gpu|paper [--dry-run] [Hydra overrides]`, and
+`python -m sweeps.all scale=laptop` for the whole set. See sweeps/core.py.
+"""
+
+# In the order `sweeps.all` runs them: later ones reuse earlier ones' runs where they can.
+RESULTS = ("qk_layernorm", "warmup", "weight_decay", "recipe", "adam_eps", "kappa",
+           "logit_prediction", "mup", "depth_width", "z_loss")

@@ -1,0 +1,110 @@
+"""Gradient RMS vs AdamW ε (paper §3.4): gradient RMS falls with model size and LR toward ε;
+when it nears ε the update Δ = m/(√v + ε) shrinks (update RMS collapses) and the layer stops
+learning; a smaller ε restores it. Update RMS is the update divided by the LR."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from sweeps import panels as P
+from sweeps.core import Part, Result, ScaleSpec, Tables, main
+
+E = "optim.eps"
+CLAIM = ("gradient RMS falls with size and LR toward ε; update RMS collapses when it nears ε; "
+         "a smaller ε restores it")
+
+
+def parts(s: ScaleSpec):
+    return [Part("scaling", {"sweep": {"lrs": s.lrs, "sizes": s.sizes}}),
+            Part("eps", {"sweep": {"lrs": [s.eps_lr], "sizes": [s.sizes[-1]],
+                                   "axes": {"optim": {"eps": s.epsilons}}}})]
+
+
+def slope(x, y) -> float:
+    ok = np.isfinite(x) & np.isfinite(y) & (np.asarray(y) > 0)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log10(np.asarray(x)[ok]), np.log10(np.asarray(y)[ok]), 1)[0])
+
+
+def judge(t: Tables, s: ScaleSpec):
+    sc, ep = t["scaling"], t["eps"].sort_values(E)
+    by_size = {lr: slope(g["n_params_nonembed"].to_numpy(float), g["grad_rms_median"].to_numpy(float))
+               for lr, g in sc.groupby("optim.lr", sort=True)}
+    by_lr = {n: slope(g["optim.lr"].to_numpy(float), g["grad_rms_median"].to_numpy(float))
+             for n, g in sc.groupby("n_params_nonembed", sort=True)}
+    eps, upd = ep[E].to_numpy(float), ep["update_rms_median"].to_numpy(float)
+    grad = ep["grad_rms_median"].to_numpy(float)
+    measured = {"d log grad RMS / d log params, by LR": {f"{k:g}": round(v, 2)
+                                                        for k, v in by_size.items()},
+                "d log grad RMS / d log LR, by size": {P.size_label(k): round(v, 2)
+                                                      for k, v in by_lr.items()},
+                f"update RMS by ε (LR {s.eps_lr:g})": {f"{e:g}": round(float(u), 4)
+                                                       for e, u in zip(eps, upd)},
+                "median gradient RMS in those runs": {f"{e:g}": float(f"{g:.3g}")
+                                                      for e, g in zip(eps, grad)}}
+    if len(eps) < 2 or not np.isfinite(upd).all():
+        return "inconclusive", "the ε runs have not finished", measured
+    falls = np.nanmedian(list(by_size.values())) < 0 and np.nanmedian(list(by_lr.values())) < 0
+    near = eps >= 0.1 * grad  # ε within 10× of the gradient RMS or above it
+    collapse = near.any() and upd[near].min() < 0.5 * upd[0]
+    restores = all(b <= a * 1.05 for a, b in zip(upd, upd[1:]))  # smaller ε, larger update
+    why = (f"gradient RMS slope vs params {np.nanmedian(list(by_size.values())):.2f}, vs LR "
+           f"{np.nanmedian(list(by_lr.values())):.2f} (log-log, median); update RMS "
+           f"{upd[0]:.3g} at ε={eps[0]:g} vs {upd[-1]:.3g} at ε={eps[-1]:g} "
+           f"(gradient RMS ≈ {np.median(grad):.2g})")
+    if falls and collapse and restores:
+        return "true", why, measured
+    if not falls:
+        return "false", "gradient RMS does not fall with size and LR: " + why, measured
+    return "inconclusive", "update RMS does not collapse where ε nears the gradient RMS: " + why, measured
+
+
+def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
+    sc, ep = t["scaling"], t["eps"].sort_values(E)
+    fig, axs = plt.subplots(1, 3, figsize=(15, 3.9))
+    norm = P.lr_colour_norm(sc["optim.lr"].to_list())
+    for lr, g in sc.groupby("optim.lr", sort=True):
+        g = g.sort_values("n_params_nonembed")
+        axs[0].plot(g["n_params_nonembed"], g["grad_rms_median"], "o-",
+                    color=plt.cm.viridis(norm(lr)), label=f"LR {lr:g}")
+    eps0 = float(sc[E].iloc[0]) if E in sc.columns and len(sc) else 1e-8
+    axs[0].axhline(eps0, color="k", ls="--", lw=1)
+    axs[0].text(sc["n_params_nonembed"].min(), eps0 * 1.5, f"AdamW ε = {eps0:g}", fontsize=7)
+    axs[0].set_xscale("log")
+    axs[0].set_yscale("log")
+    axs[0].set_xlabel("non-embedding params")
+    axs[0].set_ylabel("median gradient RMS (end of training)")
+    axs[0].set_title("gradient RMS vs size", fontsize=10)
+    axs[0].legend(fontsize=6, ncol=2)
+    col = P.colours(sc["n_params_nonembed"].unique())
+    for n, g in sc.groupby("n_params_nonembed", sort=True):
+        g = g.sort_values("optim.lr")
+        axs[1].plot(g["optim.lr"], g["grad_rms_median"], "o-", color=col[n],
+                    label=P.size_label(n))
+    axs[1].set_xscale("log")
+    axs[1].set_yscale("log")
+    axs[1].set_xlabel("learning rate")
+    axs[1].set_title("gradient RMS vs LR", fontsize=10)
+    axs[1].legend(title="non-emb. params", fontsize=7, title_fontsize=7)
+    ax = axs[2]
+    ax.plot(ep[E], ep["update_rms_median"], "o-", color="C0", label="update RMS (÷ LR)")
+    ax.plot(ep[E], ep["grad_rms_median"], "s--", color="C1", label="gradient RMS")
+    ax.plot(ep[E], ep[E], "k:", lw=0.8, label="ε")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("AdamW ε")
+    ax.set_title(f"update collapse, {P.size_label(ep['n_params_nonembed'].max())} params, "
+                 f"LR {s.eps_lr:g}", fontsize=10)
+    ax.legend(fontsize=7)
+    for ax in axs:
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+    fig.tight_layout()
+    return fig
+
+
+RESULT = Result("adam_eps", CLAIM, parts, judge, figure)
+
+if __name__ == "__main__":
+    main(RESULT)

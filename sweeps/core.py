@@ -1,0 +1,347 @@
+"""What every paper-reproduction script shares: scales, parts, running, verdicts, the CLI.
+
+A result (one module of `sweeps/`) is a `Result`: the paper's claim, the sweeps it needs at a
+given scale (`parts`), a `judge` that turns their tables into a `Verdict`, and a `figure` laid
+out like the paper's. `python -m sweeps.<name> scale=laptop [Hydra overrides] [--dry-run]`
+trains what is missing (runs are shared with every other sweep, see proxies/sweep.py) and writes
+`<sweep.root>/repro/<name>-<scale>/`: report.md, figure.png/.pdf, verdict.json, and one
+sweep directory per part.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, get_args
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from analysis.load import load_sweep  # noqa: E402
+from proxies.cli import run_cli  # noqa: E402
+from proxies.config import ConfigError  # noqa: E402
+from proxies.sweep import (Point, apply_axes_replacement, expand_grid, print_plan,  # noqa: E402
+                           run_sweep, split_axes_override, sweep_dir)
+from proxies.train import CONFIG_DIR  # noqa: E402
+
+Scale = Literal["tiny", "laptop", "gpu", "paper"]
+SCALES: Tuple[str, ...] = get_args(Scale)
+Reproduced = Literal["true", "false", "inconclusive"]
+
+
+# ------------------------------------------------------------------------------------ scales
+
+def size(d: int, n_layers: int, head_dim: int = 32) -> Dict[str, int]:
+    return {"d_model": d, "n_layers": n_layers, "n_heads": max(1, d // head_dim)}
+
+
+def nonembed_params(s: Dict[str, int]) -> float:
+    """12·L·d²: non-embedding params of a GELU size (what the analysis tables call a size)."""
+    return float(12 * s["n_layers"] * s["d_model"] ** 2)
+
+
+def half_decades(lo: float, hi: float) -> List[float]:
+    """1, 3 × powers of ten from lo to hi inclusive: the paper's LR grid."""
+    out, e = [], -12
+    while e <= 2:
+        for m in (1.0, 3.0):
+            v = float(f"{m}e{e}")
+            if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9):
+                out.append(v)
+        e += 1
+    return out
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """The grids of one scale. `base` overrides the run config of every part; `sizes` grow
+    width and depth together; `held_out` is a larger size for the logit prediction; `widths`
+    and `depths` scale one dimension from `sizes[0]`; `warmups` are short vs long warmup."""
+
+    base: Dict[str, Any]
+    lrs: List[float]
+    sizes: List[Dict[str, int]]
+    extra_size: Optional[Dict[str, int]]  # another size for the logit fit, below held_out
+    held_out: Dict[str, int]
+    widths: List[Dict[str, int]]
+    depths: List[Dict[str, int]]
+    warmups: Tuple[int, int]
+    kappa_lr: float
+    kappas: List[float]
+    eps_lr: float
+    epsilons: List[float]
+    target_params: float = 4.8e9  # the paper's 4.8B prediction
+
+
+def _train(steps, batch, seq, log_every, eval_every, eval_batches, checkpoint_every):
+    return {"steps": steps, "batch_size": batch, "seq_len": seq, "log_every": log_every,
+            "eval_every": eval_every, "eval_batches": eval_batches,
+            "checkpoint_every": checkpoint_every}
+
+
+# Laptop = 2 CPU cores: byte-level stdlib corpus, the laptop architecture, 200 steps of 16 × 128
+# tokens; the common base of every laptop grid, so the scripts share most of their runs.
+_LAPTOP_OPTIM = {"warmup_steps": 20, "weight_decay": 0.1, "independent_wd": False,
+                 "z_loss": 0.0}
+_PAPER_MODEL = {"pos_emb": "rope", "use_bias": False, "tie_embeddings": False,
+                "init_std": "fan_in", "dtype": "bfloat16", "qk_layernorm": False}
+_C4 = {"source": "hf", "hf_name": "allenai/c4", "hf_config": "en", "hf_val_split": "validation",
+       "tokenizer": "spiece.model"}
+
+SPECS: Dict[str, ScaleSpec] = {
+    "tiny": ScaleSpec(
+        base={"train": _train(4, 2, 16, 2, 2, 1, 4),
+              "optim": {**_LAPTOP_OPTIM, "warmup_steps": 1}},
+        lrs=[1e-3, 1e-1], sizes=[size(16, 1, 8), size(32, 1, 16)],
+        extra_size=size(32, 2, 16), held_out=size(48, 2, 16),
+        widths=[size(16, 1, 8), size(32, 1, 16)], depths=[size(16, 1, 8), size(16, 2, 8)],
+        warmups=(1, 2), kappa_lr=1e-2,
+        kappas=[1.0, 1e2], eps_lr=1e-2, epsilons=[1e-8, 1e-2]),
+    "laptop": ScaleSpec(
+        base={"train": _train(200, 16, 128, 25, 25, 4, 100), "optim": _LAPTOP_OPTIM},
+        lrs=half_decades(3e-4, 3e-1), sizes=[size(64, 2), size(96, 3), size(128, 4)],
+        extra_size=size(160, 5), held_out=size(192, 6), widths=[size(64, 2), size(128, 2), size(256, 2)],
+        depths=[size(64, 2), size(64, 4), size(64, 8)], warmups=(20, 80), kappa_lr=3e-3,
+        kappas=[1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4], eps_lr=1e-2,
+        epsilons=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2]),
+    # One GPU in about a day: the paper's architecture and data, its four smallest sizes,
+    # 1e4 steps of 64 × 512 tokens. C4 is read with HF datasets: point data.path at a local
+    # save_to_disk copy (nothing is downloaded unless data.hf_name is left to the hub).
+    "gpu": ScaleSpec(
+        base={"model": _PAPER_MODEL, "data": _C4,
+              "train": _train(10_000, 64, 512, 100, 500, 8, 1000),
+              "optim": {"warmup_steps": 500, "weight_decay": 0.1, "independent_wd": False,
+                        "z_loss": 0.0, "min_lr": 1e-5}},
+        lrs=half_decades(1e-4, 1.0), sizes=[size(512, 3, 64), size(640, 4, 64),
+                                            size(768, 6, 64)],
+        extra_size=size(768, 9, 64), held_out=size(768, 12, 64), widths=[size(512, 3, 64), size(768, 3, 64),
+                                            size(1024, 3, 64)],
+        depths=[size(512, 3, 64), size(512, 6, 64), size(512, 12, 64)], warmups=(500, 2000),
+        kappa_lr=1e-2, kappas=[1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4], eps_lr=1e-2,
+        epsilons=[1e-15, 1e-8, 1e-6, 1e-4]),
+    # The paper's grids (9.4M ... 1.2B non-embedding params, 1e5 steps of 256 × 512, C4, bf16)
+    # for a cluster.
+    "paper": ScaleSpec(
+        base={"model": _PAPER_MODEL, "data": _C4,
+              "train": _train(100_000, 256, 512, 100, 5000, 8, 5000),
+              "optim": {"warmup_steps": 5000, "weight_decay": 0.1, "independent_wd": False,
+                        "z_loss": 0.0, "min_lr": 1e-5}},
+        lrs=half_decades(1e-4, 1.0),
+        sizes=[size(512, 3, 64), size(640, 4, 64), size(768, 6, 64), size(768, 12, 64),
+               size(1024, 12, 64), size(1024, 24, 64), size(2048, 12, 64), size(2048, 24, 64)],
+        extra_size=None, held_out=size(4096, 24, 128), widths=[size(1024, 6, 64), size(2048, 6, 64),
+                                              size(4096, 6, 64)],
+        depths=[size(1024, 6, 64), size(1024, 24, 64), size(1024, 96, 64)],
+        warmups=(5000, 10_000), kappa_lr=1e-2, kappas=[1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4],
+        eps_lr=0.3, epsilons=[1e-15, 1e-8, 1e-6]),
+}
+
+
+# ---------------------------------------------------------------------------------- results
+
+@dataclass
+class Part:
+    """One sweep of a result: nested overrides of the sweep config (`sweep.*` and run keys)."""
+
+    name: str
+    overrides: Dict[str, Any]
+
+
+@dataclass
+class Verdict:
+    claim: str
+    scale: str
+    reproduced: Reproduced
+    why: str  # one sentence
+    measured: Dict[str, Any] = field(default_factory=dict)  # the statistics that decide
+
+    def line(self) -> str:
+        return f"{self.reproduced}: {self.why}"
+
+
+Tables = Dict[str, pd.DataFrame]  # finished-run tables by part name (analysis.load.load_sweep)
+
+
+@dataclass
+class Result:
+    name: str
+    claim: str
+    parts: Callable[[ScaleSpec], List[Part]]
+    judge: Callable[[Tables, ScaleSpec], Tuple[Reproduced, str, Dict[str, Any]]]
+    figure: Callable[[Tables, ScaleSpec], plt.Figure]
+    # Sizes (non-embedding params) the analysis leaves out of the attention-logit fit.
+    hold_out: Callable[[Tables], List[float]] = lambda tables: []
+
+
+def merge(*trees: Dict[str, Any]) -> Dict[str, Any]:
+    """Nested dict merge, later trees win (the part's keys over the scale's base)."""
+    out: Dict[str, Any] = {}
+    for t in trees:
+        for k, v in t.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                             dict) else v
+    return out
+
+
+def part_config(result: Result, part: Part, scale: str, overrides: Sequence[str]) -> DictConfig:
+    """The sweep config of one part: schema, scale base, the part's grid, then the user's
+    Hydra overrides (`sweep.axes=...` replaces the part's axes)."""
+    spec = SPECS[scale]
+    node = merge(spec.base, part.overrides)
+    node = merge(node, {"sweep": {"name": f"{result.name}-{part.name}",
+                                  "target_params": [spec.target_params]}})
+    name = f"{result.name}_{part.name}_{scale}"
+    ConfigStore.instance().store(group="repro", name=name, node=node, package="_global_")
+    rest, axes = split_axes_override(list(overrides))
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("sweep", overrides=[f"+repro={name}", *rest])
+    apply_axes_replacement(cfg, axes)
+    cfg.sweep.dir = str(result_dir(cfg, result, scale) / part.name)
+    return cfg
+
+
+def result_dir(cfg: DictConfig, result: Result, scale: str) -> Path:
+    return Path(cfg.sweep.root) / "repro" / f"{result.name}-{scale}"
+
+
+@dataclass
+class Plan:
+    result: Result
+    scale: str
+    configs: Dict[str, DictConfig]
+    points: Dict[str, List[Point]]
+
+    @property
+    def out(self) -> Path:
+        return result_dir(next(iter(self.configs.values())), self.result, self.scale)
+
+    def all_points(self) -> List[Point]:
+        return [p for pts in self.points.values() for p in pts]
+
+
+def plan(result: Result, scale: str, overrides: Sequence[str] = ()) -> Plan:
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not one of {', '.join(SCALES)}; pick one of those")
+    configs = {p.name: part_config(result, p, scale, overrides)
+               for p in result.parts(SPECS[scale])}
+    return Plan(result, scale, configs, {k: expand_grid(c) for k, c in configs.items()})
+
+
+def unique_points(points: Sequence[Point]) -> List[Point]:
+    """Points with distinct run directories (parts and scripts share runs)."""
+    seen, out = set(), []
+    for p in points:
+        if p[1].out_dir not in seen:
+            seen.add(p[1].out_dir)
+            out.append(p)
+    return out
+
+
+def execute(p: Plan) -> Verdict:
+    """Train what is missing, then analyse each part, judge, draw and write the result dir."""
+    t0 = time.time()
+    for name, cfg in p.configs.items():
+        run_sweep(cfg, p.points[name])
+    return conclude(p, load_tables(p), time.time() - t0)
+
+
+def load_tables(p: Plan) -> Tables:
+    """Each part's table (analysis.load.load_sweep), with a `sweep_dir` column so figures can
+    read the runs' metrics."""
+    tables = {}
+    for name, cfg in p.configs.items():
+        d = sweep_dir(cfg, p.points[name])
+        t = load_sweep(d)
+        t["sweep_dir"] = str(d)
+        tables[name] = t
+    return tables
+
+
+def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
+    spec = SPECS[p.scale]
+    done = {k: t[t["status"].isin(["done", "diverged"])] if len(t) else t
+            for k, t in tables.items()}
+    reproduced, why, measured = p.result.judge(done, spec)
+    v = Verdict(p.result.claim, p.scale, reproduced, why, measured)
+    out = p.out
+    out.mkdir(parents=True, exist_ok=True)
+    fig = p.result.figure(done, spec)
+    fig.savefig(out / "figure.png", dpi=130)
+    fig.savefig(out / "figure.pdf")
+    plt.close(fig)
+    unfinished = sum(len(t) - len(done[k]) for k, t in tables.items())
+    (out / "verdict.json").write_text(json.dumps(
+        {**asdict(v), "wall_s": round(wall_s, 1), "unfinished_runs": unfinished,
+         "runs": sum(len(t) for t in tables.values())}, indent=2, default=_jsonable) + "\n")
+    lines = [f"# {p.result.name} ({p.scale})\n", f"**Claim.** {p.result.claim}\n",
+             f"**Verdict: {v.reproduced}.** {v.why}\n", "| statistic | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(val)} |" for k, val in measured.items()]
+    lines += ["", "![figure](figure.png)\n", "Per-part sweep reports: " + ", ".join(
+        f"[{k}]({k}/analysis/report.md)" for k in p.configs), ""]
+    if unfinished:
+        lines.insert(3, f"_{unfinished} runs unfinished: judged on the finished ones._\n")
+    (out / "report.md").write_text("\n".join(lines))
+    print(f"{p.result.name} ({p.scale}): {v.line()}\n  -> {out / 'report.md'}")
+    return v
+
+
+def _jsonable(v: Any) -> Any:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------- the CLI
+
+def parse_args(argv: Sequence[str]) -> Tuple[str, bool, List[str]]:
+    """(scale, dry run, the remaining Hydra overrides) from `scale=... [--dry-run] [k=v ...]`."""
+    scale, dry, rest = "laptop", False, []
+    for a in argv:
+        if a.startswith("scale="):
+            scale = a.split("=", 1)[1]
+        elif a in ("--dry-run", "sweep.dry_run=true", "sweep.dry_run=True"):
+            dry = True
+        elif a in ("-h", "--help"):
+            print(f"usage: python -m sweeps.<name> scale={'|'.join(SCALES)} [--dry-run] "
+                  "[Hydra overrides, e.g. train.steps=300 'sweep.lrs=[1e-3,1e-2]']")
+            sys.exit(0)
+        else:
+            rest.append(a)
+    return scale, dry, rest
+
+
+def main(result: Result, argv: Optional[Sequence[str]] = None) -> Optional[Verdict]:
+    """`python -m sweeps.<name> scale=... [--dry-run] [overrides]`; bad input exits 2, one line."""
+    scale, dry, rest = parse_args(sys.argv[1:] if argv is None else argv)
+    out: List[Optional[Verdict]] = [None]
+
+    def entry() -> None:
+        p = plan(result, scale, rest)
+        print(f"# {result.name} ({scale}): {result.claim}")
+        print_plan(f"{result.name} ({scale})", unique_points(p.all_points()))
+        if not dry:
+            out[0] = execute(p)
+
+    run_cli(entry)
+    return out[0]
+

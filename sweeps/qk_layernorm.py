@@ -1,0 +1,74 @@
+"""qk-layernorm (paper Fig. 1): without it attention logits grow with LR and size and the loss
+degrades at high LR; with it LR sensitivity is lower at every size."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from sweeps import panels as P
+from sweeps.core import Part, Result, ScaleSpec, Tables, main
+
+QK = "model.qk_layernorm"
+CLAIM = ("without qk-layernorm, attention logits grow with LR and size and loss degrades at "
+         "high LR; qk-layernorm lowers LR sensitivity at every size")
+
+
+def parts(s: ScaleSpec):
+    return [Part("main", {"sweep": {"lrs": s.lrs, "sizes": s.sizes,
+                                    "axes": {"model": {"qk_layernorm": [False, True]}}}})]
+
+
+def qk_label(v) -> str:
+    return "qk-layernorm" if bool(v) else "no qk-layernorm"
+
+
+def judge(t: Tables, s: ScaleSpec):
+    df = t["main"]
+    stats = P.series_stats(df, [QK])
+    pairs = P.compare_sensitivity(stats, QK, False, True)
+    off = df[~df[QK].astype(bool)]
+    top_lr = off["optim.lr"].max()
+    at_top = off[off["optim.lr"] == top_lr].sort_values("n_params_nonembed")
+    largest = off[off["n_params_nonembed"] == off["n_params_nonembed"].max()]
+    by_lr = largest.sort_values("optim.lr")["max_attn_logit"].to_list()
+    grows_size = P.monotone_increasing(at_top["max_attn_logit"].to_list())
+    grows_lr = len(by_lr) > 1 and np.nanmax(by_lr) > 10 * by_lr[0] and by_lr[-1] > by_lr[0]
+    lower = [b < a for a, b in pairs.values()]
+    measured = {"LR sensitivity off → on, per size": P.fmt_pairs(pairs),
+                f"max attention logit at LR {top_lr:g}, no qk-LN, by size":
+                    [round(x, 1) for x in at_top["max_attn_logit"]],
+                "max attention logit vs LR, largest size, no qk-LN": [round(x, 1) for x in by_lr]}
+    if lower and all(lower) and grows_size and grows_lr:
+        return "true", (f"qk-layernorm lowers LR sensitivity at all {len(pairs)} sizes "
+                        f"({P.fmt_pairs(pairs)}), and without it the max attention logit grows "
+                        "with LR and with size"), measured
+    if lower and not any(lower):
+        return "false", f"qk-layernorm does not lower LR sensitivity at any size ({P.fmt_pairs(pairs)})", measured
+    return "inconclusive", (f"LR sensitivity lower with qk-layernorm at {sum(lower)}/{len(lower)} "
+                            f"sizes; logit growth with size {'seen' if grows_size else 'not seen'}"
+                            f", with LR {'seen' if grows_lr else 'not seen'}"), measured
+
+
+def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
+    df = t["main"]
+    fig, axs = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax, qk in zip(axs[:2], (False, True)):
+        P.lr_loss_panel(ax, df[df[QK].astype(bool) == qk], qk_label(qk))
+    axs[0].set_ylabel("final eval loss (× diverged)")
+    axs[1].sharey(axs[0])
+    stats = P.series_stats(df, [QK])
+    P.sensitivity_panel(axs[2], stats, QK, qk_label,
+                        {False: {"color": "C3"}, True: {"color": "C0"}})
+    axs[2].set_title("LR sensitivity", fontsize=10)
+    P.logit_vs_lr_panel(axs[3], df, QK, lambda v: "qk-LN" if bool(v) else "no qk-LN")
+    axs[3].set_title("max attention logit (solid: no qk-LN)", fontsize=10)
+    fig.suptitle("qk-layernorm: LR vs final loss, LR sensitivity, attention logits", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+RESULT = Result("qk_layernorm", CLAIM, parts, judge, figure)
+
+if __name__ == "__main__":
+    main(RESULT)

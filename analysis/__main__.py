@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from analysis.report import DEFAULT_TARGETS, analyze
 
 
-def print_report(rep, out: Path) -> None:
+def print_report(rep, report_md: Path) -> None:
     with pd.option_context("display.width", 160, "display.max_columns", 30):
         fmt = lambda x: f"{x:.4g}"  # noqa: E731
         if not rep.series.empty:
@@ -22,7 +23,7 @@ def print_report(rep, out: Path) -> None:
             print(rep.predictions[cols].to_string(index=False, float_format=fmt))
     for n in rep.notes:
         print(f"note: {n}")
-    print(f"report: {out / 'analysis' / 'report.md'}")
+    print(f"report: {report_md}")
 
 
 def main(argv=None) -> None:
@@ -33,13 +34,37 @@ def main(argv=None) -> None:
     ap.add_argument("--threshold", type=float, default=1e4,
                     help="predicted max attention logit above which a size is flagged")
     ap.add_argument("--lr-range", type=float, nargs=2, default=(3e-4, 3e-1))
+    ap.add_argument("--hold-out", type=float, nargs="+", default=[], metavar="PARAMS",
+                    help="sizes (non-embedding params, ±10%%) left out of the attention-logit fit "
+                         "and used to check its prediction")
+    ap.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="analyse only runs with these swept values, e.g. model.qk_layernorm=false")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where to write the report (default <sweep_dir>/analysis)")
     args = ap.parse_args(argv)
     if not args.sweep_dir.is_dir():
-        print(f"error: no sweep directory at {args.sweep_dir}; pass the directory "
-              "`python -m proxies.sweep` printed", file=sys.stderr)
-        sys.exit(2)
-    rep = analyze(args.sweep_dir, args.target_params, args.threshold, tuple(args.lr_range))
-    print_report(rep, args.sweep_dir)
+        fail(f"no sweep directory at {args.sweep_dir}; pass the directory "
+             "`python -m proxies.sweep` printed")
+    if not ((args.sweep_dir / "runs.json").exists() or any(args.sweep_dir.glob("*/config.yaml"))):
+        fail(f"{args.sweep_dir} holds no sweep (no runs.json, no run directories); pass the "
+             "directory `python -m proxies.sweep` printed")
+    where = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--where {item!r} needs KEY=VALUE, e.g. --where model.qk_layernorm=false")
+        where[key] = yaml.safe_load(value)
+    try:
+        rep = analyze(args.sweep_dir, args.target_params, args.threshold, tuple(args.lr_range),
+                      hold_out=args.hold_out, where=where, out=args.out)
+    except KeyError as e:
+        fail(str(e.args[0]))
+    print_report(rep, (args.out or args.sweep_dir / "analysis") / "report.md")
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""Figures of a sweep (matplotlib). Each function returns its Figure so notebooks can restyle it."""
+"""Figures of a sweep (matplotlib). Each function returns its Figure so notebooks can restyle it.
+
+Conventions, the same in every figure: one panel per toggle setting, sizes coloured small to
+large on a sequential map, LRs coloured on a log colour bar, losses drawn as LR sensitivity
+counts them (min(loss, loss at init); diverged and NaN runs at the loss at init, marked ×),
+log axes where the paper uses them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -11,9 +17,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from analysis.fits import QuadraticLogFit  # noqa: E402
 from analysis.load import load_metrics, toggle_keys  # noqa: E402
+from analysis.sensitivity import capped_losses  # noqa: E402
+
+LINE_STYLES = ["-", "--", ":", "-."]
 
 
 def _label(keys: Sequence[str], vals) -> str:
@@ -21,30 +32,78 @@ def _label(keys: Sequence[str], vals) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, vals)) or "all runs"
 
 
-def _panels(df: pd.DataFrame):
+def size_label(n: float) -> str:
+    return f"{n / 1e6:.3g}M" if n >= 1e5 else f"{n / 1e3:.3g}k"
+
+
+def panels(df: pd.DataFrame) -> Tuple[List[str], List[Tuple[tuple, pd.DataFrame]]]:
+    """(toggle keys, [(their values, rows)]) sorted by the values; one panel per setting."""
     keys = toggle_keys(df)
-    return keys, (list(df.groupby(keys, sort=False, dropna=False)) if keys else [((), df)])
+    if not keys:
+        return keys, [((), df)]
+    out = []
+    for vals, g in df.groupby(keys, sort=True, dropna=False):
+        out.append((vals if isinstance(vals, tuple) else (vals,), g))
+    return keys, out
+
+
+def size_colours(sizes: Sequence[float]) -> Dict[float, Any]:
+    sizes = sorted(set(float(s) for s in sizes if np.isfinite(s)))
+    return {s: plt.cm.viridis(0.1 + 0.8 * i / max(1, len(sizes) - 1))
+            for i, s in enumerate(sizes)}
+
+
+def lr_norm(lrs: Sequence[float]) -> LogNorm:
+    lrs = [float(x) for x in lrs]
+    return LogNorm(vmin=min(lrs), vmax=max(lrs) * (1.0001 if min(lrs) == max(lrs) else 1))
+
+
+def lr_colour(norm: LogNorm, lr: float):
+    return plt.cm.plasma(0.85 * float(norm(lr)))  # the top of plasma is too pale to read
+
+
+def _lr_colourbar(fig: plt.Figure, axs, norm: LogNorm) -> None:
+    cmap = matplotlib.colors.ListedColormap(plt.cm.plasma(np.linspace(0, 0.85, 256)))
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs, label="learning rate",
+                 pad=0.01, fraction=0.03)
+
+
+def _log_axes(ax: plt.Axes, x: bool = True, y: bool = False) -> None:
+    """Log axes whose minor ticks carry no labels (they collide: '3×10⁴×10⁵')."""
+    if x:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if y:
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3, which="major", lw=0.5)
+
+
+def counted_loss(g: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
+    """(the loss LR sensitivity counts, diverged-or-NaN mask) of a series' rows."""
+    div = (g["diverged"].astype(bool) | g["final_eval_ce"].isna()).to_numpy()
+    losses = np.where(div, np.nan, g["final_eval_ce"].to_numpy(float))
+    return capped_losses(losses, float(g["loss_at_init"].max())), div
 
 
 def lr_curves(df: pd.DataFrame) -> plt.Figure:
-    """Final eval loss vs LR: one panel per toggle setting, one line per model size; diverged
-    points (plotted at the loss at init) marked x."""
-    keys, panels = _panels(df)
-    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True,
+    """Final eval loss vs LR: one panel per toggle setting, one line per model size."""
+    keys, pans = panels(df)
+    fig, axs = plt.subplots(1, len(pans), figsize=(4.3 * len(pans), 3.5), sharey=True,
                             squeeze=False)
-    for ax, (tvals, pdf) in zip(axs[0], panels):
+    col = size_colours(df["n_params_nonembed"])
+    for ax, (tvals, pdf) in zip(axs[0], pans):
         for n, g in pdf.groupby("n_params_nonembed", sort=True):
             g = g.sort_values("optim.lr")
-            div = g["diverged"].astype(bool) | g["final_eval_ce"].isna()
-            loss = g["final_eval_ce"].where(~div, g["loss_at_init"])
-            line, = ax.plot(g["optim.lr"], loss, marker="o", label=f"{n / 1e6:.3g}M")
-            ax.scatter(g["optim.lr"][div], loss[div], marker="x", s=60, color=line.get_color())
-        ax.set_xscale("log")
+            loss, div = counted_loss(g)
+            ax.plot(g["optim.lr"], loss, "o-", ms=3.5, color=col[float(n)], label=size_label(n))
+            if div.any():
+                ax.plot(g["optim.lr"][div], loss[div], "x", ms=9, mew=2, color=col[float(n)])
+        _log_axes(ax)
         ax.set_xlabel("learning rate")
         ax.set_title(_label(keys, tvals), fontsize=9)
-        ax.grid(alpha=0.3)
-    axs[0][0].set_ylabel("final eval loss (x: diverged)")
-    axs[0][-1].legend(title="non-emb. params", fontsize=8)
+    axs[0][0].set_ylabel("final eval loss (×: diverged, at loss at init)")
+    axs[0][-1].legend(title="non-emb. params", fontsize=7, title_fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -52,94 +111,131 @@ def lr_curves(df: pd.DataFrame) -> plt.Figure:
 def sensitivity_vs_params(series: pd.DataFrame) -> plt.Figure:
     """LR sensitivity vs non-embedding params, one line per toggle setting (paper Fig. 1)."""
     keys = [k for k in toggle_keys(series) if k in series.columns]
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    groups = series.groupby(keys, sort=False, dropna=False) if keys else [((), series)]
-    for tvals, g in groups:
+    fig, ax = plt.subplots(figsize=(4.8, 3.5))
+    groups = series.groupby(keys, sort=True, dropna=False) if keys else [((), series)]
+    for i, (tvals, g) in enumerate(groups):
         g = g.sort_values("n_params_nonembed")
-        ax.plot(g["n_params_nonembed"], g["lr_sensitivity"], marker="o", label=_label(keys, tvals))
-    ax.set_xscale("log")
+        ax.plot(g["n_params_nonembed"], g["lr_sensitivity"], "o-", color=f"C{i}",
+                label=_label(keys, tvals))
+    _log_axes(ax)
     ax.set_xlabel("non-embedding params")
     ax.set_ylabel("LR sensitivity")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def attn_logit_fits(df: pd.DataFrame, fits: Dict[tuple, QuadraticLogFit],
-                    target_params: Sequence[float], threshold: float) -> plt.Figure:
-    """Max attention logit vs params per LR (points), quadratic-in-log fits extrapolated to the
-    target sizes (lines), and the divergence threshold."""
-    keys, panels = _panels(df)
-    fig, axs = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), sharey=True,
+                    target_params: Sequence[float], threshold: float,
+                    held_out: Optional[pd.Series] = None) -> plt.Figure:
+    """Max attention logit vs params per LR (log-log): fitted points (dots), held-out points
+    (stars), quadratic-in-log fits (solid over the fitted sizes, dashed when extrapolated; drawn
+    only where positive), the divergence threshold and the target sizes, labelled."""
+    keys, pans = panels(df)
+    fig, axs = plt.subplots(1, len(pans), figsize=(5.0 * len(pans), 3.9), sharey=True,
                             squeeze=False)
+    held_out = held_out if held_out is not None else pd.Series(False, index=df.index)
+    norm = lr_norm(df["optim.lr"])
     n_all = df["n_params_nonembed"].dropna()
-    hi = max([n_all.max()] + list(target_params)) if len(n_all) else 1.0
-    for ax, (tvals, pdf) in zip(axs[0], panels):
-        tvals = tvals if isinstance(tvals, tuple) else (tvals,)
+    hi = max([n_all.max()] + list(target_params)) * 1.5 if len(n_all) else 1.0
+    for ax, (tvals, pdf) in zip(axs[0], pans):
         for lr, g in pdf.groupby("optim.lr", sort=True):
-            line, = ax.plot(g["n_params_nonembed"], g["max_attn_logit"], "o", label=f"lr {lr:g}")
-            fit = fits.get(tvals + (lr,))
+            c = lr_colour(norm, lr)
+            ho = held_out.loc[g.index]
+            ax.plot(g["n_params_nonembed"][~ho], g["max_attn_logit"][~ho], "o", color=c)
+            ax.plot(g["n_params_nonembed"][ho], g["max_attn_logit"][ho], "*", ms=11,
+                    mfc="none", color=c)
+            fit = fits.get(tuple(tvals) + (lr,))
             if fit is not None:
-                xs = np.geomspace(g["n_params_nonembed"].min(), hi, 50)
-                ax.plot(xs, fit.predict(xs), "-", color=line.get_color(), alpha=0.7)
+                lo, top = g["n_params_nonembed"][~ho].min(), g["n_params_nonembed"][~ho].max()
+                xs = np.geomspace(lo, hi, 300)
+                ys = np.asarray(fit.predict(xs), float)
+                pos = ys > 0
+                ax.plot(xs[pos & (xs <= top)], ys[pos & (xs <= top)], "-", color=c, lw=1.2)
+                ax.plot(xs[pos & (xs > top)], ys[pos & (xs > top)], "--", color=c, lw=1)
         ax.axhline(threshold, color="k", ls="--", lw=1)
+        ax.annotate(f"divergence threshold {threshold:g}", (0.01, threshold),
+                    xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
         for t in target_params:
             ax.axvline(t, color="gray", ls=":", lw=1)
-        ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=10)
+            ax.annotate(f"target {t:.2g}", (t, 0.02), xycoords=("data", "axes fraction"),
+                        fontsize=7, rotation=90, ha="right", va="bottom")
+        _log_axes(ax, x=True, y=True)
         ax.set_xlabel("non-embedding params")
         ax.set_title(_label(keys, tvals), fontsize=9)
-        ax.grid(alpha=0.3)
     axs[0][0].set_ylabel("max attention logit")
-    axs[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    _lr_colourbar(fig, axs[0], norm)
+    axs[0][0].plot([], [], "k-", lw=1.2, label="fit (fitted sizes)")
+    axs[0][0].plot([], [], "k--", lw=1, label="fit, extrapolated")
+    if held_out.any():
+        axs[0][0].plot([], [], "k*", mfc="none", label="held out of the fit")
+    axs[0][0].legend(fontsize=7, loc="upper left")
     return fig
 
 
-def metric_over_training(sweep_dir: Path, df: pd.DataFrame, metric: str, by: str,
-                         ylabel: Optional[str] = None) -> plt.Figure:
-    """`metric` vs step for each run, coloured by the value of column `by` (e.g. log Z mean for
-    z-loss on/off, or train/eval CE for one series); diverged runs dashed."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    values = list(pd.unique(df[by])) if by in df.columns else [None]
-    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(values)}
-    labelled = set()
-    for _, r in df.iterrows():
-        m = load_metrics(sweep_dir, r["run_dir"])
-        if m.empty or metric not in m.columns:
-            continue
-        s = m[metric].dropna()
-        v = r[by] if by in df.columns else None
-        lab = None if v in labelled else f"{by.split('.')[-1]}={v}"
-        labelled.add(v)
-        ax.plot(s.index, s.values, color=colours[v], alpha=0.75, label=lab,
-                ls="--" if bool(r.get("diverged")) else "-")
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel or metric)
-    ax.grid(alpha=0.3)
-    if labelled:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+def training_curves(sweep_dir: Path, df: pd.DataFrame, metric: str, ylabel: str,
+                    markers: Optional[str] = None) -> plt.Figure:
+    """`metric` vs step for each run: one panel per toggle setting, colour by LR (colour bar),
+    line style by model size; `markers` (e.g. eval/ce) adds that metric's points on top.
+    Diverged runs end with ×."""
+    keys, pans = panels(df)
+    fig, axs = plt.subplots(1, len(pans), figsize=(4.6 * len(pans) + 0.8, 3.6), sharey=True,
+                            squeeze=False)
+    norm = lr_norm(df["optim.lr"])
+    sizes = sorted(df["n_params_nonembed"].dropna().unique())
+    for ax, (tvals, pdf) in zip(axs[0], pans):
+        for r in pdf.sort_values(["n_params_nonembed", "optim.lr"]).itertuples():
+            m = load_metrics(sweep_dir, r.run_dir)
+            if m.empty or metric not in m.columns:
+                continue
+            c = lr_colour(norm, pdf.loc[r.Index, "optim.lr"])
+            ls = LINE_STYLES[sizes.index(r.n_params_nonembed) % 4] if len(sizes) > 1 else "-"
+            s = m[metric].dropna()
+            ax.plot(s.index, s.values, ls, color=c, lw=1.2, alpha=0.9)
+            if markers and markers in m.columns:
+                e = m[markers].dropna()
+                ax.plot(e.index, e.values, "o", ms=2.5, color=c)
+            if bool(r.diverged) and len(s):
+                ax.plot(s.index[-1], s.values[-1], "x", ms=8, mew=2, color=c)
+        ax.set_xlabel("step")
+        ax.set_title(_label(keys, tvals), fontsize=9)
+        ax.grid(alpha=0.3, lw=0.5)
+    axs[0][0].set_ylabel(ylabel)
+    if len(sizes) > 1:
+        for i, n in enumerate(sizes):
+            axs[0][0].plot([], [], LINE_STYLES[i % 4], color="gray", label=size_label(n))
+        axs[0][0].legend(title="non-emb. params", fontsize=7, title_fontsize=7)
+    if markers:
+        axs[0][-1].plot([], [], "o", ms=3, color="gray", label=markers)
+        axs[0][-1].plot([], [], "-", color="gray", label=metric)
+        axs[0][-1].legend(fontsize=7)
+    _lr_colourbar(fig, axs[0], norm)
     return fig
 
 
-def grad_rms_vs_params(df: pd.DataFrame, eps_by_series: Dict[str, float]) -> plt.Figure:
-    """Median gradient RMS and update RMS (update / LR) vs params, per LR; AdamW ε as a line."""
-    fig, axs = plt.subplots(1, 2, figsize=(9.0, 3.6))
-    for lr, g in df.groupby("optim.lr", sort=True):
-        g = g.sort_values("n_params_nonembed")
-        axs[0].plot(g["n_params_nonembed"], g["grad_rms_median"], "o-", label=f"lr {lr:g}")
-        axs[1].plot(g["n_params_nonembed"], g["update_rms_median"], "o-", label=f"lr {lr:g}")
-    for eps in sorted(set(eps_by_series.values())):
-        axs[0].axhline(eps, color="k", ls="--", lw=1, label=f"AdamW ε {eps:g}")
-    axs[0].set_ylabel("median gradient RMS")
-    axs[1].set_ylabel("median update RMS / LR")
-    for ax in axs:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("non-embedding params")
-        ax.grid(alpha=0.3)
-    axs[0].legend(fontsize=7)
-    fig.tight_layout()
+def grad_rms_vs_params(df: pd.DataFrame, eps_by: Dict[str, float]) -> plt.Figure:
+    """Median gradient RMS (top) and update RMS ÷ LR (bottom) vs params: one column per toggle
+    setting, one line per LR (colour bar); AdamW ε drawn on the gradient panels."""
+    keys, pans = panels(df)
+    fig, axs = plt.subplots(2, len(pans), figsize=(4.4 * len(pans) + 0.8, 6.4), sharex=True,
+                            sharey="row", squeeze=False)
+    norm = lr_norm(df["optim.lr"])
+    for j, (tvals, pdf) in enumerate(pans):
+        for lr, g in pdf.groupby("optim.lr", sort=True):
+            g = g.sort_values("n_params_nonembed")
+            for i, col in enumerate(("grad_rms_median", "update_rms_median")):
+                if col in g.columns:
+                    axs[i][j].plot(g["n_params_nonembed"], g[col], "o-", ms=3,
+                                   color=lr_colour(norm, lr))
+        for eps in sorted(set(pdf["optim.eps"].dropna())) if "optim.eps" in pdf else []:
+            axs[0][j].axhline(eps, color="k", ls="--", lw=1)
+            axs[0][j].annotate(f"AdamW ε {eps:g}", (0.01, eps), xycoords=("axes fraction", "data"),
+                               fontsize=7, va="bottom")
+        axs[0][j].set_title(_label(keys, tvals), fontsize=9)
+        axs[1][j].set_xlabel("non-embedding params")
+        for i in range(2):
+            _log_axes(axs[i][j], x=True, y=True)
+    axs[0][0].set_ylabel("median gradient RMS")
+    axs[1][0].set_ylabel("median update RMS / LR")
+    _lr_colourbar(fig, axs, norm)
     return fig

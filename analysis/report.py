@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis import figures
 from analysis.fits import FitError, QuadraticLogFit, eps_crossover, fit_quadratic_log
-from analysis.load import finished, load_sweep, series_keys, toggle_keys
+from analysis.load import SIZE_KEYS, finished, load_sweep, series_keys, toggle_keys
 from analysis.sensitivity import best_lr, lr_sensitivity
 
 DEFAULT_TARGETS = (4.8e9,)
@@ -32,7 +32,7 @@ def series_table(df: pd.DataFrame, lr_range: Tuple[float, float] = (3e-4, 3e-1))
     diverged and NaN runs count as the loss at init)."""
     keys = series_keys(df)
     out = []
-    groups = df.groupby(keys, sort=False, dropna=False) if keys else [((), df)]
+    groups = df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]
     for vals, g in groups:
         vals = vals if isinstance(vals, tuple) else (vals,)
         done = finished(g)
@@ -44,7 +44,30 @@ def series_table(df: pd.DataFrame, lr_range: Tuple[float, float] = (3e-4, 3e-1))
                     "best_lr": lr, "best_loss": loss,
                     "lr_sensitivity": lr_sensitivity(done["optim.lr"], losses, l0, lr_range)
                     if len(done) else np.nan})
-    return pd.DataFrame(out)
+    tab = pd.DataFrame(out)
+    if len(tab) and keys:  # toggles first, then size: rows of one setting stay together
+        order = [k for k in keys if k not in SIZE_KEYS] + ["n_params_nonembed"]
+        tab = tab.sort_values(order, ignore_index=True)
+    return tab
+
+
+def lr_grid_note(df: pd.DataFrame, lr_range: Tuple[float, float]) -> List[str]:
+    """A note when series were swept over different LRs inside the LR-sensitivity range: their
+    sensitivities then average over unlike grids and do not compare."""
+    keys = series_keys(df)
+    if not keys:
+        return []
+    lo, hi = lr_range
+    done = finished(df)
+    inside = done[(done["optim.lr"] >= lo * (1 - 1e-9)) & (done["optim.lr"] <= hi * (1 + 1e-9))]
+    grids = {vals: tuple(sorted(g["optim.lr"].unique()))
+             for vals, g in inside.groupby(keys, sort=True, dropna=False)}
+    if len(set(grids.values())) <= 1:
+        return []
+    sizes = sorted({len(g) for g in grids.values()})
+    return [f"series were swept over different LR grids inside [{lo:g}, {hi:g}] ({len(set(grids.values()))} "
+            f"distinct grids of {', '.join(map(str, sizes))} LRs, unfinished runs included): their "
+            "LR sensitivities average over unlike points and do not compare; sweep one grid"]
 
 
 def held_out_mask(n_params: pd.Series, hold_out: Sequence[float]) -> pd.Series:
@@ -91,24 +114,32 @@ def attn_predictions(df: pd.DataFrame, targets: Sequence[float], threshold: floa
         notes.append(f"attention-logit fit skipped for {len(skipped)} of {len(groups)} "
                      f"(setting, LR) pairs: {skipped[0]}")
     if exact:
+        check = ("only the held-out rows check them" if len(rows) and any(
+            r["held_out"] for r in rows) else "nothing checks their extrapolation; sweep a 4th "
+            "size or hold one out (sweep.hold_out / --hold-out) to test them")
         notes.append(f"{exact} attention-logit fits pass through exactly 3 sizes (0 residual "
-                     "degrees of freedom): nothing checks their extrapolation; sweep a 4th size "
-                     "or hold one out (sweep.hold_out / --hold-out) to test them")
+                     f"degrees of freedom): {check}")
     if negative:
         notes.append(f"{negative} extrapolated max logits are negative: the quadratic turns "
                      "down outside the fitted sizes, so those predictions are meaningless")
     return pd.DataFrame(rows), fits
 
 
+# A power law of gradient RMS extrapolated further than this past the largest model trained is
+# not a prediction.
+EPS_EXTRAPOLATION = 1e4
+
+
 def eps_table(df: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, Dict[str, float]]:
-    """Per toggle setting and LR: the size at which median gradient RMS reaches AdamW ε."""
+    """Per toggle setting and LR: the size at which median gradient RMS reaches AdamW ε, when
+    that lies within EPS_EXTRAPOLATION × the largest size trained (else NaN, noted once)."""
     keys = toggle_keys(df)
     done = finished(df)
     if "grad_rms_median" not in done.columns:
-        notes.append("no gradient RMS recorded (probes off?): ε warning skipped")
+        notes.append("no gradient RMS recorded (probes off?): ε crossover skipped")
         return pd.DataFrame(), {}
-    rows, eps_by = [], {}
-    for vals, g in done.groupby(keys + ["optim.lr"], sort=False, dropna=False):
+    rows, eps_by, skipped, far = [], {}, [], []
+    for vals, g in done.groupby(keys + ["optim.lr"], sort=True, dropna=False):
         vals = vals if isinstance(vals, tuple) else (vals,)
         eps = float(g["optim.eps"].iloc[0])
         label = figures._label(keys + ["lr"], vals)
@@ -116,11 +147,25 @@ def eps_table(df: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, Dict[st
         try:
             n_star = eps_crossover(g["n_params_nonembed"], g["grad_rms_median"], eps)
         except FitError as e:
-            notes.append(f"ε crossover skipped for {label}: {e}")
+            skipped.append(str(e))
             continue
+        largest = float(g["n_params_nonembed"].max())
+        within = n_star <= EPS_EXTRAPOLATION * largest
+        if not within:
+            far.append(n_star)
         rows.append({**dict(zip(keys + ["optim.lr"], vals)), "eps": eps,
                      "smallest_grad_rms": float(g["grad_rms_median"].min()),
-                     "params_where_grad_rms_reaches_eps": n_star})
+                     "largest_params": largest,
+                     "params_where_grad_rms_reaches_eps": n_star if within else np.nan})
+    if skipped:
+        notes.append(f"ε crossover skipped for {len(skipped)} (setting, LR) pairs: {skipped[0]}")
+    if far:
+        finite = [f for f in far if np.isfinite(f)]
+        notes.append(f"for {len(far)} (setting, LR) pairs gradient RMS would reach ε only beyond "
+                     f"{EPS_EXTRAPOLATION:g}× the largest model trained"
+                     + (f" (power law says {min(finite):.2g}–{max(finite):.2g} params)"
+                        if finite else " (or never: it does not fall with size)")
+                     + ": too far to extrapolate, left blank")
     return pd.DataFrame(rows), eps_by
 
 
@@ -133,21 +178,46 @@ def _md_table(df: pd.DataFrame) -> str:
                           for r in df.itertuples(index=False))
 
 
+def select(df: pd.DataFrame, where: Dict[str, Any]) -> pd.DataFrame:
+    """Rows whose columns equal the given values (numbers compared with a relative tolerance)."""
+    keep = pd.Series(True, index=df.index)
+    for k, v in where.items():
+        if k not in df.columns:
+            raise KeyError(f"no column {k!r} in the sweep table; pick one of "
+                           f"{', '.join(c for c in df.columns if '.' in c)}")
+        col = df[k]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            keep &= np.isclose(pd.to_numeric(col, errors="coerce"), float(v), rtol=1e-6)
+        else:
+            keep &= col.astype(str).str.lower() == str(v).lower()
+    return df[keep]
+
+
 def _save(fig: plt.Figure, path: Path) -> str:
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path.name
 
 
 def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
             threshold: float = 1e4, lr_range: Tuple[float, float] = (3e-4, 3e-1),
-            series: Dict[str, object] | None = None, hold_out: Sequence[float] = ()) -> Report:
-    """Write `<sweep_dir>/analysis/` (report.md and PNG figures) and return the tables."""
+            series: Dict[str, object] | None = None, hold_out: Sequence[float] = (),
+            where: Dict[str, Any] | None = None, out: str | Path | None = None) -> Report:
+    """Write `<sweep_dir>/analysis/` (or `out`: report.md and PNG figures) and return the tables.
+
+    `where` keeps only runs whose columns equal the given values (a subset of the sweep);
+    `hold_out` leaves sizes (non-embedding params, ±10%) out of the attention-logit fit and
+    checks its prediction there; `series` picks the runs of the loss-curve figure.
+    """
     sweep_dir = Path(sweep_dir)
-    out = sweep_dir / "analysis"
+    out = Path(out) if out else sweep_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     df = load_sweep(sweep_dir)
     notes: List[str] = []
+    if len(df) and where:
+        df = select(df, where)
+        notes.append("subset: " + ", ".join(f"{k}={v}" for k, v in where.items())
+                     + f" ({len(df)} runs)")
     if df.empty:
         notes.append(f"no run directories in {sweep_dir} yet")
         rep = Report(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), notes)
@@ -163,6 +233,7 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
     if done["final_eval_ce"].isna().any():
         notes.append(f"{int(done['final_eval_ce'].isna().sum())} finished runs have no final eval "
                      "loss (NaN): counted as loss at init")
+    notes += lr_grid_note(df, lr_range)
     tab = series_table(df, lr_range)
     for _, r in tab.iterrows():
         if r["diverged"] and r["runs"].split("/")[0] == str(r["diverged"]):
@@ -177,20 +248,20 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
         figs["LR sensitivity vs params"] = _save(figures.sensitivity_vs_params(tab),
                                                  out / "sensitivity_vs_params.png")
         figs["max attention logit vs params, with fits"] = _save(
-            figures.attn_logit_fits(done, fits, targets, threshold), out / "attn_logit_fit.png")
-        figs["log Z mean over training"] = _save(figures.metric_over_training(
-            sweep_dir, done, "logits/log_z_mean", "optim.z_loss", "mean log Z"),
+            figures.attn_logit_fits(done, fits, targets, threshold,
+                                    held_out_mask(done["n_params_nonembed"], hold_out)),
+            out / "attn_logit_fit.png")
+        figs["log Z mean over training"] = _save(figures.training_curves(
+            sweep_dir, done, "logits/log_z_mean", "mean log Z (held-out batch)"),
             out / "log_z.png")
         if "grad_rms_median" in done.columns:
             figs["gradient and update RMS vs params"] = _save(
                 figures.grad_rms_vs_params(done, eps_by), out / "grad_rms.png")
-        pick = done
-        for k, v in (series or {}).items():
-            pick = pick[pick[k] == v]
-        if series is None and len(done):  # default: the largest model's runs
-            pick = done[done["n_params_nonembed"] == done["n_params_nonembed"].max()]
-        figs["loss curves"] = _save(figures.metric_over_training(
-            sweep_dir, pick, "eval/ce", "optim.lr", "eval CE"), out / "loss_curves.png")
+        pick = select(done, series) if series else done[
+            done["n_params_nonembed"] == done["n_params_nonembed"].max()]  # the largest model
+        figs["loss curves"] = _save(figures.training_curves(
+            sweep_dir, pick, "train/ce", "train CE (line), eval CE (dots)", markers="eval/ce"),
+            out / "loss_curves.png")
 
     lines = [f"# Sweep analysis: {sweep_dir.name}\n",
              f"{len(done)} finished runs of {len(df)}; LR sensitivity over LRs in "

@@ -96,7 +96,7 @@ def expand_grid(cfg: DictConfig) -> List[Point]:
     variants = [flatten_values(v) for v in sw.variants] or [{}]
     for key in {k for d in sizes + variants for k in d} | set(axes):
         if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
-            raise ConfigError(f"unknown sweep key '{key}'; use a key of the run config "
+            raise ConfigError(f"unknown sweep axis '{key}'; use a key of the run config "
                               "(README lists them)")
     for key, values in axes.items():
         if not values:
@@ -293,7 +293,7 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None) -> Tuple[Pa
     if cfg.sweep.analysis:
         rep = analyze(out, list(cfg.sweep.target_params), cfg.sweep.threshold,
                       tuple(cfg.sweep.lr_range), hold_out=list(cfg.sweep.hold_out))
-        print_report(rep, out)
+        print_report(rep, out / "analysis" / "report.md")
     return out, df
 
 

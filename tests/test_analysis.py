@@ -125,3 +125,138 @@ def test_report_notes_a_single_lr(tmp_path):
     rep = analyze(root)
     assert any("single LR" in n for n in rep.notes)
     assert rep.series["lr_sensitivity"].tolist() == [0.0]
+
+
+def _logit_sweep(root, sizes, logit):
+    for d, n in sizes:
+        _fake_run(root, f"r{d}", 1e-2, d, _summary(3.0, n, logit=logit(math.log(n))))
+
+
+def test_held_out_size_checks_the_fit_and_exact_fits_are_flagged(tmp_path):
+    from analysis.report import analyze
+    root = tmp_path / "sweep"
+    sizes = [(64, 1e5), (128, 8e5), (256, 6.4e6), (512, 5e7)]
+    _logit_sweep(root, sizes, lambda x: 2.0 * x * x - 40 * x + 210)
+    rep = analyze(root, targets=[4.8e9], hold_out=[5e7])
+    held = rep.predictions[rep.predictions["held_out"]]
+    (row,) = held.to_dict("records")
+    x = math.log(5e7)
+    assert row["target_params"] == 5e7 and row["points"] == 3 and row["dof"] == 0
+    assert row["measured_max_logit"] == pytest.approx(2 * x * x - 40 * x + 210)
+    assert row["predicted_max_logit"] == pytest.approx(row["measured_max_logit"], rel=1e-6)
+    assert any("0 residual degrees of freedom" in n and "held-out rows" in n for n in rep.notes)
+    # All four sizes in the fit: one residual degree of freedom, no note.
+    rep = analyze(root, targets=[4.8e9])
+    assert set(rep.predictions["dof"]) == {1}
+    assert not any("degrees of freedom" in n for n in rep.notes)
+
+
+def test_negative_extrapolated_logits_are_flagged(tmp_path):
+    from analysis.report import analyze
+    root = tmp_path / "sweep"
+    _logit_sweep(root, [(64, 1e5), (128, 8e5), (256, 6.4e6)], lambda x: -1.0 * x * x + 20 * x)
+    rep = analyze(root, targets=[4.8e9])
+    assert rep.predictions["predicted_max_logit"].iloc[0] < 0
+    assert any("negative" in n for n in rep.notes)
+
+
+def test_where_analyses_a_subset_and_tables_are_sorted(tmp_path):
+    from analysis.report import analyze
+    root = tmp_path / "sweep"
+    for d, n in ((128, 8e5), (256, 6.4e6), (64, 1e5)):  # written out of order
+        for qk in (True, False):
+            for lr in (1e-1, 1e-3, 1e-2):
+                _fake_run(root, f"r{d}{qk}{lr}", lr, d, _summary(3.0 + lr, n), qk=qk)
+    rep = analyze(root)
+    assert rep.series["model.qk_layernorm"].tolist() == [False] * 3 + [True] * 3
+    assert rep.series["model.d_model"].tolist() == [64, 128, 256] * 2
+    sub = analyze(root, where={"model.qk_layernorm": False}, out=tmp_path / "sub")
+    assert len(sub.series) == 3 and sub.series["lr_sensitivity"].tolist() == pytest.approx(
+        rep.series["lr_sensitivity"].tolist()[:3])  # the qk-layernorm-off rows, alone
+    assert any(n.startswith("subset: model.qk_layernorm=False (9 runs)") for n in sub.notes)
+    assert (tmp_path / "sub" / "report.md").exists()
+    assert rep.predictions.groupby("model.qk_layernorm")["optim.lr"].apply(
+        lambda s: list(s) == sorted(s)).all()
+
+
+def test_series_over_different_lr_grids_get_a_note(tmp_path):
+    from analysis.report import analyze
+    root = tmp_path / "sweep"
+    for lr in (1e-3, 1e-2, 1e-1):
+        _fake_run(root, f"a{lr}", lr, 64, _summary(3.0, 1e5))
+    for lr in (1e-3, 1e-2):
+        _fake_run(root, f"b{lr}", lr, 128, _summary(3.0, 8e5))
+    rep = analyze(root)
+    assert sum("different LR grids" in n for n in rep.notes) == 1
+
+
+def test_eps_crossover_far_beyond_the_sizes_trained_is_not_a_prediction(tmp_path):
+    from analysis.report import analyze
+    root = tmp_path / "sweep"
+    for d, n, g in ((64, 1e5, 1e-3), (128, 8e5, 9e-4)):  # barely falls: crossover ~1e40
+        for lr in (1e-3, 1e-2):
+            _fake_run(root, f"r{d}{lr}", lr, d, _summary(3.0, n), metrics=[
+                {"step": 0, "eval/ce": 5.5},
+                {"step": 10, "eval/ce": 3.0, "grad_rms/w": g, "update_rms/w": 0.1}])
+    rep = analyze(root)
+    assert rep.eps_warnings["params_where_grad_rms_reaches_eps"].isna().all()
+    assert sum("too far to extrapolate" in n for n in rep.notes) == 1  # one note, not one per LR
+
+
+def test_lr_figure_draws_diverged_runs_at_the_loss_they_count_as(tmp_path):
+    from analysis import figures
+    from analysis.load import load_sweep
+    root = tmp_path / "sweep"
+    _fake_run(root, "a", 1e-3, 64, _summary(3.0, 1e5))
+    _fake_run(root, "b", 1e-2, 64, {**_summary(4.0, 1e5), "diverged": True})
+    _fake_run(root, "c", 1e-1, 64, _summary(7.0, 1e5))  # above ℓ0 = 5.5: counted as 5.5
+    fig = figures.lr_curves(load_sweep(root))
+    (line, *_) = fig.axes[0].get_lines()
+    assert list(line.get_ydata()) == [3.0, 5.5, 5.5]
+
+
+def test_logit_fit_figure_uses_log_axes_and_labels_its_reference_lines(tmp_path):
+    from analysis import figures
+    from analysis.load import load_sweep
+    from analysis.report import attn_predictions
+    root = tmp_path / "sweep"
+    _logit_sweep(root, [(64, 1e5), (128, 8e5), (256, 6.4e6)], lambda x: 3.0 * x * x - 80 * x + 540)
+    df = load_sweep(root)
+    _, fits = attn_predictions(df, [4.8e9], 1e4, [])
+    fig = figures.attn_logit_fits(df, fits, [4.8e9], 1e4)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
+    texts = [t.get_text() for t in ax.texts]
+    assert any("divergence threshold" in t for t in texts) and any("target" in t for t in texts)
+    fit_lines = [ln for ln in ax.get_lines() if len(ln.get_ydata()) > 2]
+    assert fit_lines
+    for line in fit_lines:  # fits are drawn only where positive
+        y = np.asarray(line.get_ydata(), float)
+        assert (y[np.isfinite(y)] > 0).all()
+
+
+def test_training_curves_colour_each_lr_and_split_settings_into_panels(tmp_path):
+    from analysis import figures
+    from analysis.load import load_sweep
+    root = tmp_path / "sweep"
+    for qk in (False, True):
+        for lr in (1e-3, 1e-2, 1e-1):
+            _fake_run(root, f"r{qk}{lr}", lr, 64, _summary(3.0, 1e5), qk=qk, metrics=[
+                {"step": s, "train/ce": 5 - s / 10, "logits/log_z_mean": 5.0 + lr * s}
+                for s in range(0, 30, 5)])
+    fig = figures.training_curves(root, load_sweep(root), "logits/log_z_mean", "log Z")
+    plot_axes = [a for a in fig.axes if a.get_label() != "<colorbar>"][:2]
+    assert [a.get_title() for a in plot_axes] == ["qk_layernorm=False", "qk_layernorm=True"]
+    for ax in plot_axes:
+        colours = {tuple(line.get_color()) for line in ax.get_lines() if len(line.get_xdata())}
+        assert len(colours) == 3  # one colour per LR
+
+
+def test_analysis_cli_refuses_a_directory_without_a_sweep(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "notes").mkdir()
+    res = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path)], capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and "holds no sweep" in res.stderr
+    assert not (tmp_path / "analysis").exists()

@@ -46,9 +46,13 @@ def test_cache_is_reused_and_hash_is_stable(corpus_dir, cache_dir):
     assert list((cache_dir / "tokens").glob(f"{a.corpus_hash}*"))
 
 
-def test_bpe_trained_on_corpus_and_cached(corpus_dir, cache_dir):
+def test_bpe_trained_on_corpus_and_cached(corpus_dir, cache_dir, capsys):
     ds = load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir), tokenizer="bpe",
                            bpe_vocab_size=300))
+    assert "training a byte-level BPE tokenizer (vocab 300)" in capsys.readouterr().out
+    load_dataset(dcfg(cache_dir, source="text", path=str(corpus_dir), tokenizer="bpe",
+                      bpe_vocab_size=300))
+    assert "training" not in capsys.readouterr().out  # cached: trained once, said once
     assert ds.vocab_size == 300
     byte_len = sum(len(f.read_bytes()) for f in corpus_dir.iterdir())
     assert len(ds.train) + len(ds.val) < byte_len / 1.5  # merges compress the text

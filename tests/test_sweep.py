@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def sweep_cfg(tmp_path, corpus_dir, cache_dir, *overrides):
     base = [
-        "sweep.name=t", f"sweep.root={tmp_path / 'sweeps'}", "sweep.lrs=[1e-3,1e-2]",
+        "sweep.name=t", f"sweep.root={tmp_path / 'sweeps'}", f"sweep.run_root={tmp_path / 'runs'}",
+        "sweep.lrs=[1e-3,1e-2]",
         "sweep.analysis=false",
         "model.d_model=32", "model.n_layers=1", "model.n_heads=2",
         "train.steps=6", "train.batch_size=4", "train.seq_len=16", "train.log_every=3",
@@ -209,3 +210,81 @@ def test_sweep_plans_vmapped_groups_by_series(tmp_path, corpus_dir, cache_dir):
     for g in groups:
         assert len({v["model.qk_layernorm"] for v, _ in g}) == 1
     assert [len(g) for g in plan_groups(points, vmap=False, group_size=8)] == [1] * 6
+
+
+def _count_trained(monkeypatch):
+    """Record every run config the sweep hands to the trainer."""
+    import proxies.sweep as sweep_mod
+    trained = []
+    real = sweep_mod.train_group
+
+    def counting(cfgs, *a, **k):
+        trained.extend(cfgs)
+        return real(cfgs, *a, **k)
+    monkeypatch.setattr(sweep_mod, "train_group", counting)
+    return trained
+
+
+def test_extending_a_finished_sweep_by_one_lr_trains_one_new_run_per_series(
+        tmp_path, corpus_dir, cache_dir, monkeypatch):
+    trained = _count_trained(monkeypatch)
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    cfg.sweep.axes = {"model": {"qk_layernorm": [False, True]}}
+    out, _ = run_sweep(cfg)
+    assert len(trained) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/summary.json")}
+    trained.clear()
+    cfg.sweep.lrs = [1e-3, 1e-2, 3e-2]
+    out2, df = run_sweep(cfg)
+    assert sorted((bool(c.model.qk_layernorm), c.optim.lr) for c in trained) == [
+        (False, 3e-2), (True, 3e-2)]  # exactly one new run per series
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the old runs untouched
+    assert out2 != out and len(df) == 6 and set(df["status"]) <= {"done", "diverged"}
+    # Both sweep directories are views over the same run directories.
+    old = pd.read_csv(out / "results.csv")
+    assert {(out / r).resolve() for r in old["run_dir"]} <= {(out2 / r).resolve()
+                                                             for r in df["run_dir"]}
+
+
+def test_sweep_variants_set_several_keys_at_once(tmp_path, corpus_dir, cache_dir):
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-3]")
+    cfg.sweep.variants = [{"optim": {"independent_wd": False, "weight_decay": 0.1}},
+                          {"optim": {"independent_wd": True, "weight_decay": 1e-4}}]
+    cfg.sweep.axes = {"model": {"qk_layernorm": [False, True]}}
+    points = expand_grid(cfg)
+    got = sorted((v["optim.independent_wd"], v["optim.weight_decay"], v["model.qk_layernorm"])
+                 for v, _ in points)
+    assert got == [(False, 0.1, False), (False, 0.1, True), (True, 1e-4, False),
+                   (True, 1e-4, True)]
+    for values, run in points:
+        assert run.optim.weight_decay == values["optim.weight_decay"]
+
+
+def test_dry_run_counts_reused_runs_and_trains_nothing(tmp_path, corpus_dir, cache_dir, capsys):
+    from proxies.sweep import estimate
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-3]")
+    run_sweep(cfg)
+    cfg.sweep.lrs = [1e-3, 1e-2]
+    cfg.sweep.dry_run = True
+    out, df = run_sweep(cfg)
+    assert df.empty and not out.exists()
+    printed = capsys.readouterr().out
+    assert "2 runs (1 already done, 1 to train)" in printed and "2-core CPU" in printed
+    est = estimate(expand_grid(cfg))
+    assert est["todo"] == 1 and est["reused"] == 1 and est["flops"] > 0
+
+
+def test_axes_on_the_command_line_replace_or_drop_the_experiments_axes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    base = [sys.executable, "-m", "proxies.sweep", "+exp=lr_sens", "--dry-run",
+            f"sweep.root={tmp_path}", f"sweep.run_root={tmp_path}", "sweep.lrs=[1e-3]"]
+    res = subprocess.run(base + ["sweep.axes={model:{parametrization:[sp,mup]}}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "parametrization" in res.stdout and "qk_layernorm" not in res.stdout
+    assert "4 runs (0 already done, 4 to train)" in res.stdout  # 2 sizes x sp/mup
+    res = subprocess.run(base + ["~sweep.axes.model.qk_layernorm"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "qk_layernorm" not in res.stdout and "2 runs (0 already done" in res.stdout
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing

@@ -1,0 +1,147 @@
+"""The paper-reproduction scripts: every one runs at tiny scale, writes its verdict and figure,
+shares runs with the others; gpu and paper scales plan the paper's grids without training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweeps import RESULTS
+from sweeps.all import main as all_main, results
+from sweeps.core import SPECS, half_decades, main, plan
+
+VERDICT_KEYS = {"claim", "scale", "reproduced", "why", "measured"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("repro")
+
+
+def tiny_args(root, corpus_dir, cache_dir):
+    return ["scale=tiny", f"sweep.root={root}", f"sweep.run_root={root / 'runs'}",
+            "data.source=text", f"data.path={corpus_dir}", f"data.cache_dir={cache_dir}",
+            "wandb.mode=disabled"]
+
+
+@pytest.mark.parametrize("name", RESULTS)
+def test_every_script_runs_at_tiny_scale_and_writes_its_verdict(name, root, corpus_dir,
+                                                                cache_dir):
+    result = next(r for r in results() if r.name == name)
+    verdict = main(result, tiny_args(root, corpus_dir, cache_dir))
+    out = root / "repro" / f"{name}-tiny"
+    saved = json.loads((out / "verdict.json").read_text())
+    assert VERDICT_KEYS <= set(saved) and saved["scale"] == "tiny"
+    assert saved["reproduced"] in ("true", "false", "inconclusive") and saved["why"]
+    assert saved["reproduced"] == verdict.reproduced and saved["measured"]
+    assert (out / "figure.png").stat().st_size > 10_000 and (out / "figure.pdf").exists()
+    assert f"**Verdict: {verdict.reproduced}.**" in (out / "report.md").read_text()
+    for part in plan(result, "tiny", tiny_args(root, corpus_dir, cache_dir)[1:]).configs:
+        assert (out / part / "results.csv").exists() and (out / part / "analysis").is_dir()
+
+
+def test_all_reuses_every_run_and_writes_the_summary(root, corpus_dir, cache_dir, capsys):
+    all_main(tiny_args(root, corpus_dir, cache_dir))
+    printed = capsys.readouterr().out
+    assert "already done, 0 to train" in printed  # the scripts above trained every run
+    table = (root / "repro" / "summary.md").read_text()
+    assert table.count("\n| ") == len(RESULTS) + 1  # header + one row per result
+    for name in RESULTS:
+        assert f"({name}-tiny/figure.png)" in table
+
+
+def test_scripts_share_runs_with_each_other(root, corpus_dir, cache_dir):
+    """The qk-layernorm-off series and warmup's short-warmup series are the same runs."""
+    qk = pd.read_csv(root / "repro" / "qk_layernorm-tiny" / "main" / "results.csv")
+    wu = pd.read_csv(root / "repro" / "warmup-tiny" / "main" / "results.csv")
+    base = root / "repro" / "x" / "main"
+    qk_off = {os.path.normpath(base / r) for r in qk[~qk["model.qk_layernorm"]]["run_dir"]}
+    short = {os.path.normpath(base / r)
+             for r in wu[wu["optim.warmup_steps"] == SPECS["tiny"].warmups[0]]["run_dir"]}
+    assert qk_off == short and len(qk_off) == 4
+
+
+def test_paper_scale_dry_run_plans_the_papers_grid():
+    from sweeps.logit_prediction import RESULT as logit
+    from sweeps.qk_layernorm import RESULT as qk
+    p = plan(qk, "paper")
+    runs = [run for _, run in p.all_points()]
+    assert sorted({run.optim.lr for run in runs}) == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1,
+                                                       3e-1, 1.0]
+    nonembed = sorted({12 * r.model.n_layers * r.model.d_model ** 2 for r in runs})
+    assert nonembed[0] == pytest.approx(9.4e6, rel=0.01) and nonembed[-1] == pytest.approx(
+        1.2e9, rel=0.05) and len(nonembed) == 8
+    assert {r.model.d_model // r.model.n_heads for r in runs} == {64}
+    for r in runs:
+        assert (r.train.steps, r.train.batch_size, r.train.seq_len) == (100_000, 256, 512)
+        assert r.model.dtype == "bfloat16" and r.data.hf_name == "allenai/c4"
+        assert r.optim.warmup_steps == 5000 and (r.optim.b1, r.optim.b2) == (0.9, 0.95)
+    assert len(runs) == 8 * 9 * 2
+    held = max(12 * r.model.n_layers * r.model.d_model ** 2
+               for _, r in plan(logit, "paper").all_points())
+    assert held == pytest.approx(4.83e9, rel=0.01)  # the paper's 4.8B check
+
+
+def test_gpu_and_paper_dry_runs_print_the_grid_and_cost_without_training(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    for scale in ("gpu", "paper"):
+        res = subprocess.run([sys.executable, "-m", "sweeps.qk_layernorm", f"scale={scale}",
+                              "--dry-run", f"sweep.root={tmp_path}",
+                              f"sweep.run_root={tmp_path}"], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "to train)" in res.stdout and "FLOPs" in res.stdout and "H100" in res.stdout
+    assert not any(tmp_path.iterdir())
+    bad = subprocess.run([sys.executable, "-m", "sweeps.kappa", "scale=huge"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: scale='huge' is not one of tiny, laptop, gpu, paper; pick one of those"]
+
+
+def test_half_decades_is_the_papers_lr_grid():
+    assert half_decades(1e-4, 1.0) == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
+    assert half_decades(3e-4, 3e-1) == SPECS["laptop"].lrs
+
+
+def _table(rows):
+    df = pd.DataFrame(rows)
+    df["status"] = "done"
+    df["diverged"] = df.get("diverged", False)
+    df["loss_at_init"] = 6.0
+    return df
+
+
+def test_qk_layernorm_verdict_follows_the_numbers():
+    from sweeps.qk_layernorm import judge
+    rows = []
+    for d, L, n in ((64, 2, 1e5), (128, 4, 8e5)):
+        for qk in (False, True):
+            for lr, base in ((1e-3, 3.0), (1e-2, 2.5), (1e-1, 2.6)):
+                loss = base + (0.0 if qk else 0.8 * (lr == 1e-1))
+                logit = 5.0 if qk else lr * n / 10
+                rows.append({"model.d_model": d, "model.n_layers": L, "model.qk_layernorm": qk,
+                             "optim.lr": lr, "n_params_nonembed": n, "final_eval_ce": loss,
+                             "max_attn_logit": logit})
+    reproduced, why, measured = judge({"main": _table(rows)}, SPECS["tiny"])
+    assert reproduced == "true", why
+    same = [{**r, "final_eval_ce": 3.0} for r in rows]  # flat curves: nothing to lower
+    assert judge({"main": _table(same)}, SPECS["tiny"])[0] == "false"
+
+
+def test_kappa_verdict_finds_onset_and_bigram_crossing():
+    from sweeps.kappa import judge
+    kappas = [1.0, 10.0, 100.0, 1e3, 1e4]
+    losses = [2.30, 2.30, 2.31, 2.45, 2.95]
+    k = _table([{"model.attn_kappa": kv, "optim.lr": 3e-3, "final_eval_ce": lv,
+                 "max_attn_logit": kv, "n_params_nonembed": 1e6, "model.d_model": 128,
+                 "model.n_layers": 4} for kv, lv in zip(kappas, losses)])
+    b = _table([{"optim.lr": 3e-3, "final_eval_ce": 2.9, "n_params_nonembed": 0.0,
+                 "model.d_model": 128, "model.n_layers": 0}])
+    reproduced, why, measured = judge({"kappa": k, "bigram": b}, SPECS["tiny"])
+    assert reproduced == "true", why
+    assert measured["first κ worse than bigram"] == 1e4
+    assert np.isclose(measured["first κ with loss > κ=1 + 0.05"], 1e3)

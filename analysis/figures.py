@@ -69,13 +69,15 @@ def _lr_colourbar(fig: plt.Figure, axs, norm: LogNorm) -> None:
 
 
 def _log_axes(ax: plt.Axes, x: bool = True, y: bool = False) -> None:
-    """Log axes whose minor ticks carry no labels (they collide: '3×10⁴×10⁵')."""
-    if x:
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    if y:
-        ax.set_yscale("log")
-        ax.yaxis.set_minor_formatter(NullFormatter())
+    """Log axes (call after plotting). Over more than a decade the minor ticks carry no labels
+    (they collide: '3×10⁴×10⁵'); within one they keep them, or the axis would have none."""
+    for on, axis, scale, lim in ((x, ax.xaxis, ax.set_xscale, ax.get_xlim),
+                                 (y, ax.yaxis, ax.set_yscale, ax.get_ylim)):
+        if on:
+            scale("log")
+            lo, hi = lim()
+            if lo > 0 and np.log10(hi / lo) > 1.2:
+                axis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="major", lw=0.5)
 
 

@@ -8,6 +8,7 @@ verdict · figure, with each script's wall time.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,12 +26,15 @@ def results() -> List[Result]:
 
 def summary_md(rows: Sequence[Tuple[Plan, Verdict, float]], root: Path) -> str:
     lines = ["# Reproducing small-scale proxies: summary\n",
-             "| result | claim | measured | verdict | figure | wall |",
-             "|---|---|---|---|---|---|"]
+             "wall: this invocation (runs trained by an earlier script or invocation are reused); "
+             "training: the summed training time of every run the result uses.\n",
+             "| result | claim | measured | verdict | figure | wall | training |",
+             "|---|---|---|---|---|---|---|"]
     for p, v, wall in rows:
         fig = (p.out / "figure.png").relative_to(root)
+        train_s = json.loads((p.out / "verdict.json").read_text())["train_s"]
         lines.append(f"| {p.result.name} | {v.claim} | {v.why} | **{v.reproduced}** | "
-                     f"[png]({fig}) | {wall / 60:.1f} min |")
+                     f"[png]({fig}) | {wall / 60:.1f} min | {train_s / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 
 

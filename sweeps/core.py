@@ -178,8 +178,6 @@ class Result:
     parts: Callable[[ScaleSpec], List[Part]]
     judge: Callable[[Tables, ScaleSpec], Tuple[Reproduced, str, Dict[str, Any]]]
     figure: Callable[[Tables, ScaleSpec], plt.Figure]
-    # Sizes (non-embedding params) the analysis leaves out of the attention-logit fit.
-    hold_out: Callable[[Tables], List[float]] = lambda tables: []
 
 
 def merge(*trees: Dict[str, Any]) -> Dict[str, Any]:
@@ -280,8 +278,9 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     plt.close(fig)
     unfinished = sum(len(t) - len(done[k]) for k, t in tables.items())
     (out / "verdict.json").write_text(json.dumps(
-        {**asdict(v), "wall_s": round(wall_s, 1), "unfinished_runs": unfinished,
-         "runs": sum(len(t) for t in tables.values())}, indent=2, default=_jsonable) + "\n")
+        {**asdict(v), "wall_s": round(wall_s, 1), "train_s": round(training_time(done), 1),
+         "unfinished_runs": unfinished, "runs": sum(len(t) for t in tables.values())},
+        indent=2, default=_jsonable) + "\n")
     lines = [f"# {p.result.name} ({p.scale})\n", f"**Claim.** {p.result.claim}\n",
              f"**Verdict: {v.reproduced}.** {v.why}\n", "| statistic | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(val)} |" for k, val in measured.items()]
@@ -292,6 +291,16 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     (out / "report.md").write_text("\n".join(lines))
     print(f"{p.result.name} ({p.scale}): {v.line()}\n  -> {out / 'report.md'}")
     return v
+
+
+def training_time(tables: Tables) -> float:
+    """Seconds the result's distinct runs spent training (their summaries' wall_s, compilation
+    excluded): what the result costs, however many of its runs earlier scripts trained."""
+    walls = {}
+    for t in tables.values():
+        for r in t.itertuples():
+            walls[str(Path(r.sweep_dir, r.run_dir).resolve())] = float(r.wall_s or 0.0)
+    return sum(w for w in walls.values() if w == w)
 
 
 def _jsonable(v: Any) -> Any:

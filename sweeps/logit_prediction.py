@@ -109,8 +109,9 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     ax.text(df["n_params_nonembed"].min(), THRESHOLD * 1.15, "1e4: paper's runs diverged above",
             fontsize=7)
     ax.axvline(s.target_params, color="gray", ls=":", lw=1)
-    ax.text(s.target_params, ax.get_ylim()[0] if False else THRESHOLD / 30,
-            f" target {s.target_params:.2g}", fontsize=7, rotation=90, va="bottom")
+    ax.annotate(f"target {s.target_params:.2g}", (s.target_params, 0.02),
+                xycoords=("data", "axes fraction"), fontsize=7, rotation=90, ha="right",
+                va="bottom")
     ax.axvline(held, color="gray", ls="-", lw=0.5)
     ax.set_xscale("log")
     ax.set_yscale("log")

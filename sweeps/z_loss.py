@@ -26,8 +26,8 @@ def z_label(v) -> str:
 
 def final_log_z(df):
     """Mean log Z at the last probe of each run (NaN where never probed)."""
-    return np.array([P.curve(r, "logits/log_z_mean").iloc[-1] if len(P.curve(
-        r, "logits/log_z_mean")) else np.nan for _, r in df.iterrows()])
+    curves = [P.curve(r, "logits/log_z_mean") for _, r in df.iterrows()]
+    return np.array([c.iloc[-1] if len(c) else np.nan for c in curves])
 
 
 def judge(t: Tables, s: ScaleSpec):
@@ -69,7 +69,8 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
                         {0.0: {"color": "C3"}, 1e-4: {"color": "C0"}})
     axs[2].set_title("LR sensitivity", fontsize=10)
     big = df[df["n_params_nonembed"] == df["n_params_nonembed"].max()]
-    big = big[big["optim.lr"] >= sorted(big["optim.lr"].unique())[max(0, big["optim.lr"].nunique() - 4)]]
+    lrs = sorted(big["optim.lr"].unique())
+    big = big[big["optim.lr"] >= lrs[max(0, len(lrs) - 4)]]  # the four highest LRs
     P.curves_panel(axs[3], big, "logits/log_z_mean", Z, z_label)
     axs[3].axhline(0, color="k", lw=0.8)
     axs[3].set_ylabel("mean log Z (held-out batch)")

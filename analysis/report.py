@@ -65,7 +65,8 @@ def lr_grid_note(df: pd.DataFrame, lr_range: Tuple[float, float]) -> List[str]:
     if len(set(grids.values())) <= 1:
         return []
     sizes = sorted({len(g) for g in grids.values()})
-    return [f"series were swept over different LR grids inside [{lo:g}, {hi:g}] ({len(set(grids.values()))} "
+    n_grids = len(set(grids.values()))
+    return [f"series were swept over different LR grids inside [{lo:g}, {hi:g}] ({n_grids} "
             f"distinct grids of {', '.join(map(str, sizes))} LRs, unfinished runs included): their "
             "LR sensitivities average over unlike points and do not compare; sweep one grid"]
 
@@ -237,8 +238,9 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
     tab = series_table(df, lr_range)
     for _, r in tab.iterrows():
         if r["diverged"] and r["runs"].split("/")[0] == str(r["diverged"]):
-            notes.append(f"series {figures._label(series_keys(df), tuple(r[k] for k in series_keys(df)))}"
-                         ": every run diverged")
+            keys = series_keys(df)
+            notes.append(f"series {figures._label(keys, tuple(r[k] for k in keys))}: every run "
+                         "diverged")
     preds, fits = attn_predictions(df, targets, threshold, notes, hold_out)
     eps_tab, eps_by = eps_table(df, notes)
 

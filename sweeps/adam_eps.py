@@ -22,17 +22,19 @@ def parts(s: ScaleSpec):
 
 
 def slope(x, y) -> float:
-    ok = np.isfinite(x) & np.isfinite(y) & (np.asarray(y) > 0)
-    if ok.sum() < 2:
+    """d log10(y) / d log10(x) by least squares over the positive finite points."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y) & (y > 0)
+    if len(np.unique(x[ok])) < 2:
         return float("nan")
-    return float(np.polyfit(np.log10(np.asarray(x)[ok]), np.log10(np.asarray(y)[ok]), 1)[0])
+    return float(np.polyfit(np.log10(x[ok]), np.log10(y[ok]), 1)[0])
 
 
 def judge(t: Tables, s: ScaleSpec):
     sc, ep = t["scaling"], t["eps"].sort_values(E)
-    by_size = {lr: slope(g["n_params_nonembed"].to_numpy(float), g["grad_rms_median"].to_numpy(float))
+    by_size = {lr: slope(g["n_params_nonembed"], g["grad_rms_median"])
                for lr, g in sc.groupby("optim.lr", sort=True)}
-    by_lr = {n: slope(g["optim.lr"].to_numpy(float), g["grad_rms_median"].to_numpy(float))
+    by_lr = {n: slope(g["optim.lr"], g["grad_rms_median"])
              for n, g in sc.groupby("n_params_nonembed", sort=True)}
     eps, upd = ep[E].to_numpy(float), ep["update_rms_median"].to_numpy(float)
     grad = ep["grad_rms_median"].to_numpy(float)
@@ -58,7 +60,8 @@ def judge(t: Tables, s: ScaleSpec):
         return "true", why, measured
     if not falls:
         return "false", "gradient RMS does not fall with size and LR: " + why, measured
-    return "inconclusive", "update RMS does not collapse where ε nears the gradient RMS: " + why, measured
+    return ("inconclusive", "update RMS does not collapse where ε nears the gradient RMS: " + why,
+            measured)
 
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:

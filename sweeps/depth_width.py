@@ -46,7 +46,8 @@ def judge(t: Tables, s: ScaleSpec):
         return "true", (f"LR sensitivity changes by {sl['depth']:+.3f} per decade of params "
                         f"when scaling depth vs {sl['width']:+.3f} when scaling width"), measured
     return "false", (f"LR sensitivity changes by {sl['depth']:+.3f} per decade of params when "
-                     f"scaling depth, not more than when scaling width ({sl['width']:+.3f})"), measured
+                     f"scaling depth, not more than when scaling width "
+                     f"({sl['width']:+.3f})"), measured
 
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:

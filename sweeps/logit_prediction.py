@@ -74,7 +74,8 @@ def judge(t: Tables, s: ScaleSpec):
     if flags.all() and within2:
         return "true", (f"held out of the fit, the {measured['held-out size (non-emb params)']} "
                         f"model's max logit is predicted within {10 ** err.median():.2f}× "
-                        f"(median over {len(pr)} LRs) and the 1e4 flag is right at every LR"), measured
+                        f"(median over {len(pr)} LRs) and the 1e4 flag is right at every "
+                        "LR"), measured
     if not flags.all():
         return "false", (f"the 1e4 flag is wrong at {int((~flags).sum())}/{len(flags)} LRs "
                          f"(median error {10 ** err.median():.2f}×)"), measured

@@ -48,7 +48,8 @@ def judge(t: Tables, s: ScaleSpec):
         return "inconclusive", "too few finished widths to compare best LRs", measured
     if d_sp <= 0.25:
         return "inconclusive", (f"under SP the best LR moves only {d_sp:.2f} decades across these "
-                                f"widths (μP: {d_mup:.2f}), too little to tell the two apart"), measured
+                                f"widths (μP: {d_mup:.2f}), too little to tell the two "
+                                "apart"), measured
     if d_mup < 0.5 * d_sp and d_mup <= 0.25:
         return "true", (f"the best LR moves {d_sp:.2f} decades across widths under SP and "
                         f"{d_mup:.2f} under μP"), measured
@@ -83,8 +84,9 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both", lw=0.5)
         ax.legend(fontsize=8)
-    fig.suptitle(f"μParam vs standard parametrization, widths {sorted(df['model.d_model'].unique())} "
-                 f"at depth {int(df['model.n_layers'].iloc[0])}", fontsize=11)
+    widths = sorted(int(d) for d in df["model.d_model"].unique())
+    fig.suptitle(f"μParam vs standard parametrization, widths {widths} at depth "
+                 f"{int(df['model.n_layers'].iloc[0])}", fontsize=11)
     fig.tight_layout()
     return fig
 

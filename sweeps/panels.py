@@ -167,3 +167,35 @@ def curves_panel(ax: plt.Axes, df: pd.DataFrame, metric: str, style_by: Optional
         ax.legend(fontsize=7)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3, lw=0.5)
+
+
+def sensitivity_verdict(pairs: Dict[str, Tuple[float, float]], subject: str
+                        ) -> Tuple[str, str]:
+    """(reproduced, why) for "`subject` lowers LR sensitivity at every size", from per-size
+    (without, with) pairs."""
+    lower = [b < a for a, b in pairs.values()]
+    if not lower:
+        return "inconclusive", "no size has finished runs of both settings"
+    if all(lower):
+        return "true", f"{subject} lowers LR sensitivity at every size ({fmt_pairs(pairs)})"
+    if not any(lower):
+        return "false", f"{subject} lowers LR sensitivity at no size ({fmt_pairs(pairs)})"
+    return "inconclusive", (f"{subject} lowers LR sensitivity at {sum(lower)}/{len(lower)} "
+                            f"sizes ({fmt_pairs(pairs)})")
+
+
+def comparison_figure(df: pd.DataFrame, key: str, values: Sequence[Any],
+                      label: Callable[[Any], str], title: str, extra: int = 0
+                      ) -> Tuple[plt.Figure, List[plt.Axes]]:
+    """The paper's two-setting layout: LR vs loss under each setting (shared y), then LR
+    sensitivity vs params (red: first setting, blue: second); `extra` more axes returned."""
+    fig, axs = plt.subplots(1, 3 + extra, figsize=(4.5 * (3 + extra), 3.8))
+    for ax, v in zip(axs[:2], values):
+        lr_loss_panel(ax, df[df[key] == v], label(v))
+    axs[0].set_ylabel("final eval loss (× diverged)")
+    axs[1].sharey(axs[0])
+    sensitivity_panel(axs[2], series_stats(df, [key]), key, label,
+                      {values[0]: {"color": "C3"}, values[1]: {"color": "C0"}})
+    axs[2].set_title("LR sensitivity", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    return fig, list(axs[3:])

@@ -44,7 +44,8 @@ def judge(t: Tables, s: ScaleSpec):
                         f"({P.fmt_pairs(pairs)}), and without it the max attention logit grows "
                         "with LR and with size"), measured
     if lower and not any(lower):
-        return "false", f"qk-layernorm does not lower LR sensitivity at any size ({P.fmt_pairs(pairs)})", measured
+        return "false", (f"qk-layernorm does not lower LR sensitivity at any size "
+                         f"({P.fmt_pairs(pairs)})"), measured
     return "inconclusive", (f"LR sensitivity lower with qk-layernorm at {sum(lower)}/{len(lower)} "
                             f"sizes; logit growth with size {'seen' if grows_size else 'not seen'}"
                             f", with LR {'seen' if grows_lr else 'not seen'}"), measured
@@ -52,18 +53,11 @@ def judge(t: Tables, s: ScaleSpec):
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     df = t["main"]
-    fig, axs = plt.subplots(1, 4, figsize=(17, 3.8))
-    for ax, qk in zip(axs[:2], (False, True)):
-        P.lr_loss_panel(ax, df[df[QK].astype(bool) == qk], qk_label(qk))
-    axs[0].set_ylabel("final eval loss (× diverged)")
-    axs[1].sharey(axs[0])
-    stats = P.series_stats(df, [QK])
-    P.sensitivity_panel(axs[2], stats, QK, qk_label,
-                        {False: {"color": "C3"}, True: {"color": "C0"}})
-    axs[2].set_title("LR sensitivity", fontsize=10)
-    P.logit_vs_lr_panel(axs[3], df, QK, lambda v: "qk-LN" if bool(v) else "no qk-LN")
-    axs[3].set_title("max attention logit (solid: no qk-LN)", fontsize=10)
-    fig.suptitle("qk-layernorm: LR vs final loss, LR sensitivity, attention logits", fontsize=11)
+    fig, (ax,) = P.comparison_figure(df, QK, [False, True], qk_label,
+                                     "qk-layernorm: LR vs final loss, LR sensitivity, attention "
+                                     "logits", extra=1)
+    P.logit_vs_lr_panel(ax, df, QK, lambda v: "qk-LN" if bool(v) else "no qk-LN")
+    ax.set_title("max attention logit (solid: no qk-LN)", fontsize=10)
     fig.tight_layout()
     return fig
 

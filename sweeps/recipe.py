@@ -34,31 +34,17 @@ def label(v) -> str:
 def judge(t: Tables, s: ScaleSpec):
     stats = P.series_stats(t["main"], [R])
     pairs = P.compare_sensitivity(stats, R, False, True)
-    lower = [b < a for a, b in pairs.values()]
     best = stats.groupby(R)["best_loss"].min().to_dict()
-    measured = {"LR sensitivity none → full recipe, per size": P.fmt_pairs(pairs),
-                "best loss, none / full": [round(best.get(False, float("nan")), 3),
-                                           round(best.get(True, float("nan")), 3)]}
-    if lower and all(lower):
-        return "true", f"the full recipe lowers LR sensitivity at every size ({P.fmt_pairs(pairs)})", measured
-    if lower and not any(lower):
-        return "false", f"the full recipe lowers LR sensitivity at no size ({P.fmt_pairs(pairs)})", measured
-    return "inconclusive", (f"the full recipe lowers LR sensitivity at {sum(lower)}/{len(lower)} "
-                            f"sizes ({P.fmt_pairs(pairs)})"), measured
+    reproduced, why = P.sensitivity_verdict(pairs, "the full recipe")
+    return reproduced, why, {"LR sensitivity none → full recipe, per size": P.fmt_pairs(pairs),
+                             "best loss, none / full": [round(best.get(False, float("nan")), 3),
+                                                        round(best.get(True, float("nan")), 3)]}
 
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
-    df = t["main"]
-    fig, axs = plt.subplots(1, 3, figsize=(13.5, 3.8))
-    for ax, v in zip(axs[:2], (False, True)):
-        P.lr_loss_panel(ax, df[df[R].astype(bool) == v], label(v))
-    axs[0].set_ylabel("final eval loss (× diverged)")
-    axs[1].sharey(axs[0])
-    P.sensitivity_panel(axs[2], P.series_stats(df, [R]), R, label,
-                        {False: {"color": "C3"}, True: {"color": "C0"}})
-    axs[2].set_title("LR sensitivity", fontsize=10)
-    fig.suptitle("The recipe: qk-layernorm + z-loss + independent weight decay + long warm-up",
-                 fontsize=11)
+    fig, _ = P.comparison_figure(
+        t["main"], R, [False, True], label,
+        "The recipe: qk-layernorm + z-loss + independent weight decay + long warm-up")
     fig.tight_layout()
     return fig
 

@@ -31,23 +31,16 @@ def judge(t: Tables, s: ScaleSpec):
         return "true", (f"warmup {long} lowers LR sensitivity at every size, by {gains[0]:.3f} at "
                         f"the smallest and {gains[-1]:.3f} at the largest"), measured
     if not any(lower):
-        return "false", f"longer warmup lowers LR sensitivity at no size ({P.fmt_pairs(pairs)})", measured
+        return "false", (f"longer warmup lowers LR sensitivity at no size "
+                         f"({P.fmt_pairs(pairs)})"), measured
     return "inconclusive", (f"longer warmup lowers LR sensitivity at {sum(lower)}/{len(lower)} "
                             f"sizes; reduction {gains[0]:.3f} at the smallest vs {gains[-1]:.3f} "
                             "at the largest"), measured
 
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
-    df = t["main"]
-    fig, axs = plt.subplots(1, 3, figsize=(13.5, 3.8))
-    for ax, w in zip(axs[:2], s.warmups):
-        P.lr_loss_panel(ax, df[df[W] == w], f"warmup {w} steps")
-    axs[0].set_ylabel("final eval loss (× diverged)")
-    axs[1].sharey(axs[0])
-    P.sensitivity_panel(axs[2], P.series_stats(df, [W]), W, lambda v: f"warmup {v}",
-                        {s.warmups[0]: {"color": "C3"}, s.warmups[1]: {"color": "C0"}})
-    axs[2].set_title("LR sensitivity", fontsize=10)
-    fig.suptitle("Warm-up length: LR vs final loss and LR sensitivity", fontsize=11)
+    fig, _ = P.comparison_figure(t["main"], W, list(s.warmups), lambda v: f"warmup {v} steps",
+                                 "Warm-up length: LR vs final loss and LR sensitivity")
     fig.tight_layout()
     return fig
 

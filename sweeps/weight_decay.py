@@ -27,29 +27,14 @@ def wd_label(v) -> str:
 
 
 def judge(t: Tables, s: ScaleSpec):
-    stats = P.series_stats(t["main"], [IND])
-    pairs = P.compare_sensitivity(stats, IND, False, True)
-    lower = [b < a for a, b in pairs.values()]
-    measured = {"LR sensitivity coupled → independent, per size": P.fmt_pairs(pairs)}
-    if lower and all(lower):
-        return "true", f"independent decay lowers LR sensitivity at every size ({P.fmt_pairs(pairs)})", measured
-    if lower and not any(lower):
-        return "false", f"independent decay lowers LR sensitivity at no size ({P.fmt_pairs(pairs)})", measured
-    return "inconclusive", (f"independent decay lowers LR sensitivity at {sum(lower)}/{len(lower)} "
-                            f"sizes ({P.fmt_pairs(pairs)})"), measured
+    pairs = P.compare_sensitivity(P.series_stats(t["main"], [IND]), IND, False, True)
+    reproduced, why = P.sensitivity_verdict(pairs, "independent decay")
+    return reproduced, why, {"LR sensitivity coupled → independent, per size": P.fmt_pairs(pairs)}
 
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
-    df = t["main"]
-    fig, axs = plt.subplots(1, 3, figsize=(13.5, 3.8))
-    for ax, ind in zip(axs[:2], (False, True)):
-        P.lr_loss_panel(ax, df[df[IND].astype(bool) == ind], wd_label(ind))
-    axs[0].set_ylabel("final eval loss (× diverged)")
-    axs[1].sharey(axs[0])
-    P.sensitivity_panel(axs[2], P.series_stats(df, [IND]), IND, wd_label,
-                        {False: {"color": "C3"}, True: {"color": "C0"}})
-    axs[2].set_title("LR sensitivity", fontsize=10)
-    fig.suptitle("Weight decay, coupled to the LR vs independent of it", fontsize=11)
+    fig, _ = P.comparison_figure(t["main"], IND, [False, True], wd_label,
+                                 "Weight decay, coupled to the LR vs independent of it")
     fig.tight_layout()
     return fig
 

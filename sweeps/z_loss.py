@@ -60,24 +60,17 @@ def judge(t: Tables, s: ScaleSpec):
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     df = t["main"]
-    fig, axs = plt.subplots(1, 4, figsize=(18, 3.8))
-    for ax, z in zip(axs[:2], (0.0, 1e-4)):
-        P.lr_loss_panel(ax, df[df[Z] == z], f"{z_label(z)}, no weight decay")
-    axs[0].set_ylabel("final eval loss (× diverged)")
-    axs[1].sharey(axs[0])
-    P.sensitivity_panel(axs[2], P.series_stats(df, [Z]), Z, z_label,
-                        {0.0: {"color": "C3"}, 1e-4: {"color": "C0"}})
-    axs[2].set_title("LR sensitivity", fontsize=10)
+    fig, (ax,) = P.comparison_figure(df, Z, [0.0, 1e-4], lambda v: f"{z_label(v)}, no weight decay",
+                                     "z-loss without weight decay: LR vs loss, LR sensitivity, "
+                                     "output log Z", extra=1)
     big = df[df["n_params_nonembed"] == df["n_params_nonembed"].max()]
     lrs = sorted(big["optim.lr"].unique())
     big = big[big["optim.lr"] >= lrs[max(0, len(lrs) - 4)]]  # the four highest LRs
-    P.curves_panel(axs[3], big, "logits/log_z_mean", Z, z_label)
-    axs[3].axhline(0, color="k", lw=0.8)
-    axs[3].set_ylabel("mean log Z (held-out batch)")
-    axs[3].set_title(f"log Z over training, {P.size_label(big['n_params_nonembed'].max())} "
-                     "params, highest LRs", fontsize=10)
-    fig.suptitle("z-loss without weight decay: LR vs loss, LR sensitivity, output log Z",
-                 fontsize=11)
+    P.curves_panel(ax, big, "logits/log_z_mean", Z, z_label)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("mean log Z (held-out batch)")
+    ax.set_title(f"log Z over training, {P.size_label(big['n_params_nonembed'].max())} "
+                 "params, highest LRs", fontsize=10)
     fig.tight_layout()
     return fig
 

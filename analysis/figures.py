@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter  # noqa: E402
 
 from analysis.fits import QuadraticLogFit  # noqa: E402
 from analysis.load import load_metrics, toggle_keys  # noqa: E402
@@ -33,7 +33,8 @@ def _label(keys: Sequence[str], vals) -> str:
 
 
 def size_label(n: float) -> str:
-    return f"{n / 1e6:.3g}M" if n >= 1e5 else f"{n / 1e3:.3g}k"
+    """Non-embedding params as 0.1M, 0.79M, 2.6M (k below 10k)."""
+    return f"{n / 1e6:.2g}M" if n >= 1e4 else f"{n / 1e3:.2g}k"
 
 
 def panels(df: pd.DataFrame) -> Tuple[List[str], List[Tuple[tuple, pd.DataFrame]]]:
@@ -68,16 +69,24 @@ def _lr_colourbar(fig: plt.Figure, axs, norm: LogNorm) -> None:
                  pad=0.01, fraction=0.03)
 
 
-def _log_axes(ax: plt.Axes, x: bool = True, y: bool = False) -> None:
-    """Log axes (call after plotting). Over more than a decade the minor ticks carry no labels
-    (they collide: '3×10⁴×10⁵'); within one they keep them, or the axis would have none."""
+def log_axes(ax: plt.Axes, x: bool = True, y: bool = False) -> None:
+    """Log axes (call after plotting). Over two or more powers of ten the minor ticks carry no
+    labels (they collide: '3×10⁴×10⁵'); within about a decade only 2× and 5× are labelled, so
+    the axis still has labels and they do not collide."""
     for on, axis, scale, lim in ((x, ax.xaxis, ax.set_xscale, ax.get_xlim),
                                  (y, ax.yaxis, ax.set_yscale, ax.get_ylim)):
         if on:
             scale("log")
             lo, hi = lim()
-            if lo > 0 and np.log10(hi / lo) > 1.2:
+            if lo <= 0:
+                continue
+            powers = np.floor(np.log10(hi)) - np.ceil(np.log10(lo)) + 1
+            if powers >= 2:
                 axis.set_minor_formatter(NullFormatter())
+            else:  # within about a decade: label 2× and 5× only, so labels do not collide
+                axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+                axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False,
+                                                                   minor_thresholds=(np.inf, np.inf)))
     ax.grid(alpha=0.3, which="major", lw=0.5)
 
 
@@ -101,7 +110,7 @@ def lr_curves(df: pd.DataFrame) -> plt.Figure:
             ax.plot(g["optim.lr"], loss, "o-", ms=3.5, color=col[float(n)], label=size_label(n))
             if div.any():
                 ax.plot(g["optim.lr"][div], loss[div], "x", ms=9, mew=2, color=col[float(n)])
-        _log_axes(ax)
+        log_axes(ax)
         ax.set_xlabel("learning rate")
         ax.set_title(_label(keys, tvals), fontsize=9)
     axs[0][0].set_ylabel("final eval loss (×: diverged, at loss at init)")
@@ -119,7 +128,7 @@ def sensitivity_vs_params(series: pd.DataFrame) -> plt.Figure:
         g = g.sort_values("n_params_nonembed")
         ax.plot(g["n_params_nonembed"], g["lr_sensitivity"], "o-", color=f"C{i}",
                 label=_label(keys, tvals))
-    _log_axes(ax)
+    log_axes(ax)
     ax.set_xlabel("non-embedding params")
     ax.set_ylabel("LR sensitivity")
     ax.legend(fontsize=8)
@@ -162,7 +171,7 @@ def attn_logit_fits(df: pd.DataFrame, fits: Dict[tuple, QuadraticLogFit],
             ax.axvline(t, color="gray", ls=":", lw=1)
             ax.annotate(f"target {t:.2g}", (t, 0.02), xycoords=("data", "axes fraction"),
                         fontsize=7, rotation=90, ha="right", va="bottom")
-        _log_axes(ax, x=True, y=True)
+        log_axes(ax, x=True, y=True)
         ax.set_xlabel("non-embedding params")
         ax.set_title(_label(keys, tvals), fontsize=9)
     axs[0][0].set_ylabel("max attention logit")
@@ -236,7 +245,7 @@ def grad_rms_vs_params(df: pd.DataFrame, eps_by: Dict[str, float]) -> plt.Figure
         axs[0][j].set_title(_label(keys, tvals), fontsize=9)
         axs[1][j].set_xlabel("non-embedding params")
         for i in range(2):
-            _log_axes(axs[i][j], x=True, y=True)
+            log_axes(axs[i][j], x=True, y=True)
     axs[0][0].set_ylabel("median gradient RMS")
     axs[1][0].set_ylabel("median update RMS / LR")
     _lr_colourbar(fig, axs, norm)

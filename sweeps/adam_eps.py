@@ -7,6 +7,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
 
@@ -75,8 +76,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     eps0 = float(sc[E].iloc[0]) if E in sc.columns and len(sc) else 1e-8
     axs[0].axhline(eps0, color="k", ls="--", lw=1)
     axs[0].text(sc["n_params_nonembed"].min(), eps0 * 1.5, f"AdamW ε = {eps0:g}", fontsize=7)
-    axs[0].set_xscale("log")
-    axs[0].set_yscale("log")
+    log_axes(axs[0], x=True, y=True)
     axs[0].set_xlabel("non-embedding params")
     axs[0].set_ylabel("median gradient RMS (end of training)")
     axs[0].set_title("gradient RMS vs size", fontsize=10)
@@ -86,8 +86,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         g = g.sort_values("optim.lr")
         axs[1].plot(g["optim.lr"], g["grad_rms_median"], "o-", color=col[n],
                     label=P.size_label(n))
-    axs[1].set_xscale("log")
-    axs[1].set_yscale("log")
+    log_axes(axs[1], x=True, y=True)
     axs[1].set_xlabel("learning rate")
     axs[1].set_title("gradient RMS vs LR", fontsize=10)
     axs[1].legend(title="non-emb. params", fontsize=7, title_fontsize=7)
@@ -95,14 +94,11 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     ax.plot(ep[E], ep["update_rms_median"], "o-", color="C0", label="update RMS (÷ LR)")
     ax.plot(ep[E], ep["grad_rms_median"], "s--", color="C1", label="gradient RMS")
     ax.plot(ep[E], ep[E], "k:", lw=0.8, label="ε")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax, x=True, y=True)
     ax.set_xlabel("AdamW ε")
     ax.set_title(f"update collapse, {P.size_label(ep['n_params_nonembed'].max())} params, "
                  f"LR {s.eps_lr:g}", fontsize=10)
     ax.legend(fontsize=7)
-    for ax in axs:
-        ax.grid(alpha=0.3, which="both", lw=0.5)
     fig.tight_layout()
     return fig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
 
@@ -65,11 +66,10 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         st = P.series_stats(p[k], []).sort_values("n_params_nonembed")
         axs[2].plot(st["n_params_nonembed"], st["lr_sensitivity"], "o-", color=c,
                     label=f"scaling {k}")
-    axs[2].set_xscale("log")
+    log_axes(axs[2])
     axs[2].set_xlabel("non-embedding params")
     axs[2].set_ylabel("LR sensitivity")
     axs[2].set_title("LR sensitivity vs params", fontsize=10)
-    axs[2].grid(alpha=0.3, which="both", lw=0.5)
     axs[2].legend(fontsize=8)
     fig.suptitle("Scaling depth vs scaling width", fontsize=11)
     fig.tight_layout()

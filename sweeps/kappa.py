@@ -7,6 +7,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, half_decades, main
 
@@ -73,21 +74,18 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         ax.axvline(ref, color="gray", ls=":", lw=1)
     ax.text(1e3, ax.get_ylim()[1], " paper: degrades", fontsize=7, va="top", rotation=90)
     ax.text(1e4, ax.get_ylim()[1], " paper: < bigram", fontsize=7, va="top", rotation=90)
-    ax.set_xscale("log")
+    log_axes(ax)
     ax.set_xlabel("κ (planted max attention logit)")
     ax.set_ylabel("final eval loss")
     ax.set_title(f"κ experiment, LR {s.kappa_lr:g}", fontsize=10)
-    ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.legend(fontsize=8)
     ax = axs[1]
     ax.plot(kappas, logits, "o-", color="C0", label="measured")
     ax.plot(kappas, kappas, "k-", lw=0.8, label="y = κ")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax, x=True, y=True)
     ax.set_xlabel("κ")
     ax.set_ylabel("max attention logit over training")
     ax.set_title("the planted logits reach κ", fontsize=10)
-    ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fits import FitError, fit_quadratic_log
+from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main, nonembed_params
 
@@ -114,13 +115,11 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
                 xycoords=("data", "axes fraction"), fontsize=7, rotation=90, ha="right",
                 va="bottom")
     ax.axvline(held, color="gray", ls="-", lw=0.5)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax, x=True, y=True)
     ax.set_xlabel("non-embedding params")
     ax.set_ylabel("max attention logit (no qk-layernorm)")
     ax.set_title("quadratic-in-log fits (solid: fitted, dashed: extrapolated); ☆ held out",
                  fontsize=9)
-    ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.legend(fontsize=7, loc="upper left")
     ax = axs[1]
     if len(pr):
@@ -136,12 +135,10 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         ax.axvline(THRESHOLD, color="k", ls="--", lw=0.8)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax, x=True, y=True)
     ax.set_xlabel("measured max logit, held-out size")
     ax.set_ylabel("predicted")
     ax.set_title(f"held-out check at {P.size_label(held)} params (labels: LR)", fontsize=9)
-    ax.grid(alpha=0.3, which="both", lw=0.5)
     fig.tight_layout()
     return fig
 

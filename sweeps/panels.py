@@ -14,15 +14,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 
+from analysis.figures import log_axes, size_label  # noqa: F401 (size_label: for the scripts)
 from analysis.load import load_metrics
 from analysis.sensitivity import best_lr_interp, capped_losses, lr_sensitivity
 
 LR_RANGE = (3e-4, 3e-1)
 SHAPE = ["model.d_model", "model.n_layers"]  # a model size, whatever its toggles add
-
-
-def size_label(n: float) -> str:
-    return f"{n / 1e6:.2g}M" if n >= 1e5 else f"{n / 1e3:.3g}k"
 
 
 def counted_loss(g: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
@@ -74,10 +71,9 @@ def lr_loss_panel(ax: plt.Axes, df: pd.DataFrame, title: str, by: str = "n_param
         ax.plot(g["optim.lr"], loss, "o-", ms=3.5, color=col[v], label=label(v))
         if div.any():
             ax.plot(g["optim.lr"][div], loss[div], "x", ms=9, mew=2, color=col[v])
-    ax.set_xscale("log")
+    log_axes(ax)
     ax.set_xlabel("learning rate")
     ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.legend(title=legend_title, fontsize=7, title_fontsize=7)
 
 
@@ -88,10 +84,9 @@ def sensitivity_panel(ax: plt.Axes, stats: pd.DataFrame, by: str,
     for v, g in stats.groupby(by, sort=True):
         g = g.sort_values(x)
         ax.plot(g[x], g["lr_sensitivity"], "o-", label=label(v), **(styles or {}).get(v, {}))
-    ax.set_xscale("log")
+    log_axes(ax)
     ax.set_xlabel("non-embedding params")
     ax.set_ylabel("LR sensitivity")
-    ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.legend(fontsize=7)
 
 
@@ -105,11 +100,9 @@ def logit_vs_lr_panel(ax: plt.Axes, df: pd.DataFrame, by: str, label: Callable[[
             g = g.sort_values("optim.lr")
             ax.plot(g["optim.lr"], g[column], styles[j % 4], marker="o", ms=3, color=col[n],
                     label=f"{size_label(n)}, {label(v)}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax, x=True, y=True)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("max attention logit")
-    ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.legend(fontsize=6, ncol=2)
 
 

@@ -114,12 +114,12 @@ SPECS: Dict[str, ScaleSpec] = {
         depths=[size(64, 2), size(64, 4), size(64, 8)], warmups=(20, 80), kappa_lr=3e-3,
         kappas=[1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4], eps_lr=1e-2,
         epsilons=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2]),
-    # One GPU in about a day: the paper's architecture and data, its four smallest sizes,
-    # 1e4 steps of 64 × 512 tokens. C4 is read with HF datasets: point data.path at a local
+    # One GPU in about a day: the paper's architecture and data, its smallest sizes (9.4M-85M),
+    # 1e4 steps of 32 × 512 tokens. C4 is read with HF datasets: point data.path at a local
     # save_to_disk copy (nothing is downloaded unless data.hf_name is left to the hub).
     "gpu": ScaleSpec(
         base={"model": _PAPER_MODEL, "data": _C4,
-              "train": _train(10_000, 64, 512, 100, 500, 8, 1000),
+              "train": _train(10_000, 32, 512, 100, 500, 8, 1000),
               "optim": {"warmup_steps": 500, "weight_decay": 0.1, "independent_wd": False,
                         "z_loss": 0.0, "min_lr": 1e-5}},
         lrs=half_decades(1e-4, 1.0), sizes=[size(512, 3, 64), size(640, 4, 64),

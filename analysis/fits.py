@@ -69,4 +69,5 @@ def eps_crossover(n_params: Sequence[float], grad_rms: Sequence[float], eps: flo
         return float("inf")
     if b > -1e-9:  # not falling with size: reaches ε only if already below it
         return float(n.min()) if np.exp(log_a) * n.min() ** b <= eps else float("inf")
-    return float(np.exp((np.log(eps) - log_a) / b))
+    log_n = (np.log(eps) - log_a) / b
+    return float(np.exp(log_n)) if log_n < 700 else float("inf")  # past float range: never

@@ -145,3 +145,90 @@ def test_kappa_verdict_finds_onset_and_bigram_crossing():
     assert reproduced == "true", why
     assert measured["first κ worse than bigram"] == 1e4
     assert np.isclose(measured["first κ with loss > κ=1 + 0.05"], 1e3)
+
+
+def _lr_rows(settings, sizes, loss):
+    """Rows of a synthetic sweep: every (setting dict, size, LR) with loss(setting, n, lr)."""
+    rows = []
+    for st in settings:
+        for d, L, n in sizes:
+            for lr in (1e-3, 1e-2, 1e-1):
+                rows.append({**st, "model.d_model": d, "model.n_layers": L, "optim.lr": lr,
+                             "n_params_nonembed": n, "final_eval_ce": loss(st, n, lr)})
+    return _table(rows)
+
+
+SIZES = ((64, 2, 1e5), (128, 4, 8e5))
+
+
+def test_warmup_verdict_needs_a_larger_gain_for_larger_models():
+    from sweeps.warmup import judge
+    short, long = SPECS["tiny"].warmups
+
+    def loss(st, n, lr, bigger_gain):
+        penalty = 1.0 if lr == 1e-1 else 0.0
+        gain = 0.3 if (bigger_gain and n > 1e5) else 0.2
+        return 2.5 + penalty - (gain if st["optim.warmup_steps"] == long and penalty else 0)
+    settings = [{"optim.warmup_steps": short}, {"optim.warmup_steps": long}]
+    t = _lr_rows(settings, SIZES, lambda st, n, lr: loss(st, n, lr, True))
+    assert judge({"main": t}, SPECS["tiny"])[0] == "true"
+    t = _lr_rows(settings, SIZES, lambda st, n, lr: loss(st, n, lr, False))
+    assert judge({"main": t}, SPECS["tiny"])[0] == "inconclusive"  # lower, but not more for larger
+
+
+def test_mup_verdict_compares_best_lr_drift_across_widths():
+    from sweeps.mup import judge
+
+    def loss(st, n, lr):  # SP's best LR falls with width, μP's stays at 1e-2
+        best = 1e-2 if st["model.parametrization"] == "mup" else (1e-2 if n < 1e5 else 1e-3)
+        return 2.5 + abs(np.log10(lr / best))
+    widths = ((64, 2, 9e4), (256, 2, 1.5e6))
+    t = _lr_rows([{"model.parametrization": "sp"}, {"model.parametrization": "mup"}], widths,
+                 loss)
+    reproduced, why, measured = judge({"main": t}, SPECS["tiny"])
+    assert reproduced == "true", why
+    assert measured["best-LR drift across widths, decades (SP / μP)"] == [1.0, 0.0]
+
+
+def test_depth_width_verdict_compares_slopes_per_decade():
+    from sweeps.depth_width import judge
+    s = SPECS["tiny"]  # widths d16 L1 -> d32 L1, depths d16 L1 -> d16 L2
+    shapes = ((16, 1, 3e3), (32, 1, 1.2e4), (16, 2, 6e3))
+
+    def loss(st, n, lr):
+        deep = n == 6e3
+        return 2.5 + (lr == 1e-1) * (1.0 if deep else 0.2)
+    t = _lr_rows([{}], shapes, loss)
+    assert judge({"main": t}, s)[0] == "true"
+
+
+def test_adam_eps_verdict_wants_falling_gradients_and_an_update_collapse():
+    from sweeps.adam_eps import judge
+    sc = []
+    for d, L, n in SIZES:
+        for lr in (1e-3, 1e-2):
+            sc.append({"model.d_model": d, "model.n_layers": L, "n_params_nonembed": n,
+                       "optim.lr": lr, "final_eval_ce": 2.5,
+                       "grad_rms_median": 1e-3 * (n / 1e5) ** -0.5 * (lr / 1e-3) ** -0.3})
+    ep = [{"optim.eps": e, "optim.lr": 1e-2, "n_params_nonembed": 8e5, "model.d_model": 128,
+           "model.n_layers": 4, "final_eval_ce": 2.5, "grad_rms_median": 1e-4,
+           "update_rms_median": 0.3 / (1 + e / 1e-4)} for e in (1e-8, 1e-4, 1e-2)]
+    reproduced, why, _ = judge({"scaling": _table(sc), "eps": _table(ep)}, SPECS["tiny"])
+    assert reproduced == "true", why
+    for r in ep:
+        r["update_rms_median"] = 0.3  # no collapse
+    assert judge({"scaling": _table(sc), "eps": _table(ep)}, SPECS["tiny"])[0] == "inconclusive"
+
+
+def test_logit_prediction_verdict_checks_the_held_out_size_and_the_flag():
+    from sweeps.logit_prediction import judge
+    rows = []
+    for lr, a in ((1e-2, 0.5), (1e-1, 4.0)):
+        for d, n in ((16, 1e5), (32, 4e5), (48, 1.6e6), (64, 6.4e6), (96, 2.56e7)):
+            x = np.log(n)
+            rows.append({"model.d_model": d, "model.n_layers": 2, "optim.lr": lr,
+                         "n_params_nonembed": n, "final_eval_ce": 3.0,
+                         "max_attn_logit": a * (x - 10) ** 2 + 5})
+    reproduced, why, measured = judge({"main": _table(rows)}, SPECS["tiny"])
+    assert reproduced == "true", why  # an exact quadratic is predicted exactly
+    assert measured["1e4 flag right"] == "2/2"

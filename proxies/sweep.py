@@ -32,7 +32,7 @@ from proxies.cli import one_line_errors, run_cli
 from proxies.config import (Config, ConfigError, SweepConfig, SweepRoot, config_hash,  # noqa: F401
                             register_configs, validate)
 from proxies.model import mlp_hidden
-from proxies.results import run_row, write_table
+from proxies.results import table_from_dirs, write_table
 from proxies.train import CONFIG_DIR, group_key, run_name, train_group
 
 register_configs()
@@ -159,16 +159,6 @@ def write_manifest(points: List[Point], out: Path) -> None:
     os.replace(tmp, out / "runs.json")
 
 
-def results_table(points: List[Point], out: Path) -> pd.DataFrame:
-    """One row per grid point, unfinished ones included (NaN figures, status pending/partial)."""
-    rows = []
-    for values, run in points:
-        row = run_row(Path(run.out_dir), values)
-        row["run_dir"] = _rel(Path(run.out_dir), out)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 # ---------------------------------------------------------------------------- cost estimates
 
 def run_params(run: DictConfig, vocab_size: int) -> Tuple[int, int]:
@@ -286,10 +276,10 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None) -> Tuple[Pa
         bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()
                                      if k != "optim.lr" or len(g) == 1))
         train_group([run for _, run in g], swept=[v for v, _ in g], vmap=len(g) > 1)
-        write_table(results_table(points, out), table)
+        write_table(table_from_dirs(out), table)
         bar.update(len(g))
     bar.close()
-    df = results_table(points, out)
+    df = table_from_dirs(out)
     write_table(df, table)
     print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {table}")
     if cfg.sweep.analysis:

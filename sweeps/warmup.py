@@ -16,6 +16,18 @@ def parts(s: ScaleSpec):
                                     "axes": {"optim": {"warmup_steps": list(s.warmups)}}}})]
 
 
+def loss_gain_by_lr(df, short: int, long: int) -> dict:
+    """{size: {LR: final loss with the short warmup − with the long}}: where along the LR axis
+    the longer warmup helps (the sensitivity statistic averages it all)."""
+    out = {}
+    for n, g in df.groupby("n_params_nonembed", sort=True):
+        p = g.pivot_table(index="optim.lr", columns=W, values="final_eval_ce")
+        if short in p.columns and long in p.columns:
+            out[P.size_label(n)] = {f"{lr:g}": round(float(d), 3)
+                                    for lr, d in (p[short] - p[long]).items()}
+    return out
+
+
 def judge(t: Tables, s: ScaleSpec):
     short, long = s.warmups
     stats = P.series_stats(t["main"], [W])
@@ -23,7 +35,8 @@ def judge(t: Tables, s: ScaleSpec):
     gains = [a - b for a, b in pairs.values()]
     lower = [g > 0 for g in gains]
     measured = {f"LR sensitivity warmup {short} → {long}, per size": P.fmt_pairs(pairs),
-                "reduction per size (small → large)": [round(g, 3) for g in gains]}
+                "reduction per size (small → large)": [round(g, 3) for g in gains],
+                "final-loss reduction by LR, per size": loss_gain_by_lr(t["main"], short, long)}
     if not lower:
         return "inconclusive", "no finished pairs of runs to compare", measured
     more_for_larger = gains[-1] > gains[0]

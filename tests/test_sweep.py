@@ -288,3 +288,20 @@ def test_axes_on_the_command_line_replace_or_drop_the_experiments_axes(tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "qk_layernorm" not in res.stdout and "2 runs (0 already done" in res.stdout
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("overrides", [
+    (), ("model.mlp=swiglu",), ("model.tie_embeddings=true", "model.pos_emb=rope"),
+    ("model.use_bias=false", "model.n_layers=3"),
+])
+def test_cost_estimate_counts_the_params_the_model_has(make_cfg, overrides):
+    import jax
+    from proxies.model import Transformer, count_params
+    from proxies.step import init_state
+    from proxies.sweep import run_params
+    cfg = make_cfg(*overrides)
+    model = Transformer(cfg.model, 256, cfg.train.seq_len)
+    real_all, real_nonembed = count_params(init_state(model, cfg, jax.random.key(0)).params)
+    est_all, est_nonembed = run_params(cfg, 256)
+    assert est_all == pytest.approx(real_all, rel=0.05)  # norms and biases left out
+    assert est_nonembed == pytest.approx(real_nonembed, rel=0.1)

@@ -39,7 +39,9 @@ def judge(t: Tables, s: ScaleSpec):
              for n, g in sc.groupby("n_params_nonembed", sort=True)}
     eps, upd = ep[E].to_numpy(float), ep["update_rms_median"].to_numpy(float)
     grad = ep["grad_rms_median"].to_numpy(float)
-    measured = {"d log grad RMS / d log params, by LR": {f"{k:g}": round(v, 2)
+    measured = {"final eval loss by ε": {f"{e:g}": round(float(v), 3)
+                                       for e, v in zip(eps, ep["final_eval_ce"])},
+                "d log grad RMS / d log params, by LR": {f"{k:g}": round(v, 2)
                                                         for k, v in by_size.items()},
                 "d log grad RMS / d log LR, by size": {P.size_label(k): round(v, 2)
                                                       for k, v in by_lr.items()},
@@ -67,7 +69,7 @@ def judge(t: Tables, s: ScaleSpec):
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     sc, ep = t["scaling"], t["eps"].sort_values(E)
-    fig, axs = plt.subplots(1, 3, figsize=(15, 3.9))
+    fig, axs = plt.subplots(1, 4, figsize=(19, 3.9))
     norm = P.lr_colour_norm(sc["optim.lr"].to_list())
     for lr, g in sc.groupby("optim.lr", sort=True):
         g = g.sort_values("n_params_nonembed")
@@ -99,6 +101,12 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     ax.set_title(f"update collapse, {P.size_label(ep['n_params_nonembed'].max())} params, "
                  f"LR {s.eps_lr:g}", fontsize=10)
     ax.legend(fontsize=7)
+    ax = axs[3]
+    ax.plot(ep[E], ep["final_eval_ce"], "o-", color="C3")
+    log_axes(ax)
+    ax.set_xlabel("AdamW ε")
+    ax.set_ylabel("final eval loss")
+    ax.set_title("a collapsed update stops learning", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -61,7 +61,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
                     by="model.n_layers", label=lambda n: f"L={int(n)}", legend_title="depth",
                     cmap="magma")
     axs[0].set_ylabel("final eval loss (× diverged)")
-    axs[1].sharey(axs[0])
+    P.same_y(axs[:2])
     for k, c in (("width", "C0"), ("depth", "C3")):
         st = P.series_stats(p[k], []).sort_values("n_params_nonembed")
         axs[2].plot(st["n_params_nonembed"], st["lr_sensitivity"], "o-", color=c,

@@ -68,7 +68,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         P.lr_loss_panel(ax, df[df[MP] == w], label(w), by="model.d_model", label=width,
                         legend_title="width")
     axs[0].set_ylabel("final eval loss (× diverged)")
-    axs[1].sharey(axs[0])
+    P.same_y(axs[:2])
     stats = P.series_stats(df, [MP, "model.d_model"])
     for w, g in stats.groupby(MP):
         g = g.sort_values("model.d_model")

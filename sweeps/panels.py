@@ -186,9 +186,18 @@ def comparison_figure(df: pd.DataFrame, key: str, values: Sequence[Any],
     for ax, v in zip(axs[:2], values):
         lr_loss_panel(ax, df[df[key] == v], label(v))
     axs[0].set_ylabel("final eval loss (× diverged)")
-    axs[1].sharey(axs[0])
+    same_y(axs[:2])
     sensitivity_panel(axs[2], series_stats(df, [key]), key, label,
                       {values[0]: {"color": "C3"}, values[1]: {"color": "C0"}})
     axs[2].set_title("LR sensitivity", fontsize=10)
     fig.suptitle(title, fontsize=11)
     return fig, list(axs[3:])
+
+
+def same_y(axs: Sequence[plt.Axes]) -> None:
+    """One y range over panels already drawn (sharing after plotting would clip the later
+    panels to the first one's range)."""
+    lo = min(ax.get_ylim()[0] for ax in axs)
+    hi = max(ax.get_ylim()[1] for ax in axs)
+    for ax in axs:
+        ax.set_ylim(lo, hi)

@@ -33,8 +33,8 @@ def _label(keys: Sequence[str], vals) -> str:
 
 
 def size_label(n: float) -> str:
-    """Non-embedding params as 0.1M, 0.79M, 2.6M (k below 10k)."""
-    return f"{n / 1e6:.2g}M" if n >= 1e4 else f"{n / 1e3:.2g}k"
+    """Non-embedding params as 13k, 0.1M, 0.79M, 2.6M."""
+    return f"{n / 1e6:.2g}M" if n >= 9.5e4 else f"{n / 1e3:.2g}k"
 
 
 def panels(df: pd.DataFrame) -> Tuple[List[str], List[Tuple[tuple, pd.DataFrame]]]:

@@ -281,7 +281,7 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     (out / "verdict.json").write_text(json.dumps(
         {**asdict(v), "wall_s": round(wall_s, 1), "train_s": round(training_time(done), 1),
          "unfinished_runs": unfinished, "runs": sum(len(t) for t in tables.values())},
-        indent=2, default=_jsonable) + "\n")
+        indent=2, default=_jsonable, ensure_ascii=False) + "\n")
     lines = [f"# {p.result.name} ({p.scale})\n", f"**Claim.** {p.result.claim}\n",
              f"**Verdict: {v.reproduced}.** {v.why}\n", "| statistic | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(val)} |" for k, val in measured.items()]

@@ -72,8 +72,9 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         ax.axhline(bigram, color="k", ls="--", lw=1, label=f"bigram (0 layers): {bigram:.3f}")
     for ref in (1e3, 1e4):
         ax.axvline(ref, color="gray", ls=":", lw=1)
-    ax.text(1e3, ax.get_ylim()[1], " paper: degrades", fontsize=7, va="top", rotation=90)
-    ax.text(1e4, ax.get_ylim()[1], " paper: < bigram", fontsize=7, va="top", rotation=90)
+    for ref, text in ((1e3, "paper: degrades"), (1e4, "paper: worse than bigram")):
+        ax.annotate(text, (ref, 0.5), xycoords=("data", "axes fraction"), fontsize=7,
+                    rotation=90, ha="right", va="center")
     log_axes(ax)
     ax.set_xlabel("κ (planted max attention logit)")
     ax.set_ylabel("final eval loss")

@@ -47,10 +47,14 @@ def predictions(df: pd.DataFrame, s: ScaleSpec) -> pd.DataFrame:
             continue
         pred = fit.predict(held)
         m = float(measured.iloc[0]) if len(measured) else np.nan
+        # A diverged run's max logit stops where it diverged: it counts as having crossed (the
+        # claim is "crosses ~1e4, and so diverges"), and has no logit to compare.
+        div = bool(g.loc[g["n_params_nonembed"] == held, "diverged"].astype(bool).any())
         rows.append({"lr": lr, "fit_points": fit.n_points, "dof": fit.dof, "held_out": held,
-                     "predicted": pred, "measured": m,
-                     "ratio": pred / m if m > 0 else np.nan,
-                     "pred_over_1e4": pred > THRESHOLD, "measured_over_1e4": m > THRESHOLD,
+                     "predicted": pred, "measured": m, "diverged": div,
+                     "ratio": pred / m if m > 0 and not div else np.nan,
+                     "pred_over_1e4": pred > THRESHOLD,
+                     "measured_over_1e4": div or m > THRESHOLD,
                      "at_target": fit.predict(s.target_params), "fit": fit})
     return pd.DataFrame(rows)
 
@@ -60,13 +64,15 @@ def judge(t: Tables, s: ScaleSpec):
     if pr.empty or pr["measured"].isna().all():
         return "inconclusive", "the held-out size has not finished (or too few sizes)", {}
     pr = pr.dropna(subset=["measured"])
-    err = np.abs(np.log10(pr["ratio"].clip(lower=1e-9)))
+    err = np.abs(np.log10(pr["ratio"].dropna().clip(lower=1e-9)))
     flags = (pr["pred_over_1e4"] == pr["measured_over_1e4"])
     measured = {"held-out size (non-emb params)": P.size_label(pr["held_out"].iloc[0]),
                 "fit points / residual dof": f"{int(pr['fit_points'].iloc[0])} / "
                                              f"{int(pr['dof'].iloc[0])}",
                 "predicted / measured max logit by LR": {
-                    f"{r.lr:g}": f"{r.predicted:.4g} / {r.measured:.4g}" for r in pr.itertuples()},
+                    f"{r.lr:g}": f"{r.predicted:.4g} / "
+                                 + ("diverged" if r.diverged else f"{r.measured:.4g}")
+                    for r in pr.itertuples()},
                 "1e4 flag right": f"{int(flags.sum())}/{len(flags)}",
                 "median |log10(pred/measured)|": round(float(err.median()), 3),
                 f"predicted at {s.target_params:.2g} params by LR": {
@@ -75,7 +81,8 @@ def judge(t: Tables, s: ScaleSpec):
     if flags.all() and within2:
         return "true", (f"held out of the fit, the {measured['held-out size (non-emb params)']} "
                         f"model's max logit is predicted within {10 ** err.median():.2f}× "
-                        f"(median over {len(pr)} LRs) and the 1e4 flag is right at every "
+                        f"(median over {len(err)} LRs that did not diverge) and the 1e4 flag "
+                        "(crossed or diverged) is right at every "
                         "LR"), measured
     if not flags.all():
         return "false", (f"the 1e4 flag is wrong at {int((~flags).sum())}/{len(flags)} LRs "
@@ -97,7 +104,13 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         ax.plot(fit_pts["n_params_nonembed"], fit_pts["max_attn_logit"], "o", color=c,
                 label=f"LR {lr:g}")
         ho = g[g["n_params_nonembed"] == held]
-        ax.plot(ho["n_params_nonembed"], ho["max_attn_logit"], "*", ms=12, mfc="none", color=c)
+        div = ho["diverged"].astype(bool)
+        ax.plot(ho["n_params_nonembed"][~div], ho["max_attn_logit"][~div], "*", ms=12,
+                mfc="none", color=c)
+        if div.any():  # its logit stopped growing when it diverged: drawn at the threshold
+            ax.plot([held], [THRESHOLD], "X", ms=10, color=c)
+            ax.annotate(f"LR {lr:g} diverged", (held, THRESHOLD), fontsize=7,
+                        xytext=(6, -10), textcoords="offset points")
         row = pr[pr["lr"] == lr]
         if len(row):
             fit = row["fit"].iloc[0]
@@ -108,8 +121,8 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
             ax.plot(xs[inside & ok], ys[inside & ok], "-", color=c, lw=1)
             ax.plot(xs[~inside & ok], ys[~inside & ok], "--", color=c, lw=1)
     ax.axhline(THRESHOLD, color="k", ls="--", lw=1)
-    ax.text(df["n_params_nonembed"].min(), THRESHOLD * 1.15, "1e4: paper's runs diverged above",
-            fontsize=7)
+    ax.annotate("1e4: the paper's runs diverged above", (0.99, THRESHOLD),
+                xycoords=("axes fraction", "data"), fontsize=7, ha="right", va="bottom")
     ax.axvline(s.target_params, color="gray", ls=":", lw=1)
     ax.annotate(f"target {s.target_params:.2g}", (s.target_params, 0.02),
                 xycoords=("data", "axes fraction"), fontsize=7, rotation=90, ha="right",
@@ -120,10 +133,15 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     ax.set_ylabel("max attention logit (no qk-layernorm)")
     ax.set_title("quadratic-in-log fits (solid: fitted, dashed: extrapolated); ☆ held out",
                  fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax = axs[1]
+    diverged = pr[pr["diverged"]] if len(pr) else pr
+    if len(diverged):
+        ax.annotate("\n".join(f"LR {r.lr:g}: predicted {r.predicted:.2g}, diverged"
+                              for r in diverged.itertuples()), (0.98, 0.04),
+                    xycoords="axes fraction", ha="right", va="bottom", fontsize=7)
     if len(pr):
-        pr = pr.dropna(subset=["measured"])
+        pr = pr[~pr["diverged"]].dropna(subset=["measured"])
         for r in pr.itertuples():
             ax.plot(r.measured, max(r.predicted, 1e-1), "o", color=plt.cm.viridis(norm(r.lr)))
             ax.annotate(f"{r.lr:g}", (r.measured, max(r.predicted, 1e-1)), fontsize=7,

@@ -70,6 +70,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     axs[0].set_ylabel("final eval loss (× diverged)")
     P.same_y(axs[:2])
     stats = P.series_stats(df, [MP, "model.d_model"])
+    widths = sorted(int(d) for d in df["model.d_model"].unique())
     for w, g in stats.groupby(MP):
         g = g.sort_values("model.d_model")
         c = "C0" if w == "mup" else "C3"
@@ -80,11 +81,12 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     axs[3].set_ylabel("LR sensitivity")
     for ax, title in zip(axs[2:], ("best LR vs width", "LR sensitivity vs width")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.minorticks_off()
         ax.set_xlabel("width d_model")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both", lw=0.5)
         ax.legend(fontsize=8)
-    widths = sorted(int(d) for d in df["model.d_model"].unique())
     fig.suptitle(f"μParam vs standard parametrization, widths {widths} at depth "
                  f"{int(df['model.n_layers'].iloc[0])}", fontsize=11)
     fig.tight_layout()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullLocator
 
+from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
 
@@ -76,13 +78,13 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         c = "C0" if w == "mup" else "C3"
         axs[2].plot(g["model.d_model"], g["best_lr_interp"], "o-", color=c, label=label(w))
         axs[3].plot(g["model.d_model"], g["lr_sensitivity"], "o-", color=c, label=label(w))
-    axs[2].set_yscale("log")
+    log_axes(axs[2], x=False, y=True)
     axs[2].set_ylabel("best LR (interpolated)")
     axs[3].set_ylabel("LR sensitivity")
     for ax, title in zip(axs[2:], ("best LR vs width", "LR sensitivity vs width")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(widths, [str(w) for w in widths])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("width d_model")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both", lw=0.5)

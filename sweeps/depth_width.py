@@ -32,6 +32,21 @@ def slope(stats) -> float:
     return float(np.polyfit(np.log10(g["n_params_nonembed"]), g["lr_sensitivity"], 1)[0])
 
 
+def matched_sizes(st) -> dict:
+    """{params: (width-path, depth-path) LR sensitivity} where both paths reach the same size
+    (within 5%), the base excluded."""
+    out = {}
+    w, d = st["width"], st["depth"]
+    base = min(w["n_params_nonembed"].min(), d["n_params_nonembed"].min())
+    for r in w.itertuples():
+        close = d[(d["n_params_nonembed"] - r.n_params_nonembed).abs()
+                  <= 0.05 * r.n_params_nonembed]
+        if r.n_params_nonembed > 1.05 * base and len(close):
+            out[P.size_label(r.n_params_nonembed)] = [round(r.lr_sensitivity, 3),
+                                                      round(close["lr_sensitivity"].iloc[0], 3)]
+    return out
+
+
 def judge(t: Tables, s: ScaleSpec):
     st = {k: P.series_stats(v, []) for k, v in paths(t["main"], s).items()}
     sl = {k: slope(v) for k, v in st.items()}
@@ -41,6 +56,9 @@ def judge(t: Tables, s: ScaleSpec):
                 for k, v in st.items()}
     measured["slope per decade of params (width / depth)"] = [round(sl["width"], 3),
                                                                round(sl["depth"], 3)]
+    matched = matched_sizes(st)
+    if matched:
+        measured["LR sensitivity at equal params (width / depth)"] = matched
     if not all(np.isfinite(list(sl.values()))):
         return "inconclusive", "too few finished sizes along a path to fit a slope", measured
     if sl["depth"] > sl["width"]:

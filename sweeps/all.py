@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 from proxies.cli import run_cli
 from proxies.sweep import print_plan
 from sweeps import RESULTS
-from sweeps.core import Plan, Result, Verdict, execute, parse_args, plan, unique_points
+from sweeps.core import Plan, Result, Verdict, cell, execute, parse_args, plan, unique_points
 
 
 def results() -> List[Result]:
@@ -33,7 +33,7 @@ def summary_md(rows: Sequence[Tuple[Plan, Verdict, float]], root: Path) -> str:
     for p, v, wall in rows:
         fig = (p.out / "figure.png").relative_to(root)
         train_s = json.loads((p.out / "verdict.json").read_text())["train_s"]
-        lines.append(f"| {p.result.name} | {v.claim} | {v.why} | **{v.reproduced}** | "
+        lines.append(f"| {p.result.name} | {cell(v.claim)} | {cell(v.why)} | **{v.reproduced}** | "
                      f"[png]({fig}) | {wall / 60:.1f} min | {train_s / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 

@@ -284,7 +284,7 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
         indent=2, default=_jsonable, ensure_ascii=False) + "\n")
     lines = [f"# {p.result.name} ({p.scale})\n", f"**Claim.** {p.result.claim}\n",
              f"**Verdict: {v.reproduced}.** {v.why}\n", "| statistic | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(val)} |" for k, val in measured.items()]
+    lines += [f"| {cell(k)} | {cell(_fmt(val))} |" for k, val in measured.items()]
     lines += ["", "![figure](figure.png)\n", "Per-part sweep reports: " + ", ".join(
         f"[{k}]({k}/analysis/report.md)" for k in p.configs), ""]
     if unfinished:
@@ -302,6 +302,11 @@ def training_time(tables: Tables) -> float:
         for r in t.itertuples():
             walls[str(Path(r.sweep_dir, r.run_dir).resolve())] = float(r.wall_s or 0.0)
     return sum(w for w in walls.values() if w == w)
+
+
+def cell(text: str) -> str:
+    """Text for a Markdown table cell ('|log Z|' would split the cell)."""
+    return text.replace("|", "\\|")
 
 
 def _jsonable(v: Any) -> Any:

@@ -63,7 +63,7 @@ def lr_colour(norm: LogNorm, lr: float):
     return plt.cm.plasma(0.85 * float(norm(lr)))  # the top of plasma is too pale to read
 
 
-def _lr_colourbar(fig: plt.Figure, axs, norm: LogNorm) -> None:
+def lr_colourbar(fig: plt.Figure, axs, norm: LogNorm) -> None:
     cmap = matplotlib.colors.ListedColormap(plt.cm.plasma(np.linspace(0, 0.85, 256)))
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs, label="learning rate",
                  pad=0.01, fraction=0.03)
@@ -85,8 +85,8 @@ def log_axes(ax: plt.Axes, x: bool = True, y: bool = False) -> None:
                 axis.set_minor_formatter(NullFormatter())
             else:  # within about a decade: label 2× and 5× only, so labels do not collide
                 axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
-                axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False,
-                                                                   minor_thresholds=(np.inf, np.inf)))
+                axis.set_minor_formatter(LogFormatterSciNotation(
+                    labelOnlyBase=False, minor_thresholds=(np.inf, np.inf)))
     ax.grid(alpha=0.3, which="major", lw=0.5)
 
 
@@ -175,7 +175,7 @@ def attn_logit_fits(df: pd.DataFrame, fits: Dict[tuple, QuadraticLogFit],
         ax.set_xlabel("non-embedding params")
         ax.set_title(_label(keys, tvals), fontsize=9)
     axs[0][0].set_ylabel("max attention logit")
-    _lr_colourbar(fig, axs[0], norm)
+    lr_colourbar(fig, axs[0], norm)
     axs[0][0].plot([], [], "k-", lw=1.2, label="fit (fitted sizes)")
     axs[0][0].plot([], [], "k--", lw=1, label="fit, extrapolated")
     if held_out.any():
@@ -220,7 +220,7 @@ def training_curves(sweep_dir: Path, df: pd.DataFrame, metric: str, ylabel: str,
         axs[0][-1].plot([], [], "o", ms=3, color="gray", label=markers)
         axs[0][-1].plot([], [], "-", color="gray", label=metric)
         axs[0][-1].legend(fontsize=7)
-    _lr_colourbar(fig, axs[0], norm)
+    lr_colourbar(fig, axs[0], norm)
     return fig
 
 
@@ -248,5 +248,5 @@ def grad_rms_vs_params(df: pd.DataFrame, eps_by: Dict[str, float]) -> plt.Figure
             log_axes(axs[i][j], x=True, y=True)
     axs[0][0].set_ylabel("median gradient RMS")
     axs[1][0].set_ylabel("median update RMS / LR")
-    _lr_colourbar(fig, axs, norm)
+    lr_colourbar(fig, axs, norm)
     return fig

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 
-from analysis.figures import log_axes, size_label  # noqa: F401 (size_label: for the scripts)
+from analysis.figures import (log_axes, lr_colour, lr_colourbar, lr_norm,  # noqa: F401
+                              size_label)
 from analysis.load import load_metrics
 from analysis.sensitivity import best_lr_interp, capped_losses, lr_sensitivity
 
@@ -142,7 +143,7 @@ def curve(row: pd.Series, metric: str) -> pd.Series:
 def curves_panel(ax: plt.Axes, df: pd.DataFrame, metric: str, style_by: Optional[str] = None,
                  style_label: Callable[[Any], str] = str) -> None:
     """`metric` vs step, colour by LR (log colour bar), line style by `style_by`."""
-    norm = lr_colour_norm(df["optim.lr"].to_list())
+    norm = lr_norm(df["optim.lr"])
     styles = ["-", "--", ":", "-."]
     values = sorted(df[style_by].unique()) if style_by else [None]
     for _, r in df.sort_values("optim.lr").iterrows():
@@ -150,10 +151,9 @@ def curves_panel(ax: plt.Axes, df: pd.DataFrame, metric: str, style_by: Optional
         if c.empty:
             continue
         j = values.index(r[style_by]) if style_by else 0
-        ax.plot(c.index, c.values, styles[j % 4], color=plt.cm.plasma(norm(r["optim.lr"]) * 0.9),
+        ax.plot(c.index, c.values, styles[j % 4], color=lr_colour(norm, r["optim.lr"]),
                 lw=1.3, alpha=0.9)
-    sm = plt.cm.ScalarMappable(norm=norm, cmap="plasma")
-    ax.figure.colorbar(sm, ax=ax, label="learning rate", pad=0.01)
+    lr_colourbar(ax.figure, ax, norm)
     if style_by:
         for j, v in enumerate(values):
             ax.plot([], [], styles[j % 4], color="gray", label=style_label(v))

@@ -113,6 +113,15 @@ def split_docs(names: Sequence[str], val_fraction: float) -> np.ndarray:
     return is_val
 
 
+def split_one_doc(doc: str, val_fraction: float) -> Tuple[List[str], List[str]]:
+    """([head], [tail]) of a single document: the last `val_fraction` of it, from the line
+    break nearest that point, is held out."""
+    cut = int(len(doc) * (1 - val_fraction))
+    line = doc.rfind("\n", 0, cut)
+    cut = line + 1 if line > 0 else cut
+    return [doc[:cut]], [doc[cut:]]
+
+
 def corpus_hash(docs: Sequence[str], names: Sequence[str]) -> str:
     h = hashlib.sha256()
     for n, d in zip(names, docs):
@@ -246,7 +255,9 @@ def _cached_tokens(cfg: DataConfig, key: str, build: Callable[[], Tuple[np.ndarr
 
 def _text_dataset(cfg: DataConfig, names: List[str], docs: List[str],
                   val_docs: Optional[List[str]], what: str) -> Dataset:
-    if val_docs is None:
+    if val_docs is None and len(docs) == 1:  # one file: hold out its tail, not all of it
+        train_docs, val_docs = split_one_doc(docs[0], cfg.val_fraction)
+    elif val_docs is None:
         is_val = split_docs(names, cfg.val_fraction)
         train_docs = [d for d, v in zip(docs, is_val) if not v]
         val_docs = [d for d, v in zip(docs, is_val) if v]

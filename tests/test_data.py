@@ -136,3 +136,13 @@ def test_stdlib_corpus_excludes_site_packages():
     files = stdlib_files()
     assert len(files) > 500
     assert not any("site-packages" in f.parts for f in files)
+
+
+def test_a_single_text_file_is_split_by_its_tail(tmp_path, cache_dir):
+    text = "".join(f"line {i} of one long document about attention logits\n" for i in range(2000))
+    path = tmp_path / "one_file.txt"
+    path.write_text(text)
+    ds = load_dataset(dcfg(cache_dir, source="text", path=str(path), val_fraction=0.1))
+    total = len(text.encode())
+    assert len(ds.val) > 0.05 * total and len(ds.train) > 0.85 * total  # both sides have text
+    assert bytes(ds.val[:5].astype(np.uint8)).decode() == "line "  # cut at a line break

@@ -285,7 +285,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             p = getattr(cfg, k)
             if not p or not Path(p).expanduser().is_file():
                 raise DataError(f"no token file at data.{k}={p!r}; point it at a .bin file")
-            arrays.append(np.memmap(Path(p).expanduser(), dtype=cfg.token_dtype, mode="r"))
+            arrays.append(token_file(Path(p).expanduser(), cfg.token_dtype, k))
         if not cfg.vocab_size:
             raise DataError("data.source=tokens needs data.vocab_size (the ids' vocabulary)")
         h = hashlib.sha256()
@@ -294,8 +294,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             h.update(str(len(a)).encode())
         hi = max(int(a.max()) for a in arrays)
         if hi >= cfg.vocab_size:
-            raise DataError(f"token id {hi} >= data.vocab_size={cfg.vocab_size}; "
-                            "set the vocabulary the ids come from")
+            other = "uint16" if cfg.token_dtype == "uint32" else "uint32"
+            raise DataError(f"token id {hi} >= data.vocab_size={cfg.vocab_size}; set the "
+                            f"vocabulary the ids come from (or data.token_dtype={other} if the "
+                            "file was written so)")
         return Dataset(arrays[0], arrays[1], int(cfg.vocab_size), h.hexdigest()[:16],
                        f"tokens: {len(arrays[0]):,} train tokens")
     if cfg.source == "stdlib":
@@ -316,6 +318,21 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
 
 # ------------------------------------------------------------------------------------ batches
+
+def token_file(path: Path, dtype: str, key: str) -> np.ndarray:
+    """A flat token file as a read-only array, refusing the two silent misreads: a size that is
+    not a whole number of ids, and uint32 ids read as uint16 (every second value zero)."""
+    size, width = path.stat().st_size, np.dtype(dtype).itemsize
+    if size % width:
+        raise DataError(f"data.{key}={str(path)!r} has {size} bytes, not a multiple of "
+                        f"{width} ({dtype}); set data.token_dtype=uint16 if it holds uint16 ids")
+    ids = np.memmap(path, dtype=dtype, mode="r")
+    head = np.asarray(ids[: 1 << 20])
+    if dtype == "uint16" and len(head) >= 64 and not head[1::2].any() and head[0::2].any():
+        raise DataError(f"data.{key}={str(path)!r} looks like uint32 ids read as uint16 (every "
+                        "second value is 0); set data.token_dtype=uint32")
+    return ids
+
 
 def sample_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int,
                  stream: int) -> np.ndarray:

@@ -146,3 +146,18 @@ def test_a_single_text_file_is_split_by_its_tail(tmp_path, cache_dir):
     total = len(text.encode())
     assert len(ds.val) > 0.05 * total and len(ds.train) > 0.85 * total  # both sides have text
     assert bytes(ds.val[:5].astype(np.uint8)).decode() == "line "  # cut at a line break
+
+
+def test_token_files_refuse_the_wrong_dtype(tmp_path, cache_dir):
+    ids = np.arange(1000, dtype=np.uint32) % 300
+    for name in ("train.bin", "val.bin"):
+        write_token_file(tmp_path / name, ids, "uint32")
+    base = dict(source="tokens", train_bin=str(tmp_path / "train.bin"),
+                val_bin=str(tmp_path / "val.bin"), vocab_size=300)
+    with pytest.raises(DataError, match="set data.token_dtype=uint32"):
+        load_dataset(dcfg(cache_dir, **base, token_dtype="uint16"))
+    ds = load_dataset(dcfg(cache_dir, **base, token_dtype="uint32"))
+    np.testing.assert_array_equal(np.asarray(ds.train), ids)
+    (tmp_path / "odd.bin").write_bytes(b"\x01\x00\x02")  # 3 bytes: no whole number of ids
+    with pytest.raises(DataError, match="not a multiple of 2"):
+        load_dataset(dcfg(cache_dir, **{**base, "train_bin": str(tmp_path / "odd.bin")}))

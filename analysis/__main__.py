@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis.report import DEFAULT_TARGETS, analyze
+from analysis.report import analyze
+from proxies.config import DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
 
 
 def print_report(rep, report_md: Path) -> None:
@@ -31,9 +32,10 @@ def main(argv=None) -> None:
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("--target-params", type=float, nargs="+", default=list(DEFAULT_TARGETS),
                     help="sizes (non-embedding params) to extrapolate the attention-logit fit to")
-    ap.add_argument("--threshold", type=float, default=1e4,
+    ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                     help="predicted max attention logit above which a size is flagged")
-    ap.add_argument("--lr-range", type=float, nargs=2, default=(3e-4, 3e-1))
+    ap.add_argument("--lr-range", type=float, nargs=2, default=DEFAULT_LR_RANGE,
+                    help="LR range [a, b] LR sensitivity averages over")
     ap.add_argument("--hold-out", type=float, nargs="+", default=[], metavar="PARAMS",
                     help="sizes (non-embedding params, ±10%%) left out of the attention-logit fit "
                          "and used to check its prediction")

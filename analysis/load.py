@@ -7,10 +7,9 @@ from typing import List
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from proxies.results import table_from_dirs
-from proxies.tracking import read_metrics
+from proxies.rundir import CONFIG, METRICS, read_config_file, read_metrics
 
 SIZE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads")
 # Run-config values analysis needs even when a sweep did not sweep them.
@@ -28,7 +27,7 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
         if col not in df.columns:
             vals = []
             for run in df["run_dir"]:
-                cfg = yaml.safe_load((sweep_dir / run / "config.yaml").read_text()) or {}
+                cfg = read_config_file(sweep_dir / run / CONFIG)
                 section, key = col.split(".")
                 vals.append((cfg.get(section) or {}).get(key, np.nan))
             df[col] = vals
@@ -37,7 +36,7 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
 
 def load_metrics(sweep_dir: str | Path, run_dir: str) -> pd.DataFrame:
     """One run's metrics.jsonl as a DataFrame indexed by step (missing values NaN)."""
-    rows = read_metrics(Path(sweep_dir) / run_dir / "metrics.jsonl")
+    rows = read_metrics(Path(sweep_dir) / run_dir / METRICS)
     if not rows:
         return pd.DataFrame()
     return pd.DataFrame(rows).set_index("step").astype(float, errors="ignore")

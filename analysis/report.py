@@ -14,8 +14,7 @@ from analysis import figures
 from analysis.fits import FitError, QuadraticLogFit, eps_crossover, fit_quadratic_log
 from analysis.load import SIZE_KEYS, finished, load_sweep, series_keys, toggle_keys
 from analysis.sensitivity import best_lr, lr_sensitivity
-
-DEFAULT_TARGETS = (4.8e9,)
+from proxies.config import DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -27,7 +26,8 @@ class Report:
     figures: Dict[str, str] = field(default_factory=dict)
 
 
-def series_table(df: pd.DataFrame, lr_range: Tuple[float, float] = (3e-4, 3e-1)) -> pd.DataFrame:
+def series_table(df: pd.DataFrame,
+                 lr_range: Tuple[float, float] = DEFAULT_LR_RANGE) -> pd.DataFrame:
     """Per series: params, finished runs, best LR and loss, LR sensitivity (spec definition:
     diverged and NaN runs count as the loss at init)."""
     keys = series_keys(df)
@@ -201,7 +201,8 @@ def _save(fig: plt.Figure, path: Path) -> str:
 
 
 def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
-            threshold: float = 1e4, lr_range: Tuple[float, float] = (3e-4, 3e-1),
+            threshold: float = DEFAULT_THRESHOLD,
+            lr_range: Tuple[float, float] = DEFAULT_LR_RANGE,
             series: Dict[str, object] | None = None, hold_out: Sequence[float] = (),
             where: Dict[str, Any] | None = None, out: str | Path | None = None) -> Report:
     """Write `<sweep_dir>/analysis/` (or `out`: report.md and PNG figures) and return the tables.

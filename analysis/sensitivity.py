@@ -11,6 +11,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from proxies.config import DEFAULT_LR_RANGE
+
 
 def capped_losses(final_losses: Sequence[float], loss_at_init: float) -> np.ndarray:
     """min(loss, ℓ0), with non-finite losses at ℓ0: the loss LR sensitivity counts (and the
@@ -20,7 +22,7 @@ def capped_losses(final_losses: Sequence[float], loss_at_init: float) -> np.ndar
 
 
 def lr_sensitivity(lrs: Sequence[float], final_losses: Sequence[float], loss_at_init: float,
-                   lr_range: Tuple[float, float] = (3e-4, 3e-1)) -> float:
+                   lr_range: Tuple[float, float] = DEFAULT_LR_RANGE) -> float:
     """Mean excess of the capped final loss over the best one, over grid points inside lr_range.
 
     Non-finite losses and losses above `loss_at_init` count as `loss_at_init`. Returns NaN when

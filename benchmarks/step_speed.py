@@ -93,8 +93,8 @@ def main() -> None:
     ap.add_argument("--overhead-steps", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=Config().train.log_every)
     args = ap.parse_args()
-    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__},"
-          f" batch {args.batch} x seq {args.seq}, {args.dtype}")
+    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+          f"jax {jax.__version__}, batch {args.batch} x seq {args.seq}, {args.dtype}")
     print(f"{'config':26s} {'params':>10s} {'compile s':>9s} {'ms/step':>8s} {'tokens/s':>9s}"
           f" {'XLA temp MB':>11s} {'peak RSS MB':>11s}")
     for name, d, L, H, V in SIZES:

@@ -23,7 +23,7 @@ from proxies.config import Config
 from proxies.model import Transformer
 from proxies.optim import hparams_from_config
 from proxies.step import init_state, make_train_step
-from proxies.train import _vmapped_step
+from proxies.runner import _vmapped_step
 
 
 def time_steps(fn, args_fn, steps: int, repeats: int) -> float:
@@ -88,8 +88,8 @@ def main() -> None:
     ap.add_argument("--run-steps", type=int, default=200, help="steps of one run (runs/hour)")
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
-    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__},"
-          f" batch {args.batch} x seq {args.seq}, {args.dtype}, runs of {args.run_steps} steps")
+    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+          f"jax {jax.__version__}, batch {args.batch} x seq {args.seq}, {args.dtype}, runs of {args.run_steps} steps")
     for d, n_layers, n_heads in ((64, 2, 2), (128, 4, 4)):
         bench(d, n_layers, n_heads, args.group, args.batch, args.seq, args.steps, args.repeats,
               args.run_steps, args.dtype)

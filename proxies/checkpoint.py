@@ -1,18 +1,28 @@
-"""Orbax checkpoints of the whole train state (params, optimizer state, step) and the run's RNG."""
+"""Orbax checkpoints of the whole train state (params, optimizer state, step, spike window) and the
+run's RNG, with a fall-back past damaged ones."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 
+from proxies.rundir import RunDirError
+
 
 class Checkpointer:
-    def __init__(self, directory: Path, keep: int):
-        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self._mngr = ocp.CheckpointManager(directory.absolute(), options=opts)
+    def __init__(self, directory: Path, keep: int, damaged_dir: Optional[Path] = None):
+        self.directory = Path(directory).absolute()
+        self.damaged_dir = damaged_dir or self.directory.with_name(self.directory.name + ".damaged")
+        self.keep = keep
+        self._mngr = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        opts = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
+        return ocp.CheckpointManager(self.directory, options=opts)
 
     def latest_step(self) -> Optional[int]:
         return self._mngr.latest_step()
@@ -27,6 +37,36 @@ class Checkpointer:
                                         {"state": like_state, "rng": jax.random.key_data(like_rng)})
         item = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
         return item["state"], jax.random.wrap_key_data(item["rng"])
+
+    def restore_newest(self, like_state: Any, like_rng: jax.Array,
+                       say: Callable[[str], None]) -> Tuple[int, Any, jax.Array]:
+        """(step, state, rng) of the newest checkpoint that restores; (0, like_state, like_rng)
+        when there is none. A damaged one (truncated or missing files, no metadata, an empty step
+        directory) is named in one line and moved to `<dir>.damaged/`, and the next older tried."""
+        steps = sorted(self._mngr.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                state, rng = self.restore(step, like_state, like_rng)
+                return step, state, rng
+            except Exception as e:  # orbax/tensorstore raise many types for a damaged file
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+                self._quarantine(step)
+                say(f"checkpoint {self.directory / str(step)} is unreadable ({reason}); moved to "
+                    f"{self.damaged_dir}, trying the next older one")
+        if steps:
+            raise RunDirError(f"no readable checkpoint in {self.directory} (damaged ones are in "
+                              f"{self.damaged_dir}); delete {self.directory.parent} to train the "
+                              "run from the start")
+        return 0, like_state, like_rng
+
+    def _quarantine(self, step: int) -> None:
+        self._mngr.close()
+        self.damaged_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.damaged_dir / str(step)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(self.directory / str(step)), str(dest))
+        self._mngr = self._open()
 
     def close(self) -> None:
         self._mngr.wait_until_finished()

@@ -1,16 +1,22 @@
-"""Command-line entry glue: Hydra errors and our own ConfigErrors become one line and exit 2."""
+"""Command-line entry glue: Hydra errors and our own ConfigErrors become one line and exit 2; a
+stop on a signal is one line and exits 75 (SIGTERM/SIGUSR1) or 130 (Ctrl-C), see stopping.py."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from typing import Callable, Iterator, Optional
 
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, OmegaConfBaseException,
                               ValidationError)
 
-from proxies.config import ConfigError
+from proxies.config import ConfigError, choice_message
+from proxies.stopping import EXIT_INTERRUPTED, Stopped
+
+# OmegaConf's message for a value outside an Enum's members (omegaconf/nodes.py, EnumNode).
+_ENUM_MISMATCH = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")
 
 
 def _root_omegaconf_error(e: BaseException) -> Optional[OmegaConfBaseException]:
@@ -35,6 +41,9 @@ def one_line(e: BaseException) -> str:
                     "in proxies/config.py (README lists them)")
         if isinstance(oc, ValidationError):
             msg = str(oc).splitlines()[0]
+            enum = _ENUM_MISMATCH.match(msg)
+            if enum:
+                return choice_message(key, enum.group(1), enum.group(2).split(", "))
             return f"bad value for '{key}': {msg}; fix the value's type"
         return f"config error at '{key}': {str(oc).splitlines()[0]}"
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
@@ -55,21 +64,42 @@ def _fail(e: BaseException) -> None:
     sys.exit(2)
 
 
+def _stopped(e: Stopped) -> None:
+    print(str(e), file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+def _interrupted() -> None:
+    print("interrupted; what was written is kept, rerun the same command to go on",
+          file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Inside a Hydra task: our ConfigErrors exit 2 with one line (before Hydra adds its own)."""
+    """Inside a Hydra task: our ConfigErrors exit 2 with one line, a stop on a signal exits with
+    its code (stopping.py) and one line, before Hydra adds its own report."""
     try:
         yield
     except (ConfigError, OmegaConfBaseException) as e:
         _fail(e)
+    except Stopped as e:
+        _stopped(e)
+    except KeyboardInterrupt:
+        _interrupted()
 
 
 def run_cli(hydra_main: Callable[[], None]) -> None:
     """Call a @hydra.main function, turning config and data errors into one line on stderr."""
     from hydra.errors import HydraException
 
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let exceptions reach us instead of Hydra's print
+    # Let exceptions reach us instead of Hydra's print.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         hydra_main()
+    except Stopped as e:  # SIGTERM/SIGUSR1/SIGINT in the loop: records and checkpoint saved
+        _stopped(e)
+    except KeyboardInterrupt:  # Ctrl-C outside the loop (start-up, Hydra's own work)
+        _interrupted()
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         _fail(e)

@@ -1,7 +1,9 @@
-"""The one typed config schema. YAML files in `configs/` only choose and override these defaults.
+"""The one typed config schema. YAML files in `proxies/configs/` only choose and override these
+defaults.
 
 Every key of a run lives here, with the paper's name; `validate` turns impossible values into a
-one-line `ConfigError` at start-up.
+one-line `ConfigError` at start-up. String options are `Choice` enums: OmegaConf checks them on
+the command line and in YAML, and code that branches on them matches every member.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, Dict, Iterable, List, NoReturn, Optional, Tuple, get_type_hints
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,25 +27,122 @@ class ConfigError(ValueError):
 INIT_STD_RULES = ("fan_in", "gpt2", "small_init", "mt_nlg")
 
 
+class Choice(str, Enum):
+    """A string option. Members are named by their values because OmegaConf reads enums by name
+    (`model.norm=rmsnorm`); as a `str` a member equals, hashes and json-encodes as its value, so
+    `cfg.model.norm == "rmsnorm"` holds and run hashes do not change."""
+
+    def __str__(self) -> str:  # "rmsnorm", not "NormKind.rmsnorm", in messages and f-strings
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def values(cls) -> Tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+
+# A member that reaches yaml.safe_dump unconverted is written as its plain string (as json does).
+yaml.SafeDumper.add_multi_representer(Choice, lambda dumper, v: dumper.represent_str(v.value))
+
+
+def unhandled(name: str, value: Any) -> NoReturn:
+    """The last line of an exhaustive branch over a Choice: a member nobody handles yet."""
+    raise AssertionError(f"unhandled {name}={value!r}")
+
+
+class NormKind(Choice):
+    layernorm = "layernorm"
+    rmsnorm = "rmsnorm"
+
+
+class MlpKind(Choice):
+    gelu = "gelu"  # hidden 4d
+    swiglu = "swiglu"  # hidden 8d/3, same param count
+
+
+class PosEmb(Choice):
+    learned = "learned"
+    rope = "rope"
+
+
+class AttnScale(Choice):
+    after = "after"  # (q·kᵀ)/sqrt(d_head)
+    before = "before"  # q, k each × d_head^-1/4
+
+
+class Parametrization(Choice):
+    sp = "sp"
+    mup = "mup"  # Adam μParam, see optim.py and the README
+
+
+class ComputeDtype(Choice):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class Schedule(Choice):  # after warmup
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+
+
+class DataSource(Choice):
+    stdlib = "stdlib"  # embedded default: CPython's own sources
+    text = "text"
+    tokens = "tokens"
+    hf = "hf"
+
+
+class TokenDtype(Choice):
+    uint16 = "uint16"
+    uint32 = "uint32"
+
+
+class WandbMode(Choice):
+    auto = "auto"  # online with credentials, else disabled
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class VmapMode(Choice):
+    auto = "auto"  # on accelerators, off on CPU
+    on = "on"
+    off = "off"
+
+
+class SpikeAction(Choice):
+    log = "log"  # record only
+    skip = "skip"  # the update is not applied (decided on device)
+    rollback = "rollback"  # restore the newest checkpoint, skip batches, go on
+
+
+class InjectKind(Choice):
+    batch = "batch"  # the batch is replaced by garbage
+    grad = "grad"  # the gradient is scaled up
+
+
 @dataclass
 class ModelConfig:
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4  # head dim = d_model // n_heads
     qk_layernorm: bool = False  # norm q and k per head (over d_head) before q·kᵀ
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu (hidden 4d) | swiglu (hidden 8d/3, same param count)
-    pos_emb: str = "learned"  # learned | rope
+    norm: NormKind = NormKind.layernorm
+    mlp: MlpKind = MlpKind.gelu  # gelu (hidden 4d) | swiglu (hidden 8d/3, same param count)
+    pos_emb: PosEmb = PosEmb.learned
     rope_base: float = 10000.0
     tie_embeddings: bool = False
     use_bias: bool = True
     # A number, or a rule: fan_in (paper: 1/sqrt(fan_in), embeddings 1/sqrt(d)), gpt2 (0.02),
     # small_init (sqrt(2/(5d))), mt_nlg (sqrt(1/(3d))).
     init_std: Any = "fan_in"
-    attn_scale: str = "after"  # after: (q·kᵀ)/sqrt(d_head); before: q, k each × d_head^-1/4
-    parametrization: str = "sp"  # sp | mup (Adam μParam, see optim.py and the README)
+    attn_scale: AttnScale = AttnScale.after  # after | before (where 1/sqrt(d_head) applies)
+    parametrization: Parametrization = Parametrization.sp  # sp | mup (Adam μParam, see optim.py)
     mup_base_width: int = 128
-    dtype: str = "float32"  # compute dtype; params, softmax and loss stay float32
+    dtype: ComputeDtype = ComputeDtype.float32  # compute dtype; params, softmax, loss stay float32
     # κ experiment: q and k each become sqrt(κ)·z/‖z‖ per head, so logit = κ·cos(q, k) and the
     # max attention logit is ≈ κ (no 1/sqrt(d_head)). None = off.
     attn_kappa: Optional[float] = None
@@ -56,7 +157,7 @@ class OptimConfig:
     weight_decay: float = 0.1
     independent_wd: bool = False  # decay θ by s_t·λ, not s_t·η·λ (see optim.py)
     warmup_steps: int = 30
-    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    schedule: Schedule = Schedule.cosine  # cosine | linear | constant (after warmup)
     min_lr: float = 1e-5  # absolute floor the decay ends at (paper, unconfirmed)
     grad_clip: float = 1.0  # global-norm clip; 0 = off
     z_loss: float = 0.0  # coefficient of (log Z)²; 0 = off, paper 1e-4
@@ -65,11 +166,11 @@ class OptimConfig:
 @dataclass
 class DataConfig:
     # stdlib (embedded default: CPython's own sources) | text | tokens | hf
-    source: str = "stdlib"
+    source: DataSource = DataSource.stdlib
     path: Optional[str] = None  # text: a file, a directory or a glob; hf: a local dataset dir
     train_bin: Optional[str] = None  # tokens: nanoGPT-style flat uint16/uint32 files
     val_bin: Optional[str] = None
-    token_dtype: str = "uint16"
+    token_dtype: TokenDtype = TokenDtype.uint16
     vocab_size: Optional[int] = None  # tokens: the vocabulary the .bin ids come from
     hf_name: Optional[str] = None  # hf: load_dataset name (e.g. allenai/c4) ...
     hf_config: Optional[str] = None  # ... and its config (e.g. en)
@@ -81,6 +182,18 @@ class DataConfig:
     tokenizer: str = "byte"  # byte | bpe | a path to tokenizer.json or a SentencePiece .model
     bpe_vocab_size: int = 8192
     cache_dir: Optional[str] = None  # default: $PROXIES_CACHE or ~/.cache/proxies
+
+
+@dataclass
+class SpikeConfig:
+    """Loss and gradient-norm spikes: z-scores over a rolling window of recent steps."""
+
+    action: SpikeAction = SpikeAction.log  # log | skip | rollback (see SpikeAction)
+    window: int = 128  # rolling window of losses and gradient norms the z-scores use
+    sigma: float = 6.0  # z-score above which a step is a spike
+    min_samples: int = 32  # window entries needed before detection acts
+    skip_batches: int = 8  # rollback: batches skipped from the spike on
+    max_rollbacks: int = 3  # rollback: more spikes than this stop the run
 
 
 @dataclass
@@ -97,11 +210,17 @@ class TrainConfig:
     divergence_loss: Optional[float] = None  # stop when loss exceeds this; None = 2 × loss at init
     probes: bool = True
     quiet: bool = False
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    # Testing aid: update numbers s (1-based, like metrics rows' `step`) whose batch is replaced
+    # by garbage (batch) or whose gradient is multiplied by inject_spike_scale before clipping.
+    inject_spike_at: List[int] = field(default_factory=list)
+    inject_spike_kind: InjectKind = InjectKind.batch
+    inject_spike_scale: float = 1000.0
 
 
 @dataclass
 class WandbConfig:
-    mode: str = "auto"  # auto (online with credentials, else disabled) | online | offline | disabled
+    mode: WandbMode = WandbMode.auto  # auto (online with credentials, else disabled) | ...
     project: str = "proxies"
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
@@ -150,8 +269,15 @@ class SweepConfig:
     hold_out: List[float] = field(default_factory=list)
     # Train runs that differ only in scalar hyperparameters together under jax.vmap:
     # auto = on accelerators (small models leave them idle), off on CPU (no gain there).
-    vmap: str = "auto"  # auto | on | off
+    vmap: VmapMode = VmapMode.auto
     group_size: int = 8  # most runs per vmapped group (memory grows with it)
+
+
+# Defaults of `python -m analysis` and the sweeps/ scripts: the sweep's, defined once above.
+_SWEEP_DEFAULTS = SweepConfig()
+DEFAULT_LR_RANGE: Tuple[float, float] = (_SWEEP_DEFAULTS.lr_range[0], _SWEEP_DEFAULTS.lr_range[1])
+DEFAULT_TARGETS: Tuple[float, ...] = tuple(_SWEEP_DEFAULTS.target_params)
+DEFAULT_THRESHOLD: float = _SWEEP_DEFAULTS.threshold
 
 
 @dataclass
@@ -166,9 +292,27 @@ def register_configs() -> None:
     cs.store(name="proxies_sweep_schema", node=SweepRoot)
 
 
-def _choice(name: str, value: Any, options: tuple) -> None:
+def choice_message(name: str, value: Any, options: Iterable[str]) -> str:
+    """The one line for a value outside a fixed set (also cli.one_line's, for OmegaConf's)."""
+    return f"{name}={value!r} is not one of {', '.join(options)}; pick one of those"
+
+
+def _choice(name: str, value: Any, options: Iterable[str]) -> None:
+    options = tuple(options)
     if value not in options:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(options)}; pick one of those")
+        raise ConfigError(choice_message(name, value, options))
+
+
+def _check_choices(node: Any, schema: type, prefix: str) -> None:
+    """Every Choice field of `schema` (nested dataclasses too) holds one of its values. OmegaConf
+    already refuses others; a plain dataclass instance gets no such check, so do it here."""
+    hints = get_type_hints(schema)
+    for f in fields(schema):
+        kind, value = hints[f.name], getattr(node, f.name)
+        if isinstance(kind, type) and issubclass(kind, Choice):
+            _choice(f"{prefix}{f.name}", value, kind.values())
+        elif isinstance(kind, type) and is_dataclass(kind):
+            _check_choices(value, kind, f"{prefix}{f.name}.")
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -177,9 +321,34 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name}={value} must be finite and {bound}; set {name} to such a value")
 
 
+def _int_at_least(name: str, value: Any, low: int, example: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}={value} must be an integer >= {low}; set e.g. {name}={example}")
+
+
+def _validate_spike(t: Any) -> None:
+    s = t.spike
+    _int_at_least("train.spike.window", s.window, 2, 128)
+    _positive("train.spike.sigma", s.sigma)
+    _int_at_least("train.spike.min_samples", s.min_samples, 2, min(32, s.window))
+    if s.min_samples > s.window:
+        raise ConfigError(f"train.spike.min_samples={s.min_samples} exceeds train.spike.window="
+                          f"{s.window}; set min_samples <= window")
+    _int_at_least("train.spike.skip_batches", s.skip_batches, 0, 8)
+    _int_at_least("train.spike.max_rollbacks", s.max_rollbacks, 0, 3)
+    for step in t.inject_spike_at:
+        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= t.steps:
+            raise ConfigError(f"train.inject_spike_at holds {step}, not an update number in "
+                              f"1..train.steps={t.steps}; pick steps in that range")
+    _positive("train.inject_spike_scale", t.inject_spike_scale)
+
+
 def validate(cfg: DictConfig | Config) -> None:
     """Raise ConfigError (one line, naming the fix) for any impossible value."""
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
+    _check_choices(cfg, Config, "")
+    if getattr(cfg, "sweep", None) is not None:
+        _check_choices(cfg.sweep, SweepConfig, "sweep.")
     for k in ("d_model", "n_heads", "mup_base_width"):
         _positive(f"model.{k}", getattr(m, k))
     _positive("model.n_layers", m.n_layers, allow_zero=True)  # 0 layers: a bigram model
@@ -190,14 +359,8 @@ def validate(cfg: DictConfig | Config) -> None:
             f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
             f"pick n_heads that divides d_model (e.g. model.n_heads={max(1, m.d_model // 64)})")
     d_head = m.d_model // m.n_heads
-    if m.pos_emb == "rope" and d_head % 2:
+    if m.pos_emb == PosEmb.rope and d_head % 2:
         raise ConfigError(f"rotary positions need an even head dim, got {d_head}; change n_heads")
-    _choice("model.norm", m.norm, ("layernorm", "rmsnorm"))
-    _choice("model.mlp", m.mlp, ("gelu", "swiglu"))
-    _choice("model.pos_emb", m.pos_emb, ("learned", "rope"))
-    _choice("model.attn_scale", m.attn_scale, ("after", "before"))
-    _choice("model.parametrization", m.parametrization, ("sp", "mup"))
-    _choice("model.dtype", m.dtype, ("float32", "bfloat16"))
     if isinstance(m.init_std, str):
         _choice("model.init_std", m.init_std, INIT_STD_RULES)
     else:
@@ -213,9 +376,6 @@ def validate(cfg: DictConfig | Config) -> None:
         v = getattr(o, b)
         if not (math.isfinite(v) and 0 <= v < 1):
             raise ConfigError(f"optim.{b}={v} must be in [0, 1); set optim.{b}=0.9 or similar")
-    _choice("optim.schedule", o.schedule, ("cosine", "linear", "constant"))
-    _choice("data.source", d.source, ("stdlib", "text", "tokens", "hf"))
-    _choice("data.token_dtype", d.token_dtype, ("uint16", "uint32"))
     if not 0 < d.val_fraction < 1:
         raise ConfigError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
     for k in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches",
@@ -223,21 +383,32 @@ def validate(cfg: DictConfig | Config) -> None:
         _positive(f"train.{k}", getattr(t, k))
     if t.divergence_loss is not None:
         _positive("train.divergence_loss", t.divergence_loss)
-    _choice("wandb.mode", cfg.wandb.mode, ("auto", "online", "offline", "disabled"))
+    _validate_spike(t)
 
 
 # Keys that change how a run is shown, not what it computes: outside its identity.
 _NOT_IDENTITY = {"train": ("quiet",)}
 # Features added after runs were first hashed: left out of the identity while off, so turning
 # a new feature into the schema never renames (and retrains) the runs that do not use it.
-_OFF_VALUES = {"model": {"attn_kappa": None}}
+# Plain values (as config.yaml holds them); a nested section is off when all of it equals these.
+_OFF_VALUES: Dict[str, Dict[str, Any]] = {
+    "model": {"attn_kappa": None},
+    "train": {"spike": {"action": "log", "window": 128, "sigma": 6.0, "min_samples": 32,
+                        "skip_batches": 8, "max_rollbacks": 3},
+              "inject_spike_at": [], "inject_spike_kind": "batch", "inject_spike_scale": 1000.0},
+}
+
+
+def to_plain(cfg: DictConfig | Config) -> Dict[str, Any]:
+    """A config as plain dicts, lists, strings and numbers (Choices as their values): what
+    config.yaml, json keys and hashes need."""
+    node = cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
 
 
 def identity(cfg: DictConfig | Config) -> dict:
     """The part of a config that determines a run's results (what resume and hashes compare)."""
-    c = OmegaConf.to_container(OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg,
-                               resolve=True)
-    return identity_of(c)
+    return identity_of(to_plain(cfg))
 
 
 def identity_of(c: Dict[str, Any]) -> Dict[str, Any]:
@@ -246,6 +417,7 @@ def identity_of(c: Dict[str, Any]) -> Dict[str, Any]:
     for section, keys in _NOT_IDENTITY.items():
         out[section] = {k: v for k, v in out[section].items() if k not in keys}
     for section, off in _OFF_VALUES.items():
+        # == compares nested dicts key by key, and a Choice equals its string
         out[section] = {k: v for k, v in out[section].items() if k not in off or v != off[k]}
     return out
 

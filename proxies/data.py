@@ -3,7 +3,8 @@
 Sources (`data.source`): `stdlib` (embedded default: this Python's standard-library sources, so no
 download is ever needed), `text` (a file, directory or glob), `tokens` (nanoGPT-style flat .bin
 files), `hf` (a HF `datasets` name or a local dataset directory). Tokenizers (`data.tokenizer`):
-`byte`, `bpe` (trained on the corpus, cached) or a path to `tokenizer.json` / SentencePiece `.model`.
+`byte`, `bpe` (trained on the corpus, cached) or a path to `tokenizer.json` / SentencePiece
+`.model`.
 
 Text is split into train / held-out validation *by document* (file), tokenized once and cached
 under the cache dir keyed by the corpus hash, which every run records. Batches are a pure function
@@ -23,7 +24,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from proxies.config import ConfigError, DataConfig
+from proxies.config import ConfigError, DataConfig, DataSource, TokenDtype, unhandled
 
 EVAL_STREAM = 1_000_003  # rng stream id of the fixed held-out batches, apart from train steps
 
@@ -195,7 +196,8 @@ def train_bpe(docs: Sequence[str], vocab_size: int, out_file: Path) -> None:
 
 def make_tokenizer(cfg: DataConfig, train_docs: Callable[[], Sequence[str]],
                    key: str) -> Tokenizer:
-    """`train_docs` is only called when a BPE must be trained; `key` names the corpus in the cache."""
+    """`train_docs` is only called when a BPE must be trained; `key` names the corpus in the
+    cache."""
     spec = cfg.tokenizer
     if spec == "byte":
         return ByteTokenizer()
@@ -279,56 +281,77 @@ def _text_dataset(cfg: DataConfig, names: List[str], docs: List[str],
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load (building and caching on first use) the token streams `cfg` describes."""
-    if cfg.source == "tokens":
-        arrays = []
-        for k in ("train_bin", "val_bin"):
-            p = getattr(cfg, k)
-            if not p or not Path(p).expanduser().is_file():
-                raise DataError(f"no token file at data.{k}={p!r}; point it at a .bin file")
-            arrays.append(token_file(Path(p).expanduser(), cfg.token_dtype, k))
-        if not cfg.vocab_size:
-            raise DataError("data.source=tokens needs data.vocab_size (the ids' vocabulary)")
-        h = hashlib.sha256()
-        for a in arrays:
-            h.update(np.asarray(a[: 1 << 20]).tobytes())
-            h.update(str(len(a)).encode())
-        hi = max(int(a.max()) for a in arrays)
-        if hi >= cfg.vocab_size:
-            other = "uint16" if cfg.token_dtype == "uint32" else "uint32"
-            raise DataError(f"token id {hi} >= data.vocab_size={cfg.vocab_size}; set the "
-                            f"vocabulary the ids come from (or data.token_dtype={other} if the "
-                            "file was written so)")
-        return Dataset(arrays[0], arrays[1], int(cfg.vocab_size), h.hexdigest()[:16],
-                       f"tokens: {len(arrays[0]):,} train tokens")
-    if cfg.source == "stdlib":
-        files = stdlib_files()
-        root = Path(sysconfig.get_paths()["stdlib"])
-        names = [f.relative_to(root).as_posix() for f in files]
-        return _text_dataset(cfg, names, read_docs(files), None, "stdlib")
-    if cfg.source == "text":
-        if not cfg.path:
-            raise DataError("data.source=text needs data.path (a file, directory or glob)")
-        files = text_files(cfg.path)
-        return _text_dataset(cfg, [f.as_posix() for f in files], read_docs(files), None,
-                             f"text {cfg.path}")
-    docs, val_docs = hf_docs(cfg)
-    name = cfg.path or f"{cfg.hf_name}/{cfg.hf_config}"
-    return _text_dataset(cfg, [f"{name}:{i}" for i in range(len(docs))], docs, val_docs,
-                         f"hf {name}")
+    match cfg.source:
+        case DataSource.tokens:
+            return _token_dataset(cfg)
+        case DataSource.stdlib:
+            files = stdlib_files()
+            root = Path(sysconfig.get_paths()["stdlib"])
+            names = [f.relative_to(root).as_posix() for f in files]
+            return _text_dataset(cfg, names, read_docs(files), None, "stdlib")
+        case DataSource.text:
+            if not cfg.path:
+                raise DataError("data.source=text needs data.path (a file, directory or glob)")
+            files = text_files(cfg.path)
+            return _text_dataset(cfg, [f.as_posix() for f in files], read_docs(files), None,
+                                 f"text {cfg.path}")
+        case DataSource.hf:
+            docs, val_docs = hf_docs(cfg)
+            name = cfg.path or f"{cfg.hf_name}/{cfg.hf_config}"
+            return _text_dataset(cfg, [f"{name}:{i}" for i in range(len(docs))], docs, val_docs,
+                                 f"hf {name}")
+        case _:
+            unhandled("data.source", cfg.source)
+
+
+def _other_token_dtype(dtype: TokenDtype | str) -> TokenDtype:
+    """The width a token file may have been written with instead."""
+    match dtype:
+        case TokenDtype.uint16:
+            return TokenDtype.uint32
+        case TokenDtype.uint32:
+            return TokenDtype.uint16
+        case _:
+            unhandled("data.token_dtype", dtype)
+
+
+def _token_dataset(cfg: DataConfig) -> Dataset:
+    """data.source=tokens: the train and val .bin files as they are."""
+    arrays = []
+    for k in ("train_bin", "val_bin"):
+        p = getattr(cfg, k)
+        if not p or not Path(p).expanduser().is_file():
+            raise DataError(f"no token file at data.{k}={p!r}; point it at a .bin file")
+        arrays.append(token_file(Path(p).expanduser(), cfg.token_dtype, k))
+    if not cfg.vocab_size:
+        raise DataError("data.source=tokens needs data.vocab_size (the ids' vocabulary)")
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.asarray(a[: 1 << 20]).tobytes())
+        h.update(str(len(a)).encode())
+    hi = max(int(a.max()) for a in arrays)
+    if hi >= cfg.vocab_size:
+        other = _other_token_dtype(cfg.token_dtype)
+        raise DataError(f"token id {hi} >= data.vocab_size={cfg.vocab_size}; set the "
+                        f"vocabulary the ids come from (or data.token_dtype={other} if the "
+                        "file was written so)")
+    return Dataset(arrays[0], arrays[1], int(cfg.vocab_size), h.hexdigest()[:16],
+                   f"tokens: {len(arrays[0]):,} train tokens")
 
 
 # ------------------------------------------------------------------------------------ batches
 
-def token_file(path: Path, dtype: str, key: str) -> np.ndarray:
+def token_file(path: Path, dtype: TokenDtype | str, key: str) -> np.ndarray:
     """A flat token file as a read-only array, refusing the two silent misreads: a size that is
     not a whole number of ids, and uint32 ids read as uint16 (every second value zero)."""
-    size, width = path.stat().st_size, np.dtype(dtype).itemsize
+    dtype = TokenDtype(dtype)
+    size, width = path.stat().st_size, np.dtype(dtype.value).itemsize
     if size % width:
         raise DataError(f"data.{key}={str(path)!r} has {size} bytes, not a multiple of "
                         f"{width} ({dtype}); set data.token_dtype=uint16 if it holds uint16 ids")
-    ids = np.memmap(path, dtype=dtype, mode="r")
+    ids = np.memmap(path, dtype=dtype.value, mode="r")
     head = np.asarray(ids[: 1 << 20])
-    if dtype == "uint16" and len(head) >= 64 and not head[1::2].any() and head[0::2].any():
+    if dtype is TokenDtype.uint16 and len(head) >= 64 and not head[1::2].any() and head[0::2].any():
         raise DataError(f"data.{key}={str(path)!r} looks like uint32 ids read as uint16 (every "
                         "second value is 0); set data.token_dtype=uint32")
     return ids

@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from proxies.config import ModelConfig
+from proxies.config import (AttnScale, ComputeDtype, MlpKind, ModelConfig, NormKind,
+                            Parametrization, PosEmb, unhandled)
 
 # jax's truncated normal (cut at ±2σ) has std 0.8796·σ; dividing makes `std` the real std.
 _TRUNC_STD = 0.87962566103423978
@@ -25,9 +26,29 @@ def trunc_normal(std: float) -> Callable:
     return jax.nn.initializers.truncated_normal(std / _TRUNC_STD)
 
 
+def is_mup(cfg: ModelConfig) -> bool:
+    match cfg.parametrization:
+        case Parametrization.mup:
+            return True
+        case Parametrization.sp:
+            return False
+        case _:
+            unhandled("model.parametrization", cfg.parametrization)
+
+
+def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
+    match cfg.dtype:
+        case ComputeDtype.float32:
+            return jnp.dtype(jnp.float32)
+        case ComputeDtype.bfloat16:
+            return jnp.dtype(jnp.bfloat16)
+        case _:
+            unhandled("model.dtype", cfg.dtype)
+
+
 def width_mult(cfg: ModelConfig) -> float:
     """μParam width multiplier m = d / d_base (1 under standard parametrization)."""
-    return cfg.d_model / cfg.mup_base_width if cfg.parametrization == "mup" else 1.0
+    return cfg.d_model / cfg.mup_base_width if is_mup(cfg) else 1.0
 
 
 def init_std(cfg: ModelConfig, fan_in: int, kind: str = "hidden") -> float:
@@ -43,7 +64,7 @@ def init_std(cfg: ModelConfig, fan_in: int, kind: str = "hidden") -> float:
         std = math.sqrt(1 / (3 * d))
     else:  # fan_in (paper): 1/sqrt(fan_in) for matrices, 1/sqrt(d) for the input embedding
         std = 1 / math.sqrt(d) if kind == "embed" else 1 / math.sqrt(fan_in)
-    if kind == "readout" and cfg.parametrization == "mup":
+    if kind == "readout" and is_mup(cfg):
         # μParam: the 1/m logit multiplier already shrinks the readout, so it keeps its
         # base-width std (mup's MuReadout rescales by sqrt(m) likewise).
         std *= math.sqrt(width_mult(cfg))
@@ -53,7 +74,7 @@ def init_std(cfg: ModelConfig, fan_in: int, kind: str = "hidden") -> float:
 def attn_logit_scale(cfg: ModelConfig) -> float:
     """Scale of q·kᵀ: 1/sqrt(d_head) (SP) or 1/d_head (μParam)."""
     d_head = cfg.d_model // cfg.n_heads
-    return 1 / d_head if cfg.parametrization == "mup" else 1 / math.sqrt(d_head)
+    return 1 / d_head if is_mup(cfg) else 1 / math.sqrt(d_head)
 
 
 class RMSNorm(nn.Module):
@@ -68,11 +89,15 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(name=name)
-    # Statistics in float32 whatever the compute dtype.
-    return nn.LayerNorm(epsilon=1e-6, use_bias=cfg.use_bias, dtype=jnp.float32,
-                        param_dtype=jnp.float32, name=name)
+    match cfg.norm:
+        case NormKind.rmsnorm:
+            return RMSNorm(name=name)
+        case NormKind.layernorm:
+            # Statistics in float32 whatever the compute dtype.
+            return nn.LayerNorm(epsilon=1e-6, use_bias=cfg.use_bias, dtype=jnp.float32,
+                                param_dtype=jnp.float32, name=name)
+        case _:
+            unhandled("model.norm", cfg.norm)
 
 
 def rope(x_BxLxHxK: jax.Array, base: float) -> jax.Array:
@@ -101,7 +126,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         H, D = cfg.n_heads, cfg.d_model
         K = D // H
-        dtype = jnp.dtype(cfg.dtype)
+        dtype = compute_dtype(cfg)
         dense = lambda feats, axis, fan_in, name, bias=cfg.use_bias: nn.DenseGeneral(  # noqa
             feats, axis=axis, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
             kernel_init=trunc_normal(init_std(cfg, fan_in)), name=name)
@@ -113,21 +138,15 @@ class Attention(nn.Module):
         if cfg.qk_layernorm:
             q_BxLxHxK = make_norm(cfg, "q_norm")(q_BxLxHxK)
             k_BxLxHxK = make_norm(cfg, "k_norm")(k_BxLxHxK)
-        if cfg.pos_emb == "rope":
-            q_BxLxHxK = rope(q_BxLxHxK, cfg.rope_base)
-            k_BxLxHxK = rope(k_BxLxHxK, cfg.rope_base)
-        scale = attn_logit_scale(cfg)
-        if cfg.attn_kappa is not None:  # the κ experiment sets the logit scale itself
-            q_BxLxHxK = plant_kappa(q_BxLxHxK, cfg.attn_kappa)
-            k_BxLxHxK = plant_kappa(k_BxLxHxK, cfg.attn_kappa)
-            logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
-        elif cfg.attn_scale == "before":
-            # Same product, but q and k stay small before the matmul (safer in low precision).
-            q_BxLxHxK = q_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)
-            k_BxLxHxK = k_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)
-            logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
-        else:
-            logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) * scale
+        match cfg.pos_emb:
+            case PosEmb.rope:
+                q_BxLxHxK = rope(q_BxLxHxK, cfg.rope_base)
+                k_BxLxHxK = rope(k_BxLxHxK, cfg.rope_base)
+            case PosEmb.learned:
+                pass  # added to the token embedding in Transformer
+            case _:
+                unhandled("model.pos_emb", cfg.pos_emb)
+        logits_BxHxLxL = self._logits(q_BxLxHxK, k_BxLxHxK, dtype)
         logits_BxHxLxL = logits_BxHxLxL.astype(jnp.float32)
         L = x_BxLxD.shape[1]
         causal_LxL = jnp.tril(jnp.ones((L, L), dtype=bool))
@@ -144,10 +163,34 @@ class Attention(nn.Module):
                                param_dtype=jnp.float32,
                                kernel_init=trunc_normal(init_std(cfg, D)), name="out")(out_BxLxHxK)
 
+    def _logits(self, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, dtype: jnp.dtype) -> jax.Array:
+        """Scaled q·kᵀ per head, (B, H, L, L) in the compute dtype."""
+        cfg, scale = self.cfg, attn_logit_scale(self.cfg)
+        if cfg.attn_kappa is not None:  # the κ experiment sets the logit scale itself
+            q_BxLxHxK = plant_kappa(q_BxLxHxK, cfg.attn_kappa)
+            k_BxLxHxK = plant_kappa(k_BxLxHxK, cfg.attn_kappa)
+            return jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
+        match cfg.attn_scale:
+            case AttnScale.before:
+                # Same product, but q and k stay small before the matmul (safer in low precision).
+                q_BxLxHxK = q_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)
+                k_BxLxHxK = k_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)
+                return jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
+            case AttnScale.after:
+                return jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) * scale
+            case _:
+                unhandled("model.attn_scale", cfg.attn_scale)
+
 
 def mlp_hidden(cfg: ModelConfig) -> int:
     """4d for GELU; 8d/3 for SwiGLU so its three matrices hold as many params as GELU's two."""
-    return 4 * cfg.d_model if cfg.mlp == "gelu" else int(round(8 * cfg.d_model / 3))
+    match cfg.mlp:
+        case MlpKind.gelu:
+            return 4 * cfg.d_model
+        case MlpKind.swiglu:
+            return int(round(8 * cfg.d_model / 3))
+        case _:
+            unhandled("model.mlp", cfg.mlp)
 
 
 class Mlp(nn.Module):
@@ -158,12 +201,15 @@ class Mlp(nn.Module):
         cfg = self.cfg
         D, F = cfg.d_model, mlp_hidden(cfg)
         dense = lambda feats, fan_in, name: nn.Dense(  # noqa: E731
-            feats, use_bias=cfg.use_bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32,
+            feats, use_bias=cfg.use_bias, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
             kernel_init=trunc_normal(init_std(cfg, fan_in)), name=name)
-        if cfg.mlp == "swiglu":
-            h_BxLxF = nn.swish(dense(F, D, "gate")(x_BxLxD)) * dense(F, D, "up")(x_BxLxD)
-        else:
-            h_BxLxF = nn.gelu(dense(F, D, "up")(x_BxLxD))
+        match cfg.mlp:
+            case MlpKind.swiglu:
+                h_BxLxF = nn.swish(dense(F, D, "gate")(x_BxLxD)) * dense(F, D, "up")(x_BxLxD)
+            case MlpKind.gelu:
+                h_BxLxF = nn.gelu(dense(F, D, "up")(x_BxLxD))
+            case _:
+                unhandled("model.mlp", cfg.mlp)
         return dense(D, F, "down")(h_BxLxF)
 
 
@@ -172,8 +218,9 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD):
-        x_BxLxD = x_BxLxD + Attention(self.cfg, name="attn")(make_norm(self.cfg, "ln_attn")(x_BxLxD))
-        x_BxLxD = x_BxLxD + Mlp(self.cfg, name="mlp")(make_norm(self.cfg, "ln_mlp")(x_BxLxD))
+        cfg = self.cfg
+        x_BxLxD = x_BxLxD + Attention(cfg, name="attn")(make_norm(cfg, "ln_attn")(x_BxLxD))
+        x_BxLxD = x_BxLxD + Mlp(cfg, name="mlp")(make_norm(cfg, "ln_mlp")(x_BxLxD))
         if self.is_mutable_collection("intermediates"):
             a = jnp.abs(x_BxLxD.astype(jnp.float32))
             self.sow("intermediates", "act_max_abs", jnp.max(a))
@@ -191,15 +238,21 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens_BxL):
         cfg = self.cfg
-        D, dtype = cfg.d_model, jnp.dtype(cfg.dtype)
+        D, dtype = cfg.d_model, compute_dtype(cfg)
         embed = nn.Embed(self.vocab_size, D, dtype=dtype, param_dtype=jnp.float32,
                          embedding_init=trunc_normal(init_std(cfg, self.vocab_size, "embed")),
                          name="embed")
         x_BxLxD = embed(tokens_BxL)
-        if cfg.pos_emb == "learned":
-            pos_LxD = self.param("pos_embed", trunc_normal(init_std(cfg, self.seq_len, "embed")),
-                                 (self.seq_len, D), jnp.float32)
-            x_BxLxD = x_BxLxD + pos_LxD[None, : tokens_BxL.shape[1]].astype(dtype)
+        match cfg.pos_emb:
+            case PosEmb.learned:
+                pos_LxD = self.param("pos_embed",
+                                     trunc_normal(init_std(cfg, self.seq_len, "embed")),
+                                     (self.seq_len, D), jnp.float32)
+                x_BxLxD = x_BxLxD + pos_LxD[None, : tokens_BxL.shape[1]].astype(dtype)
+            case PosEmb.rope:
+                pass  # rotates q and k in Attention
+            case _:
+                unhandled("model.pos_emb", cfg.pos_emb)
         for i in range(cfg.n_layers):
             x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD)
         x_BxLxD = make_norm(cfg, "ln_final")(x_BxLxD)
@@ -213,7 +266,7 @@ class Transformer(nn.Module):
                                name="unembed")
             logits_BxLxV = unembed.attend(x_BxLxD)
         logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-        if cfg.parametrization == "mup":  # readout multiplier 1/m keeps logits O(1) with width
+        if is_mup(cfg):  # readout multiplier 1/m keeps logits O(1) with width
             logits_BxLxV = logits_BxLxV / width_mult(cfg)
         return logits_BxLxV
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from proxies.config import Config, ModelConfig
+from proxies.config import Config, ModelConfig, Schedule, unhandled
 from proxies.model import width_mult
 
 Hparams = Dict[str, jax.Array]
@@ -37,19 +37,24 @@ def cross_entropy_with_z_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
     return ce + z_term, {"ce": ce, "z_loss": z_term, "log_z_mean": jnp.mean(log_z_BxL)}
 
 
-def learning_rate(step: jax.Array, hp: Hparams, total_steps: int, schedule: str) -> jax.Array:
-    """LR used for update number `step` (0-based): linear warmup to hp['lr'], then decay to min_lr."""
+def learning_rate(step: jax.Array, hp: Hparams, total_steps: int,
+                  schedule: Schedule | str) -> jax.Array:
+    """LR used for update number `step` (0-based): linear warmup to hp['lr'], then decay to
+    min_lr."""
     step = jnp.asarray(step, jnp.float32)
     warm = hp["warmup_steps"]
     warmup_factor = jnp.where(warm > 0, jnp.minimum(1.0, (step + 1) / jnp.maximum(warm, 1)), 1.0)
     peak, floor = hp["lr"], jnp.minimum(hp["min_lr"], hp["lr"])
     progress = jnp.clip((step - warm) / jnp.maximum(total_steps - warm, 1), 0.0, 1.0)
-    if schedule == "cosine":
-        decayed = floor + (peak - floor) * 0.5 * (1 + jnp.cos(math.pi * progress))
-    elif schedule == "linear":
-        decayed = peak + (floor - peak) * progress
-    else:
-        decayed = peak
+    match schedule:  # a plain string matches its member too
+        case Schedule.cosine:
+            decayed = floor + (peak - floor) * 0.5 * (1 + jnp.cos(math.pi * progress))
+        case Schedule.linear:
+            decayed = peak + (floor - peak) * progress
+        case Schedule.constant:
+            decayed = peak
+        case _:
+            unhandled("optim.schedule", schedule)
     return jnp.where(step < warm, peak * warmup_factor, decayed)
 
 

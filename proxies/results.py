@@ -7,30 +7,28 @@ analysis.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from proxies.tracking import read_metrics
+from proxies import metric_names as M
+from proxies import rundir as R
 
-SUMMARY_COLUMNS = ("n_params", "n_params_nonembed", "final_eval_ce", "final_train_ce",
-                   "loss_at_init", "diverged", "diverged_at_step", "steps_done",
-                   "max_attn_logit", "final_max_attn_logit", "max_abs_log_z", "tokens_per_s",
-                   "wall_s")
+SUMMARY_COLUMNS = M.SUMMARY_KEYS
 
 
 def _grad_rms_summary(run_dir: Path) -> Dict[str, float]:
     """Median and min over tensors of the last logged gradient and update RMS."""
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl")
-            if any(k.startswith("grad_rms/") for k in r)]
+    rows = [r for r in R.read_metrics(run_dir / R.METRICS)
+            if any(k.startswith(M.GRAD_RMS + "/") for k in r)]
     out: Dict[str, float] = {}
     if rows:
-        for kind in ("grad_rms", "update_rms"):
+        for kind in (M.GRAD_RMS, M.UPDATE_RMS):
             vals = np.array([v for k, v in rows[-1].items()
                              if k.startswith(kind + "/") and v is not None], float)
             if vals.size:
@@ -42,16 +40,13 @@ def _grad_rms_summary(run_dir: Path) -> Dict[str, float]:
 def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Swept values, status (done | diverged | partial | pending) and summary figures of a run."""
     if swept is None:
-        cfg_file = run_dir / "config.yaml"
-        cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.exists() else {}
-        swept = (cfg.get("run") or {}).get("swept") or {}
+        swept = (R.read_config_file(run_dir / R.CONFIG).get("run") or {}).get("swept") or {}
     row: Dict[str, Any] = dict(swept)
-    s_path = run_dir / "summary.json"
-    summary = json.loads(s_path.read_text()) if s_path.exists() else {}
+    summary = R.read_summary_file(run_dir / R.SUMMARY) or {}  # unreadable: rebuilt on resume
     if summary:
         row["status"] = "diverged" if summary.get("diverged") else "done"
     else:
-        row["status"] = "partial" if (run_dir / "checkpoints").exists() else "pending"
+        row["status"] = "partial" if (run_dir / R.CHECKPOINTS).exists() else "pending"
     for k in SUMMARY_COLUMNS:
         row[k] = summary.get(k, np.nan)
     row.update(_grad_rms_summary(run_dir))
@@ -72,7 +67,7 @@ def table_from_dirs(sweep_dir: Path) -> pd.DataFrame:
             row["run_dir"] = entry["run_dir"]
             rows.append(row)
         return pd.DataFrame(rows)
-    dirs = sorted(p.parent for p in sweep_dir.glob("*/config.yaml"))
+    dirs = sorted(p.parent for p in sweep_dir.glob(f"*/{R.CONFIG}"))
     return pd.DataFrame([run_row(d) for d in dirs])
 
 
@@ -80,3 +75,26 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel jobs write their own
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)  # atomic: a kill never leaves a half-written table
+
+
+TABLE = "results.csv"
+TABLE_LOCK = ".results.lock"
+
+
+@contextlib.contextmanager
+def table_lock(sweep_dir: Path) -> Iterator[None]:
+    """Serialise rebuilds of one sweep's table (jobs finishing at once, on any machine sharing
+    the directory): each rebuild reads every run, so the last writer's table is complete."""
+    import fcntl
+
+    with open(Path(sweep_dir) / TABLE_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def update_table(sweep_dir: Path) -> pd.DataFrame:
+    """Rebuild and write `<sweep_dir>/results.csv` from its run directories."""
+    with table_lock(sweep_dir):
+        df = table_from_dirs(sweep_dir)
+        write_table(df, Path(sweep_dir) / TABLE)
+    return df

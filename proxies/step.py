@@ -2,6 +2,8 @@
 
 `with_stats=True` compiles a second variant that also returns per-tensor gradient, update and
 parameter RMS; the loop calls it only on log steps, so ordinary steps pay nothing for it.
+Spike detection (proxies/spikes.py) runs inside the step; with `train.spike.action=skip` a spike's
+update is dropped here, on device.
 """
 
 from __future__ import annotations
@@ -14,15 +16,20 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from proxies.config import Config
+from proxies.config import Config, InjectKind, SpikeAction, unhandled
 from proxies.optim import (Hparams, adamw, clip_by_global_norm, cross_entropy_with_z_loss,
                            decay_mask, hparams_from_config, learning_rate, lr_multipliers)
+from proxies.spikes import SpikeWindow, detect, init_window, push
+
+# Per-step values the training loop reads back (proxies/runner.py), in this order.
+WATCHED = ("loss", "grad_norm", "spike", "skipped", "loss_zscore", "grad_zscore")
 
 
 class TrainState(struct.PyTreeNode):
-    step: jax.Array  # number of updates done
+    step: jax.Array  # batches trained on, skipped updates included: the LR schedule's clock
     params: Any
     opt_state: Any
+    spike: SpikeWindow
 
 
 def _rms(x: jax.Array) -> jax.Array:
@@ -39,12 +46,45 @@ def init_state(model: nn.Module, cfg: Config, rng: jax.Array) -> TrainState:
     params = model.init(rng, tokens_BxL)["params"]
     hp = hparams_from_config(cfg)
     opt_state = _tx(cfg, params, hp, hp["lr"]).init(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                      spike=init_window(cfg.train.spike.window))
+
+
+def _skips_spikes(cfg: Config) -> bool:
+    match SpikeAction(cfg.train.spike.action):
+        case SpikeAction.skip:
+            return True
+        case SpikeAction.log | SpikeAction.rollback:  # rollback is the loop's, from the records
+            return False
+        case action:
+            unhandled("train.spike.action", action)
+
+
+def _grad_injection(cfg: Config) -> Callable[[Any, jax.Array], Any]:
+    """Testing aid (`train.inject_spike_kind=grad`): the gradient of the listed updates (by update
+    number, so a rollback meets them again) is scaled by `inject_spike_scale` before clipping."""
+    t = cfg.train
+    match InjectKind(t.inject_spike_kind):
+        case InjectKind.batch:  # batches are replaced by the loop (proxies/train.py: Batches)
+            return lambda grads, step: grads
+        case InjectKind.grad:
+            pass
+        case kind:
+            unhandled("train.inject_spike_kind", kind)
+    updates = jnp.asarray(list(t.inject_spike_at) or [-1], jnp.int32)
+
+    def inject(grads: Any, step: jax.Array) -> Any:
+        scale = jnp.where(jnp.any(updates == step + 1), t.inject_spike_scale, 1.0)
+        return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads)
+
+    return inject
 
 
 def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> Callable:
     """Un-jitted pure step; callers jit (or vmap then jit) it."""
     total_steps, schedule = cfg.train.steps, cfg.optim.schedule
+    sigma, min_samples = cfg.train.spike.sigma, cfg.train.spike.min_samples
+    skips_spikes, inject = _skips_spikes(cfg), _grad_injection(cfg)
 
     def train_step(state: TrainState, batch_BxLp1: jax.Array,
                    hp: Hparams) -> Tuple[TrainState, Dict[str, Any]]:
@@ -55,19 +95,31 @@ def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> 
             return cross_entropy_with_z_loss(logits_BxLxV, targets_BxL, hp["z_loss"])
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grads, grad_norm = clip_by_global_norm(grads, hp["grad_clip"])
+        grads, grad_norm = clip_by_global_norm(inject(grads, state.step), hp["grad_clip"])
+        spike, loss_z, grad_z = detect(state.spike, loss, grad_norm, sigma, min_samples)
         lr_t = learning_rate(state.step, hp, total_steps, schedule)
         updates, opt_state = _tx(cfg, state.params, hp, lr_t).update(
             grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        skip = spike if skips_spikes else jnp.zeros((), bool)
+        if skips_spikes:  # the update is not applied and the optimizer state does not advance
+            keep_old = lambda new, old: jnp.where(skip, old, new)  # noqa: E731
+            params = jax.tree_util.tree_map(keep_old, params, state.params)
+            opt_state = jax.tree_util.tree_map(keep_old, opt_state, state.opt_state)
         metrics = {"loss": loss, "ce": aux["ce"], "z_loss": aux["z_loss"], "lr": lr_t,
-                   "grad_norm": grad_norm}
+                   "grad_norm": grad_norm, "spike": spike, "skipped": skip,
+                   "loss_zscore": loss_z, "grad_zscore": grad_z}
         if with_stats:
             tmap = jax.tree_util.tree_map
             metrics["grad_rms"] = tmap(_rms, grads)  # the (clipped) gradient Adam sees
             metrics["update_rms"] = tmap(lambda u: _rms(u) / lr_t, updates)
             metrics["param_rms"] = tmap(_rms, params)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        window = push(state.spike, loss, grad_norm, spike, skip)
+        metrics["spikes"], metrics["skips"] = window.spikes, window.skipped
+        # What the loop reads every step, in one array: one device-to-host copy, not six.
+        metrics["watch"] = jnp.stack([jnp.asarray(metrics[k], jnp.float32) for k in WATCHED])
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                          spike=window), metrics
 
     return train_step
 

@@ -29,11 +29,16 @@ from tqdm.auto import tqdm
 from analysis.__main__ import print_report
 from analysis.report import analyze
 from proxies.cli import one_line_errors, run_cli
-from proxies.config import (Config, ConfigError, SweepConfig, SweepRoot, config_hash,  # noqa: F401
-                            register_configs, validate)
+from proxies.config import (Config, ConfigError, DataSource, MlpKind, PosEmb,  # noqa: F401
+                            SweepConfig, SweepRoot, VmapMode, config_hash, register_configs,
+                            to_plain, unhandled, validate)
 from proxies.model import mlp_hidden
-from proxies.results import table_from_dirs, write_table
+from proxies.results import TABLE, update_table
+from proxies.rundir import SUMMARY, RunDir, atomic_write_text, read_summary_file, take_lock
+from proxies.stopping import Stopped, stop_requests
 from proxies.train import CONFIG_DIR, group_key, run_name, train_group
+
+SWEEP_LOCK = ".sweep.lock"
 
 register_configs()
 
@@ -76,7 +81,7 @@ def flatten_values(tree: Any, prefix: str = "") -> Dict[str, Any]:
 
 def base_config(cfg: DictConfig) -> DictConfig:
     """The single-run config a sweep starts from (everything but `sweep`)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
+    c = to_plain(cfg)
     c.pop("sweep", None)
     return OmegaConf.merge(OmegaConf.structured(Config), c)
 
@@ -118,10 +123,15 @@ def expand_grid(cfg: DictConfig) -> List[Point]:
 
 
 def use_vmap(cfg: DictConfig) -> bool:
-    mode = cfg.sweep.vmap
-    if mode not in ("auto", "on", "off"):
-        raise ConfigError(f"sweep.vmap={mode!r} is not one of auto, on, off; pick one of those")
-    return mode == "on" or (mode == "auto" and jax.default_backend() != "cpu")
+    match cfg.sweep.vmap:  # OmegaConf refused any other value already
+        case VmapMode.on:
+            return True
+        case VmapMode.off:
+            return False
+        case VmapMode.auto:
+            return jax.default_backend() != "cpu"  # small models leave accelerators idle
+        case _:
+            unhandled("sweep.vmap", cfg.sweep.vmap)
 
 
 def plan_groups(points: List[Point], vmap: bool, group_size: int) -> List[List[Point]]:
@@ -144,7 +154,8 @@ def sweep_dir(cfg: DictConfig, points: List[Point]) -> Path:
 
 
 def is_done(run: DictConfig) -> bool:
-    return (Path(run.out_dir) / "summary.json").exists()
+    """A readable summary (an unreadable one is rebuilt by training the run's tail again)."""
+    return read_summary_file(Path(run.out_dir) / SUMMARY) is not None
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -165,19 +176,43 @@ def run_params(run: DictConfig, vocab_size: int) -> Tuple[int, int]:
     """(all params, non-embedding params) of a run's model, counted from its config."""
     m, seq = run.model, run.train.seq_len
     d, L, F = m.d_model, m.n_layers, mlp_hidden(m)
-    n_mats = 3 if m.mlp == "swiglu" else 2
-    block = 4 * d * d + n_mats * d * F
+    block = 4 * d * d + _mlp_matrices(m.mlp) * d * F
     nonembed = L * block
-    embed = vocab_size * d * (1 if m.tie_embeddings else 2) + (seq * d if m.pos_emb == "learned"
-                                                                 else 0)
+    embed = vocab_size * d * (1 if m.tie_embeddings else 2) + _pos_params(m.pos_emb, seq, d)
     return nonembed + embed, nonembed
+
+
+def _mlp_matrices(mlp: MlpKind) -> int:
+    match mlp:
+        case MlpKind.gelu:
+            return 2  # up, down
+        case MlpKind.swiglu:
+            return 3  # gate, up, down
+        case _:
+            unhandled("model.mlp", mlp)
+
+
+def _pos_params(pos_emb: PosEmb, seq: int, d: int) -> int:
+    match pos_emb:
+        case PosEmb.learned:
+            return seq * d
+        case PosEmb.rope:
+            return 0
+        case _:
+            unhandled("model.pos_emb", pos_emb)
 
 
 def vocab_guess(run: DictConfig) -> int:
     """The vocabulary a run will have, without loading its data (32768 for a tokenizer file)."""
     d = run.data
-    if d.source == "tokens" and d.vocab_size:
-        return int(d.vocab_size)
+    match d.source:
+        case DataSource.tokens:
+            if d.vocab_size:
+                return int(d.vocab_size)
+        case DataSource.stdlib | DataSource.text | DataSource.hf:
+            pass  # the tokenizer decides
+        case _:
+            unhandled("data.source", d.source)
     if d.tokenizer == "byte":
         return 256
     if d.tokenizer == "bpe":
@@ -259,34 +294,49 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None) -> Tuple[Pa
     if cfg.sweep.dry_run:
         print_plan(f"sweep {cfg.sweep.name} (dry run, nothing trained)", points)
         return out, pd.DataFrame()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(OmegaConf.to_yaml(cfg))
-    write_manifest(points, out)
-    table = out / "results.csv"
-    todo = [p for p in points if not is_done(p[1])]
-    print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out} ({len(points) - len(todo)} "
-          f"already done, runs under {cfg.sweep.run_root}/)")
-    t0 = time.time()
-    groups = plan_groups(todo, use_vmap(cfg), cfg.sweep.group_size)
-    if len(groups) < len(todo):
-        print(f"vmapped: {len(groups)} groups of up to {cfg.sweep.group_size} runs")
-    bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, disable=not todo)
-    for g in groups:
-        values = g[0][0]
-        bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()
-                                     if k != "optim.lr" or len(g) == 1))
-        train_group([run for _, run in g], swept=[v for v, _ in g], vmap=len(g) > 1)
-        write_table(table_from_dirs(out), table)
-        bar.update(len(g))
-    bar.close()
-    df = table_from_dirs(out)
-    write_table(df, table)
-    print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {table}")
+    RunDir(out).prepare("sweep.dir")
+    lock = take_lock(out / SWEEP_LOCK, f"another sweep is running in {out}",
+                     "wait for it to finish (its runs are shared) or pass another sweep.dir")
+    try:
+        atomic_write_text(out / "sweep.yaml", OmegaConf.to_yaml(cfg))
+        write_manifest(points, out)
+        t0 = time.time()
+        train_missing(cfg, points, out)
+        df = update_table(out)
+    finally:
+        lock.close()
+    print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {out / TABLE}")
     if cfg.sweep.analysis:
         rep = analyze(out, list(cfg.sweep.target_params), cfg.sweep.threshold,
                       tuple(cfg.sweep.lr_range), hold_out=list(cfg.sweep.hold_out))
         print_report(rep, out / "analysis" / "report.md")
     return out, df
+
+
+def train_missing(cfg: DictConfig, points: List[Point], out: Path) -> None:
+    """Train the runs not done yet, group by group, the table updated after each. A signal stops
+    the sweep after the group in hand has saved its checkpoints (`Stopped`)."""
+    todo = [p for p in points if not is_done(p[1])]
+    print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out} ({len(points) - len(todo)} "
+          f"already done, runs under {cfg.sweep.run_root}/)")
+    groups = plan_groups(todo, use_vmap(cfg), cfg.sweep.group_size)
+    if len(groups) < len(todo):
+        print(f"vmapped: {len(groups)} groups of up to {cfg.sweep.group_size} runs")
+    bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, disable=not todo)
+    with stop_requests() as stop:
+        try:
+            for g in groups:
+                values = g[0][0]
+                bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()
+                                             if k != "optim.lr" or len(g) == 1))
+                train_group([run for _, run in g], swept=[v for v, _ in g], vmap=len(g) > 1)
+                update_table(out)
+                bar.update(len(g))
+                if stop.requested:  # arrived as the group finished its last step
+                    raise Stopped(stop.requested)
+        finally:
+            bar.close()
+            update_table(out)  # what finished is in the table, whatever stopped the sweep
 
 
 # `sweep.axes=...` on the command line replaces the experiment's axes (Hydra would merge the two

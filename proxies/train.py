@@ -1,8 +1,13 @@
 """One proxy training run: `python -m proxies.train [key=value ...]`.
 
-The run directory (out_dir) holds config.yaml, metrics.jsonl, summary.json and checkpoints/.
-Re-running the same command on it resumes from the last checkpoint; the resumed metrics match an
-uninterrupted run's step for step.
+The run directory (out_dir, see proxies/rundir.py) holds config.yaml, metrics.jsonl, events.jsonl,
+summary.json and checkpoints/. Re-running the same command on it resumes from the newest readable
+checkpoint; the resumed metrics match an uninterrupted run's step for step, whatever stopped it
+(kill -9, SIGTERM, Ctrl-C, a spike rollback).
+
+The loop: `open_member` (a run's records and lock) -> `restore_member` (resume point, repaired
+records) -> `Loop.run` (steps; log, eval and checkpoint steps; spikes and divergence) ->
+`finish_member` (summary). `train_group` strings them together for one run or a vmapped group.
 """
 
 from __future__ import annotations
@@ -10,29 +15,35 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional
 
 import hydra
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from proxies import metric_names as M
 from proxies.checkpoint import Checkpointer
 from proxies.cli import one_line_errors, run_cli
-from proxies.config import (ConfigError, config_hash, first_difference, identity, identity_of,
-                            register_configs, validate)
+from proxies.config import (InjectKind, SpikeAction, config_hash, identity, register_configs,
+                            unhandled, validate)
 from proxies.data import Dataset, cache_dir, eval_batches, load_dataset, train_batch
 from proxies.model import Transformer, count_params
 from proxies.optim import HPARAM_KEYS, hparams_from_config
-from proxies.probes import flatten_tensor_stats, make_probe
-from proxies.step import init_state, make_eval_step, make_train_step
-from proxies.tracking import Tracker, read_metrics, truncate_metrics, write_json
+from proxies.rundir import RunDir
+from proxies.runner import Compiled, Runner
+from proxies.step import init_state
+from proxies.stopping import StopRequest, Stopped, stop_requests
+from proxies.tracking import Tracker
 
 register_configs()
+
+CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
+Say = Callable[[str], None]
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -44,52 +55,6 @@ def resolve_out_dir(cfg: DictConfig) -> Path:
     return Path(cfg.out_dir) if cfg.out_dir else Path("runs") / run_name(cfg)
 
 
-def _check_out_dir(out: Path, cfg: DictConfig) -> None:
-    f = out / "config.yaml"
-    if not f.exists():
-        return
-    old_id = identity_of(yaml.safe_load(f.read_text()) or {})
-    new_id = identity(cfg)
-    old_id["train"] = {k: v for k, v in (old_id["train"] or {}).items() if k in new_id["train"]}
-    diff = first_difference(old_id, new_id)
-    if diff:
-        raise ConfigError(f"out_dir {out} holds a run with a different config ({diff}); "
-                          "use another out_dir or delete that directory")
-
-
-def _summarize(rows: List[Dict[str, Any]], extra: Dict[str, Any]) -> Dict[str, Any]:
-    """summary.json from the metrics rows (so a resumed run summarizes its whole history)."""
-    def finite(key):
-        return [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
-    def last(key):
-        v = finite(key)
-        return v[-1] if v else None
-    log_z = finite("logits/log_z_mean")
-    attn = finite("attn/max_logit")
-    return {
-        "final_eval_ce": last("eval/ce"),
-        "final_train_ce": last("train/ce"),
-        "loss_at_init": rows[0].get("eval/ce") if rows else None,
-        "max_attn_logit": max(attn) if attn else None,
-        "final_max_attn_logit": attn[-1] if attn else None,
-        "max_abs_log_z": max(abs(v) for v in log_z) if log_z else None,
-        **extra,
-    }
-
-
-# Runs of a sweep that differ only in scalar hyperparameters (hparams are array arguments) share
-# one compiled step and one loaded dataset within a process.
-_COMPILED: Dict[str, tuple] = {}
-_DATASETS: Dict[str, Dataset] = {}
-
-
-def _dataset(cfg: DictConfig) -> Dataset:
-    key = json.dumps(OmegaConf.to_container(cfg.data, resolve=True), sort_keys=True)
-    if key not in _DATASETS:
-        _DATASETS[key] = load_dataset(cfg.data)
-    return _DATASETS[key]
-
-
 def group_key(cfg: DictConfig) -> str:
     """Runs with equal group keys differ only in scalar hyperparameters: they can share one
     compiled step, one data order and one init, and so train together under jax.vmap."""
@@ -98,61 +63,353 @@ def group_key(cfg: DictConfig) -> str:
     return json.dumps(ident, sort_keys=True)
 
 
-def _vmapped_step(step: Callable) -> Callable:
-    """vmap a train step over (state, hparams) with one shared batch. A member whose loss is
-    non-finite or above its limit keeps its previous state from then on (frozen, `alive` false),
-    so it never disturbs its group-mates."""
-    def group_step(states, batch, hps, alive_G, limit_G):
-        new, metrics = jax.vmap(step, in_axes=(0, None, 0))(states, batch, hps)
-        loss_G = metrics["loss"]
-        ok_G = alive_G & jnp.isfinite(loss_G) & (loss_G <= limit_G)
-        keep = lambda n, o: jnp.where(ok_G.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)  # noqa
-        return jax.tree_util.tree_map(keep, new, states), metrics, ok_G
-    return group_step
+def enable_compile_cache(cfg: DictConfig) -> None:
+    """Keep compiled steps on disk (JAX's persistent cache, under the data cache dir), so a
+    rerun, a resumed run or another sweep of the same structure skips compilation."""
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir(cfg.data) / "jax"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _compiled(cfg: DictConfig, model: Transformer, state: Any, example: jax.Array,
-              hp: Dict[str, jax.Array], group: int) -> tuple:
-    """(train step, train step with per-tensor stats, eval step, probe), compiled once per
-    structure and group size (0 = not vmapped). Both step variants are compiled up front, so no
-    log step pays for compilation."""
-    key = json.dumps([group_key(cfg), model.vocab_size, group])
-    if key not in _COMPILED:
-        donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate buffers
-        eval_step = jax.jit(make_eval_step(model))
-        probe = make_probe(model, cfg.model.n_layers)
-        if group:
-            alive, limit = jnp.ones(group, bool), jnp.zeros(group, jnp.float32)
-            steps = [jax.jit(_vmapped_step(make_train_step(model, cfg, with_stats=s)),
-                             donate_argnums=donate).lower(state, example, hp, alive, limit)
-                     .compile() for s in (False, True)]
-            eval_step, probe = jax.vmap(eval_step, (0, None)), jax.vmap(probe, (0, None))
-        else:
-            steps = [jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate)
-                     .lower(state, example, hp).compile() for s in (False, True)]
-        _COMPILED[key] = (*steps, eval_step, probe)
-    return _COMPILED[key]
+# Runs of a sweep share one loaded dataset within a process.
+_DATASETS: Dict[str, Dataset] = {}
 
 
-def evaluate(eval_step, params, batches: List[jax.Array]) -> np.ndarray:
-    """Mean held-out CE; one value per member when eval_step is vmapped."""
-    return np.mean([np.asarray(eval_step(params, b)) for b in batches], axis=0)
+def _dataset(cfg: DictConfig) -> Dataset:
+    key = json.dumps(OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True),
+                     sort_keys=True)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset(cfg.data)
+    return _DATASETS[key]
 
 
-class _Member:
-    """One run's records inside a (possibly one-member) group."""
+# ---------------------------------------------------------------------------------- data path
 
-    def __init__(self, cfg: DictConfig, out: Path, tracker: Tracker, ckpt: Checkpointer,
-                 meta: Dict[str, Any]):
-        self.cfg, self.out, self.tracker, self.ckpt, self.meta = cfg, out, tracker, ckpt, meta
-        self.metrics_path = out / "metrics.jsonl"
-        self.diverged_at: Optional[int] = None
-        self.last_loss = float("nan")
-        self.limit = float("inf")
+class Batches:
+    """The batch of each update: a function of (seed, data position). A rollback skips positions
+    from its spike on, so update u reads position u - 1 + (batches skipped by rollbacks at or
+    before u). `train.inject_spike_at` (testing aid) replaces listed positions by garbage."""
+
+    def __init__(self, ds: Dataset, cfg: DictConfig, rollbacks: List[Dict[str, Any]]):
+        self.ds, self.tc = ds, cfg.train
+        self.rollbacks = sorted((e[M.STEP], e["batches_skipped"]) for e in rollbacks)
+        match InjectKind(self.tc.inject_spike_kind):
+            case InjectKind.batch:
+                self.garbage = set(self.tc.inject_spike_at)
+            case InjectKind.grad:  # scaled inside the train step (proxies/step.py)
+                self.garbage = set()
+            case kind:
+                unhandled("train.inject_spike_kind", kind)
+
+    def position(self, update: int) -> int:
+        return update - 1 + sum(n for step, n in self.rollbacks if step <= update)
+
+    def __call__(self, update: int) -> jax.Array:
+        tc, pos = self.tc, self.position(update)
+        batch = train_batch(self.ds, tc.batch_size, tc.seq_len, tc.seed, pos)
+        if pos + 1 in self.garbage:  # one token repeated: a loss the model has never seen
+            batch = np.full_like(batch, self.ds.vocab_size - 1)
+        return jnp.asarray(batch)
 
 
-def _member_tree(tree: Any, i: Optional[int]) -> Any:
-    return tree if i is None else jax.tree_util.tree_map(lambda x: x[i], tree)
+# ---------------------------------------------------------------------------------- members
+
+# What became of a member in this process: still training, diverged, left to roll back, or out of
+# rollbacks (stopped and marked diverged).
+Outcome = Literal["running", "diverged", "rollback", "max_rollbacks"]
+
+
+@dataclass
+class Member:
+    """One run inside a (possibly one-member) group: its directory, checkpoints and fate."""
+
+    cfg: DictConfig
+    run: RunDir
+    meta: Dict[str, Any]
+    ckpt: Optional[Checkpointer] = None
+    tracker: Optional[Tracker] = None
+    start: int = 0
+    state: Any = None
+    rng: Any = None
+    limit: float = math.inf
+    rollbacks: List[Dict[str, Any]] = field(default_factory=list)
+    diverged_at: Optional[int] = None
+    last_loss: float = math.nan
+    outcome: Outcome = "running"
+
+    @property
+    def active(self) -> bool:
+        return self.outcome == "running"
+
+    def log(self, row: Dict[str, Any]) -> None:
+        self.run.log(row)
+        if self.tracker is not None:
+            self.tracker.log(row)
+
+    def close(self, summary: Optional[Dict[str, Any]] = None) -> None:
+        if self.ckpt is not None:
+            self.ckpt.close()
+            self.ckpt = None
+        if self.tracker is not None:
+            self.tracker.finish(summary or {})
+            self.tracker = None
+        self.run.release()
+
+
+def open_member(cfg: DictConfig, swept: Optional[Dict[str, Any]], ds: Dataset,
+                n_params: tuple, say: Say) -> tuple[Member, Optional[Dict[str, Any]]]:
+    """Take the run directory (checked, locked, config written); its summary if complete."""
+    run = RunDir(resolve_out_dir(cfg))
+    run.prepare()
+    run.lock()
+    try:
+        run.check_identity(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        resolved["out_dir"] = str(run.path)
+        meta = {"config_hash": config_hash(cfg), "corpus_hash": ds.corpus_hash,
+                "vocab_size": ds.vocab_size, "n_params": n_params[0],
+                "n_params_nonembed": n_params[1], "data": ds.description,
+                "jax": jax.__version__, "backend": jax.default_backend(),
+                "swept": dict(swept or {})}
+        run.write_config({**resolved, "run": meta})
+        summary = run.read_summary(say)
+    except BaseException:
+        run.release()
+        raise
+    member = Member(cfg, run, {**resolved, "run": meta})
+    if summary is not None:
+        say(f"{run}: already complete ({summary.get('steps_done')} steps); nothing to do")
+        run.release()
+    return member, summary
+
+
+def restore_member(m: Member, state0: Any, rng: jax.Array, say: Say) -> None:
+    """The resume point: the newest readable checkpoint, records cut back to it."""
+    tc = m.cfg.train
+    m.ckpt = Checkpointer(m.run.checkpoints, tc.keep_checkpoints, m.run.damaged)
+    m.start, m.state, m.rng = m.ckpt.restore_newest(state0, rng, say)
+    if m.start:
+        m.run.repair_records(m.start, say)
+    else:
+        m.run.start_afresh()
+    m.rollbacks = [e for e in m.run.read_events() if e.get("action") == "rollback"]
+
+
+def loss_at_init(m: Member) -> Optional[float]:
+    rows = [r for r in m.run.metrics_rows() if r[M.STEP] == 0 and r.get(M.EVAL_CE) is not None]
+    return rows[0][M.EVAL_CE] if rows else None
+
+
+def summarize(rows: List[Dict[str, Any]], events: List[Dict[str, Any]],
+              extra: Dict[str, Any]) -> Dict[str, Any]:
+    """summary.json from the records (so a resumed run summarizes its whole history)."""
+    def finite(key):
+        return [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+
+    def last(key):
+        v = finite(key)
+        return v[-1] if v else None
+    log_z, attn = finite(M.LOG_Z_MEAN), finite(M.ATTN_MAX_LOGIT)
+    return {
+        "final_eval_ce": last(M.EVAL_CE),
+        "final_train_ce": last(M.TRAIN_CE),
+        "loss_at_init": rows[0].get(M.EVAL_CE) if rows else None,
+        "max_attn_logit": max(attn) if attn else None,
+        "final_max_attn_logit": attn[-1] if attn else None,
+        "max_abs_log_z": max(abs(v) for v in log_z) if log_z else None,
+        "spikes": sum(e.get("action") != "stop" for e in events),
+        "rollbacks": sum(e.get("action") == "rollback" for e in events),
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+@dataclass
+class Loop:
+    """The steps of one group from its members' common resume point to `end`."""
+
+    members: List[Member]
+    runner: Runner
+    batches: Batches
+    evals: List[jax.Array]
+    cfg: DictConfig  # the group's shared (non-hparam) config
+    stop: StopRequest
+    say: Say
+    last_saved: int = 0
+    _pending: Optional[tuple] = None  # (update, watched device values), read one step late
+    _logged_at: int = 0  # last log step, and when it was written: throughput between them
+    _t_last: float = 0.0
+    _bar: Any = None
+
+    @property
+    def tc(self) -> Any:
+        return self.cfg.train
+
+    def run(self, start: int, end: int) -> int:
+        """Train updates start+1..end (fewer if every member stops); returns the last done."""
+        done = self.last_saved = self._logged_at = start
+        self._t_last = time.time()
+        self._bar = tqdm(total=self.tc.steps, initial=start, disable=self.tc.quiet,
+                         dynamic_ncols=True, unit="step")
+        with self.stop.armed_loop():
+            for update in range(start + 1, end + 1):
+                if self.stop.requested or not self.any_active():
+                    break
+                self.step(update, end)
+                done = update
+            self.resolve()
+            if self.stop.requested:
+                self.checkpoint(done)
+        self._bar.close()
+        return done
+
+    def step(self, update: int, end: int) -> None:
+        """One update; its rows on log/eval steps, then its checkpoint on checkpoint steps."""
+        tc = self.tc
+        log_now = update % tc.log_every == 0 or update == tc.steps
+        eval_now = update % tc.eval_every == 0 or update == tc.steps
+        metrics = self.runner.step(self.batches(update), log_now and tc.probes)
+        self.resolve()  # the previous update, while this one runs
+        self._pending = (update, Runner.watched(metrics))
+        if log_now or eval_now:
+            self.record(update, metrics if log_now else None, eval_now)
+        if update % tc.checkpoint_every == 0 or update == end:
+            self.checkpoint(update)
+        self._bar.update(1)
+
+    def record(self, update: int, metrics: Optional[Dict[str, Any]], eval_now: bool) -> None:
+        """Write the rows of a log and/or eval step (after checking the update)."""
+        self.resolve()
+        rows = self.observe(update, metrics, eval_now)
+        if metrics is not None:
+            tok_s = self.throughput(update - self._logged_at, self._t_last)
+            for row in rows:
+                if tok_s is not None:
+                    row[M.TOKENS_PER_S] = tok_s
+            self._logged_at = update
+            self._bar.set_postfix(loss=f"{np.nanmin([r[M.TRAIN_LOSS] for r in rows]):.3f}")
+        self.write(rows)
+        self._t_last = time.time()  # probe and eval time is not training throughput
+
+    def any_active(self) -> bool:
+        return any(m.active for m in self.members)
+
+    def throughput(self, steps: int, since: float) -> Optional[float]:
+        now = time.time()
+        if steps <= 1 or now <= since:  # one step's time is mostly the log step's own work
+            return None
+        return steps * self.tc.batch_size * self.tc.seq_len / (now - since)
+
+    def resolve(self) -> None:
+        """Act on the pending update's watched values: spikes, divergence."""
+        if self._pending is None:
+            return
+        update, watched = self._pending
+        self._pending = None
+        for i, (m, w) in enumerate(zip(self.members, self.runner.read(watched))):
+            if not m.active:
+                continue
+            m.last_loss = w["loss"]
+            if w["spike"]:
+                self.on_spike(i, m, update, w)
+            if m.active and not self.runner.ok(w, i):
+                m.diverged_at, m.outcome = update, "diverged"
+
+    def on_spike(self, i: int, m: Member, update: int, w: Dict[str, float]) -> None:
+        sc = m.cfg.train.spike
+        action = SpikeAction(sc.action)
+        event = {M.STEP: update, "loss": w["loss"], "grad_norm": w["grad_norm"],
+                 "loss_zscore": w["loss_zscore"], "grad_zscore": w["grad_zscore"],
+                 "action": action.value}
+        match action:
+            case SpikeAction.log | SpikeAction.skip:  # recorded; skip acted on device already
+                pass
+            case SpikeAction.rollback if len(m.rollbacks) >= sc.max_rollbacks:
+                event["action"] = "stop"
+                m.outcome, m.diverged_at = "max_rollbacks", update
+                self.runner.freeze(i)
+            case SpikeAction.rollback:
+                event.update(batches_skipped=sc.skip_batches,
+                             resume_from=m.ckpt.latest_step() or 0)
+                m.outcome = "rollback"
+                self.runner.freeze(i)
+            case _:
+                unhandled("train.spike.action", action)
+        m.run.append_event(event)  # durable before the rollback acts on it
+        self.say(f"{m.run}: spike at step {update} (loss z {w['loss_zscore']:.1f}, grad-norm z "
+                 f"{w['grad_zscore']:.1f}): {event['action']}")
+
+    def observe(self, update: int, metrics: Optional[Dict[str, Any]],
+                eval_now: bool) -> List[Dict[str, Any]]:
+        """Rows of a log and/or eval step: train metrics, probes, held-out CE."""
+        rows: List[Dict[str, Any]] = [{M.STEP: update} for _ in self.members]
+        if metrics is not None:
+            for row, train_row in zip(rows, self.runner.rows(metrics)):
+                row.update(train_row)
+            if self.tc.probes:
+                for row, probe_row in zip(rows, self.runner.probe(self.evals[0])):
+                    row.update(probe_row)
+        if eval_now:
+            for row, ce in zip(rows, self.runner.evaluate(self.evals)):
+                row[M.EVAL_CE] = float(ce)
+        return rows
+
+    def write(self, rows: List[Dict[str, Any]]) -> None:
+        for m, row in zip(self.members, rows):
+            if m.active:
+                m.log(row)
+
+    def checkpoint(self, update: int) -> None:
+        """Save the active members at `update` (its rows are already written). Pending checks
+        first: a checkpoint never holds an update that spiked or diverged."""
+        self.resolve()
+        if update <= self.last_saved:
+            return
+        for i, m in enumerate(self.members):
+            if m.active:
+                m.ckpt.save(update, self.runner.member_state(i), m.rng)
+        self.last_saved = update
+
+
+# ---------------------------------------------------------------------------------- a group
+
+def finish_member(m: Member, end: int, steps_run: int, wall: float, group_size: int,
+                  say: Say) -> Optional[Dict[str, Any]]:
+    """Write the summary of a run that ended (completed, diverged, out of rollbacks). None for a
+    run that goes on later (stop_after, a signal) or now (a rollback)."""
+    tc = m.cfg.train
+    if m.outcome == "rollback" or (m.active and end < tc.steps):
+        m.close()
+        return None
+    if m.outcome == "diverged":
+        say(f"{m.run}: diverged at step {m.diverged_at}")
+        if m.diverged_at is not None:
+            m.log({M.STEP: m.diverged_at, M.TRAIN_LOSS: m.last_loss})
+    elif m.outcome == "max_rollbacks":
+        say(f"{m.run}: spike at step {m.diverged_at} after {len(m.rollbacks)} rollbacks "
+            f"(train.spike.max_rollbacks={tc.spike.max_rollbacks}); stopped and marked diverged")
+    elif m.outcome != "running":
+        raise AssertionError(f"unhandled outcome {m.outcome!r}")
+    m.run.close_metrics()
+    diverged = m.outcome in ("diverged", "max_rollbacks")
+    tokens = tc.batch_size * tc.seq_len
+    summary = summarize(m.run.metrics_rows(), m.run.read_events(), {
+        "diverged": diverged, "diverged_at_step": m.diverged_at,
+        "stop_reason": m.outcome if diverged else "completed",
+        "steps_done": m.diverged_at if diverged else tc.steps,
+        "n_params": m.meta["run"]["n_params"],
+        "n_params_nonembed": m.meta["run"]["n_params_nonembed"],
+        "tokens_per_s": steps_run * tokens / wall if steps_run > 0 and wall > 0 else None,
+        "wall_s": wall, "config_hash": m.meta["run"]["config_hash"],
+        "corpus_hash": m.meta["run"]["corpus_hash"], "group_size": group_size})
+    m.run.write_summary(summary)
+    m.close(summary)
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    say(f"{m.run}: eval CE {fmt(summary['final_eval_ce'], '.4f')}, max attention logit "
+        f"{fmt(summary['max_attn_logit'], '.3g')}, {fmt(summary['tokens_per_s'], ',.0f')} "
+        f"tokens/s, {wall:.1f} s")
+    return summary
 
 
 def train(cfg: DictConfig, stop_after: Optional[int] = None,
@@ -166,14 +423,6 @@ def train(cfg: DictConfig, stop_after: Optional[int] = None,
     return train_group([cfg], stop_after, [swept], vmap=False)[0]
 
 
-def enable_compile_cache(cfg: DictConfig) -> None:
-    """Keep compiled steps on disk (JAX's persistent cache, under the data cache dir), so a
-    rerun, a resumed run or another sweep of the same structure skips compilation."""
-    if jax.config.jax_compilation_cache_dir is None:
-        jax.config.update("jax_compilation_cache_dir", str(cache_dir(cfg.data) / "jax"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def train_group(cfgs: List[DictConfig], stop_after: Optional[int] = None,
                 swept: Optional[List[Optional[Dict[str, Any]]]] = None,
                 vmap: bool = True) -> List[Dict[str, Any]]:
@@ -181,230 +430,137 @@ def train_group(cfgs: List[DictConfig], stop_after: Optional[int] = None,
     over their states and hparams, one shared batch per step (same seed, same data order, same
     init). Each run keeps its own directory, records and checkpoints; a diverging run is frozen
     and recorded without disturbing the others. Returns the runs' summaries in order.
+    Raises `Stopped` after SIGTERM/SIGUSR1/SIGINT, with every member's records and checkpoint saved.
     """
     swept = list(swept or [None] * len(cfgs))
     for cfg in cfgs:
         validate(cfg)
-        _check_out_dir(resolve_out_dir(cfg), cfg)
     if len({group_key(c) for c in cfgs}) != 1:
         raise ValueError("train_group needs runs that differ only in scalar hyperparameters")
-    c0 = cfgs[0]
-    enable_compile_cache(c0)
-    tc, quiet = c0.train, c0.train.quiet
-    say = (lambda *a: None) if quiet else print
+    with stop_requests() as stop:
+        return _train_group(cfgs, stop_after, swept, vmap, stop)
 
+
+def _train_group(cfgs: List[DictConfig], stop_after: Optional[int],
+                 swept: List[Optional[Dict[str, Any]]], vmap: bool,
+                 stop: StopRequest) -> List[Dict[str, Any]]:
+    c0, tc = cfgs[0], cfgs[0].train
+    say: Say = (lambda *a: None) if tc.quiet else print
+    enable_compile_cache(c0)
     ds = _dataset(c0)
     model = Transformer(c0.model, ds.vocab_size, tc.seq_len)
     rng = jax.random.key(tc.seed)
     state0 = init_state(model, c0, rng)
-    n_params, n_nonembed = count_params(state0.params)
+    n_params = count_params(state0.params)
 
     summaries: List[Optional[Dict[str, Any]]] = [None] * len(cfgs)
-    todo: List[Tuple[int, DictConfig, Path, Dict[str, Any]]] = []
-    for i, cfg in enumerate(cfgs):
-        out = resolve_out_dir(cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        resolved["out_dir"] = str(out)
-        meta = {"config_hash": config_hash(cfg), "corpus_hash": ds.corpus_hash,
-                "vocab_size": ds.vocab_size, "n_params": n_params,
-                "n_params_nonembed": n_nonembed, "data": ds.description, "jax": jax.__version__,
-                "backend": jax.default_backend(), "swept": dict(swept[i] or {})}
-        (out / "config.yaml").write_text(yaml.safe_dump({**resolved, "run": meta},
-                                                        sort_keys=False))
-        if (out / "summary.json").exists():
-            summaries[i] = json.loads((out / "summary.json").read_text())
-            say(f"{out}: already complete ({summaries[i]['steps_done']} steps); nothing to do")
-        else:
-            todo.append((i, cfg, out, {**resolved, "run": meta}))
-    if not todo:
+    members: List[tuple[int, Member]] = []
+    try:
+        for i, cfg in enumerate(cfgs):
+            m, summaries[i] = open_member(cfg, swept[i], ds, n_params, say)
+            if summaries[i] is None:
+                members.append((i, m))
+                restore_member(m, state0, rng, say)
+    except BaseException:
+        for _, m in members:
+            m.close()
+        raise
+    if not members:
         return summaries  # type: ignore[return-value]
 
-    # Members must start from the same step; any that cannot, train on their own.
-    ckpts = [Checkpointer(out / "checkpoints", tc.keep_checkpoints) for _, _, out, _ in todo]
-    latest = [c.latest_step() or 0 for c in ckpts]
-    if len(set(latest)) > 1:
-        for c in ckpts:
-            c.close()
-        for i, cfg, _, _ in todo:
-            summaries[i] = train_group([cfg], stop_after, [swept[i]], vmap=False)[0]
+    # One group needs one resume point and one data path; otherwise each run trains alone.
+    paths = {(m.start, json.dumps(m.rollbacks)) for _, m in members}
+    if len(paths) > 1 or (len(members) > 1 and any(m.rollbacks for _, m in members)):
+        for _, m in members:
+            m.close()
+        for i, m in members:
+            summaries[i] = train_group([m.cfg], stop_after, [swept[i]], vmap=False)[0]
         return summaries  # type: ignore[return-value]
-    start = latest[0]
+    try:
+        return _train_members(members, summaries, stop_after, swept, vmap, stop, ds, model,
+                              state0, say)
+    except BaseException:  # Stopped, Ctrl-C twice, any error: records are append-only or atomic
+        for _, m in members:
+            m.close()
+        raise
 
-    members, states = [], []
-    for (i, cfg, out, full), ckpt in zip(todo, ckpts):
-        st = state0
-        if start:
-            st, _ = ckpt.restore(start, state0, rng)
-            truncate_metrics(out / "metrics.jsonl", start)
-        elif (out / "metrics.jsonl").exists():
-            (out / "metrics.jsonl").unlink()  # killed before its first checkpoint: start afresh
-        tracker = Tracker(out, cfg.wandb, full, out.name, quiet)  # opens metrics.jsonl to append
-        members.append(_Member(cfg, out, tracker, ckpt, full["run"]))
-        states.append(st)
+
+def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[Dict[str, Any]]],
+                   stop_after: Optional[int], swept: List[Optional[Dict[str, Any]]], vmap: bool,
+                   stop: StopRequest, ds: Dataset, model: Transformer, state0: Any,
+                   say: Say) -> List[Dict[str, Any]]:
+    c0, tc = members[0][1].cfg, members[0][1].cfg.train
+    start = members[0][1].start
     if start:
-        say(f"resuming {', '.join(str(m.out) for m in members)} from step {start}")
-    G = len(members)
-    group = G if (vmap and G > 1) else 0
-    stack = lambda trees: jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)  # noqa
-    idx: List[Optional[int]] = list(range(G)) if group else [None]
-    state = stack(states) if group else states[0]
-    hp = (stack([hparams_from_config(m.cfg) for m in members]) if group
-          else hparams_from_config(members[0].cfg))
-    example = jnp.asarray(train_batch(ds, tc.batch_size, tc.seq_len, tc.seed, start))
-    step_fn, stats_step_fn, eval_step, probe = _compiled(c0, model, state, example, hp, group)
+        say(f"resuming {', '.join(str(m.run) for _, m in members)} from step {start}")
+    vmapped = vmap and len(members) > 1
+    ms = [m for _, m in members]
+    batches = Batches(ds, c0, ms[0].rollbacks)
+    runner = Runner([m.state for m in ms], [hparams_from_config(m.cfg) for m in ms], vmapped)
+    fns = runner.compile(group_key(c0), model, c0, batches(start + 1))
     evals = [jnp.asarray(b) for b in eval_batches(ds, tc.eval_batches, tc.batch_size,
                                                    tc.seq_len, tc.seed)]
-
-    def probe_rows(params) -> List[Dict[str, float]]:
-        if not tc.probes:
-            return [{} for _ in members]
-        out = probe(params, evals[0])
-        return [{k: float(np.asarray(v) if i is None else np.asarray(v)[i])
-                 for k, v in out.items()} for i in idx]
-
-    if start == 0:
-        init_ce = np.atleast_1d(evaluate(eval_step, state.params, evals))
-        for m, row, ce in zip(members, probe_rows(state.params), init_ce):
-            m.tracker.log({"step": 0, "eval/ce": float(ce), **row})
-    for m in members:
-        loss_at_init = read_metrics(m.metrics_path)[0]["eval/ce"]
-        m.limit = (m.cfg.train.divergence_loss if m.cfg.train.divergence_loss is not None
-                   else 2 * loss_at_init)
-    limit_G = jnp.asarray([m.limit for m in members], jnp.float32)
-    alive_G = jnp.ones(G, bool)
-    tokens_per_step = tc.batch_size * tc.seq_len
+    for m in ms:
+        m.tracker = Tracker(m.run.path, m.cfg.wandb, m.meta, m.run.path.name, tc.quiet)
+    init_records(ms, fns, state0, evals, say)
+    for m in ms:
+        dl = m.cfg.train.divergence_loss
+        m.limit = dl if dl is not None else 2 * loss_at_init(m)
+    runner.set_limits([m.limit for m in ms])
+    loop = Loop(ms, runner, batches, evals, c0, stop, say)
     end = tc.steps if stop_after is None else min(tc.steps, stop_after)
-
-    def check(loss_or_ok: Any, update: int) -> None:
-        """Mark members whose update number `update` (1-based) diverged."""
-        if group:
-            for m, ok in zip(members, np.asarray(loss_or_ok)):
-                if not ok and m.diverged_at is None:
-                    m.diverged_at = update
-        else:
-            m = members[0]
-            m.last_loss = float(loss_or_ok)
-            if not math.isfinite(m.last_loss) or m.last_loss > m.limit:
-                m.diverged_at = update
-
-    def all_dead() -> bool:
-        return all(m.diverged_at is not None for m in members)
-
-    bar = tqdm(total=tc.steps, initial=start, disable=quiet, dynamic_ncols=True, unit="step")
-    last_logged = start
-    pending = None  # previous step's loss (or alive flags), read one step late: no dispatch stall
-    t0 = t_last = time.time()
-    try:
-        for step in range(start, end):
-            batch = jnp.asarray(train_batch(ds, tc.batch_size, tc.seq_len, tc.seed, step))
-            done = step + 1
-            log_now = done % tc.log_every == 0 or done == tc.steps
-            fn = stats_step_fn if (log_now and tc.probes) else step_fn
-            if group:
-                state, metrics, alive_G = fn(state, batch, hp, alive_G, limit_G)
-            else:
-                state, metrics = fn(state, batch, hp)
-            if pending is not None:
-                check(pending, step)
-                if all_dead():
-                    break
-            pending = alive_G if group else metrics["loss"]
-            if log_now or done % tc.eval_every == 0:
-                check(pending, done)
-                pending = None
-                if all_dead():
-                    break
-                now = time.time()
-                rows: List[Dict[str, Any]] = [{"step": done} for _ in members]
-                if log_now:
-                    host = jax.device_get(metrics)
-                    for row, i in zip(rows, idx):
-                        mm = _member_tree(host, i)
-                        row.update({f"train/{k}": float(mm[k]) for k in
-                                    ("loss", "ce", "z_loss", "lr", "grad_norm")})
-                        for k in ("grad_rms", "update_rms", "param_rms"):
-                            if k in mm:
-                                row.update(flatten_tensor_stats(k, mm[k]))
-                        if done > last_logged + 1 and now > t_last:
-                            row["perf/tokens_per_s"] = (done - last_logged) * tokens_per_step / (
-                                now - t_last)
-                    for row, prow in zip(rows, probe_rows(state.params)):
-                        row.update(prow)
-                    last_logged = done
-                    bar.set_postfix(loss=f"{np.nanmin([r['train/loss'] for r in rows]):.3f}",
-                                    tok_s=f"{rows[0].get('perf/tokens_per_s', 0):,.0f}")
-                if done % tc.eval_every == 0 or done == tc.steps:
-                    ces = np.atleast_1d(evaluate(eval_step, state.params, evals))
-                    for row, ce in zip(rows, ces):
-                        row["eval/ce"] = float(ce)
-                for m, row in zip(members, rows):
-                    if m.diverged_at is None:
-                        m.tracker.log(row)
-                t_last = time.time()  # probe and eval time is not training throughput
-            if done % tc.checkpoint_every == 0 or done == end:
-                for m, i in zip(members, idx):
-                    if m.diverged_at is None:
-                        m.ckpt.save(done, _member_tree(state, i), rng)
-            bar.update(1)
-        else:
-            if pending is not None:
-                check(pending, end)
-    except KeyboardInterrupt:
-        bar.close()
-        s = int(np.asarray(state.step).max())
-        for m, i in zip(members, idx):
-            if m.diverged_at is None and s > (m.ckpt.latest_step() or 0):
-                m.ckpt.save(s, _member_tree(state, i), rng)  # keep every finished step
-            m.ckpt.close()
-            m.tracker.finish({})
-        say(f"\ninterrupted at step {s}; rerun the same command to resume")
-        raise
-    bar.close()
+    t0 = time.time()
+    done = loop.run(start, end)
     wall = time.time() - t0  # the training loop, probes and evals included, compilation not
-
-    for (i, _, out, _), m in zip(todo, members):
-        m.ckpt.close()
-        if m.diverged_at is None and end < tc.steps:  # stopped early on purpose: no summary
-            m.tracker.finish({})
+    if stop.requested and done < end and loop.any_active():  # work left: resume it later
+        raise Stopped(stop.requested, done)
+    for (i, m) in members:
+        steps_run = (m.diverged_at or done) - start
+        summaries[i] = finish_member(m, end, steps_run, wall, len(ms) if vmapped else 1, say)
+        if m.outcome == "rollback":
+            ev = m.run.read_events()[-1]
+            say(f"{m.run}: rolling back to step {ev['resume_from']}, skipping "
+                f"{ev['batches_skipped']} batches from step {ev[M.STEP]} on")
+            summaries[i] = train_group([m.cfg], stop_after, [swept[i]], vmap=False)[0]
+        elif summaries[i] is None:
             summaries[i] = {"steps_done": end, "complete": False}
-            continue
-        if m.diverged_at is not None:
-            say(f"{out}: diverged at step {m.diverged_at}")
-            if not group:
-                m.tracker.log({"step": m.diverged_at, "train/loss": m.last_loss})
-        steps_run = (m.diverged_at or end) - start
-        summary = _summarize(read_metrics(m.metrics_path), {
-            "diverged": m.diverged_at is not None, "diverged_at_step": m.diverged_at,
-            "steps_done": m.diverged_at if m.diverged_at is not None else tc.steps,
-            "n_params": n_params, "n_params_nonembed": n_nonembed,
-            "tokens_per_s": steps_run * tokens_per_step / wall if steps_run > 0 else None,
-            "wall_s": wall, "config_hash": m.meta["config_hash"], "corpus_hash": ds.corpus_hash,
-            "group_size": max(group, 1)})
-        write_json(out / "summary.json", summary)
-        m.tracker.finish(summary)
-        fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-        say(f"{out}: eval CE {fmt(summary['final_eval_ce'], '.4f')}, max attention logit "
-            f"{fmt(summary['max_attn_logit'], '.3g')}, "
-            f"{fmt(summary['tokens_per_s'], ',.0f')} tokens/s, {wall:.1f} s")
-        summaries[i] = summary
     return summaries  # type: ignore[return-value]
 
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+def init_records(ms: List[Member], fns: Compiled, state0: Any, evals: List[jax.Array],
+                 say: Say) -> None:
+    """The step-0 row (held-out CE and probes at init) of members that lack it: a fresh run, or a
+    resumed one whose metrics.jsonl went missing (init is seeded, so the row is the same)."""
+    missing = [m for m in ms if loss_at_init(m) is None]
+    if not missing:
+        return
+    ce = float(np.mean([np.asarray(fns.eval_one(state0.params, b)) for b in evals]))
+    row: Dict[str, Any] = {M.STEP: 0, M.EVAL_CE: ce}
+    if ms[0].cfg.train.probes:
+        out = jax.device_get(fns.probe_one(state0.params, evals[0]))
+        row.update({k: float(v) for k, v in out.items()})
+    for m in missing:
+        if m.start:
+            say(f"{m.run.metrics} has no step-0 row (the file went missing?); recomputed it, "
+                f"rows of steps 1..{m.start} are lost")
+            m.run.rewrite_metrics([row] + m.run.metrics_rows())
+        else:
+            m.log(row)
 
+
+# ---------------------------------------------------------------------------------- CLI
 
 def multirun_job(cfg: DictConfig, sweep_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     """One job of `python -m proxies.train -m ...`: a run directory inside Hydra's sweep dir, then
     the sweep dir's results.csv rebuilt from every run directory in it."""
-    from proxies.results import table_from_dirs, write_table
+    from proxies.results import update_table
 
     if cfg.out_dir is None:
         cfg.out_dir = str(sweep_dir / run_name(cfg))
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
     swept = {k: OmegaConf.select(cfg, k) for k in keys if k != "out_dir"}
     summary = train(cfg, swept=swept)
-    write_table(table_from_dirs(sweep_dir), sweep_dir / "results.csv")
+    update_table(sweep_dir)
     return summary
 
 

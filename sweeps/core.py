@@ -28,7 +28,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from analysis.load import load_sweep  # noqa: E402
 from proxies.cli import run_cli  # noqa: E402
-from proxies.config import ConfigError  # noqa: E402
+from proxies.config import DEFAULT_TARGETS, ConfigError  # noqa: E402
 from proxies.sweep import (Point, apply_axes_replacement, expand_grid, print_plan,  # noqa: E402
                            run_sweep, split_axes_override, sweep_dir)
 from proxies.train import CONFIG_DIR  # noqa: E402
@@ -79,7 +79,7 @@ class ScaleSpec:
     kappas: List[float]
     eps_lr: float
     epsilons: List[float]
-    target_params: float = 4.8e9  # the paper's 4.8B prediction
+    target_params: float = DEFAULT_TARGETS[0]  # the paper's 4.8B prediction (sweep default)
 
 
 def _train(steps, batch, seq, log_every, eval_every, eval_batches, checkpoint_every):

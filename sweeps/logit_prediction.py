@@ -14,12 +14,13 @@ import pandas as pd
 
 from analysis.fits import FitError, fit_quadratic_log
 from analysis.figures import log_axes
+from proxies.config import DEFAULT_THRESHOLD
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main, nonembed_params
 
 CLAIM = ("max attention logit, fitted as a quadratic in log(params) on small models, predicts a "
          "larger model's logit and whether it crosses ~1e4 (and so diverges)")
-THRESHOLD = 1e4
+THRESHOLD = DEFAULT_THRESHOLD  # sweep.threshold's default, the paper's ~1e4
 
 
 def fit_sizes(s: ScaleSpec):

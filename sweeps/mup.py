@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.ticker import NullLocator
 
 from analysis.figures import log_axes
+from proxies.config import Parametrization, unhandled
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
 
@@ -23,8 +24,24 @@ def parts(s: ScaleSpec):
         {"model": {"parametrization": "mup", "mup_base_width": base_width}}]}})]
 
 
-def label(v) -> str:
-    return "μP" if v == "mup" else "SP"
+def label(v: Parametrization | str) -> str:
+    match v:
+        case Parametrization.mup:
+            return "μP"
+        case Parametrization.sp:
+            return "SP"
+        case _:
+            unhandled(MP, v)
+
+
+def colour(v: Parametrization | str) -> str:
+    match v:
+        case Parametrization.mup:
+            return "C0"
+        case Parametrization.sp:
+            return "C3"
+        case _:
+            unhandled(MP, v)
 
 
 def drift(stats, which) -> float:
@@ -75,7 +92,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     widths = sorted(int(d) for d in df["model.d_model"].unique())
     for w, g in stats.groupby(MP):
         g = g.sort_values("model.d_model")
-        c = "C0" if w == "mup" else "C3"
+        c = colour(w)
         axs[2].plot(g["model.d_model"], g["best_lr_interp"], "o-", color=c, label=label(w))
         axs[3].plot(g["model.d_model"], g["lr_sensitivity"], "o-", color=c, label=label(w))
     log_axes(axs[2], x=False, y=True)

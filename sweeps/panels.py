@@ -18,8 +18,8 @@ from analysis.figures import (log_axes, lr_colour, lr_colourbar, lr_norm,  # noq
                               size_label)
 from analysis.load import load_metrics
 from analysis.sensitivity import best_lr_interp, capped_losses, lr_sensitivity
+from proxies.config import DEFAULT_LR_RANGE
 
-LR_RANGE = (3e-4, 3e-1)
 SHAPE = ["model.d_model", "model.n_layers"]  # a model size, whatever its toggles add
 
 
@@ -32,7 +32,7 @@ def counted_loss(g: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def series_stats(df: pd.DataFrame, by: Sequence[str],
-                 lr_range: Tuple[float, float] = LR_RANGE) -> pd.DataFrame:
+                 lr_range: Tuple[float, float] = DEFAULT_LR_RANGE) -> pd.DataFrame:
     """Per (size, *by): params, LRs, best LR (grid and interpolated), best loss, LR sensitivity.
     Sorted by `by` then size."""
     keys = list(dict.fromkeys(list(by) + SHAPE))

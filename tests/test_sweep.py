@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from analysis import lr_sensitivity
 from proxies.config import ConfigError
 from proxies.sweep import SweepRoot, expand_grid, run_sweep, sweep_dir
-from proxies.tracking import read_metrics
+from proxies.rundir import read_metrics
 from proxies.train import run_name, train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from proxies.train import train
-from proxies.tracking import read_metrics
+from proxies.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,254 @@
+"""A run directory and its files, owned here: names, atomic writes, reading back, repair, lock.
+
+    out_dir/
+      config.yaml     the resolved config plus `run:` metadata; its identity is checked on reuse
+      metrics.jsonl   one row per log or eval step, appended as the run goes
+      events.jsonl    spike events (step, z-scores, action, batches skipped), appended
+      summary.json    written once, atomically, when the run ends
+      checkpoints/    orbax, one directory per step (proxies/checkpoint.py)
+      .lock           held by the process training here
+
+Nothing already written is thrown away: a bad metrics line is moved to metrics.bad.jsonl, a damaged
+checkpoint to checkpoints.damaged/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple
+
+import yaml
+
+from proxies.config import ConfigError, first_difference, identity, identity_of
+from proxies.metric_names import STEP
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+BAD_METRICS = "metrics.bad.jsonl"
+EVENTS = "events.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+DAMAGED = "checkpoints.damaged"
+LOCK = ".lock"
+
+Say = Callable[[str], None]
+
+
+class RunDirError(ConfigError):
+    """A run directory that cannot be used as it is; the message names the fix."""
+
+
+# ------------------------------------------------------------------------------ plain files
+
+def finite_or_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN/inf; a null marks a non-finite value
+    return v
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: a kill leaves the old file or the new, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps({k: finite_or_none(v) for k, v in obj.items()},
+                                       indent=2) + "\n")
+
+
+def read_jsonl(path: Path) -> Tuple[List[Dict[str, Any]], List[Tuple[int, str]]]:
+    """(rows, bad lines as (line number, text)). Bad lines are skipped, not the rest after them."""
+    rows: List[Dict[str, Any]] = []
+    bad: List[Tuple[int, str]] = []
+    if not path.exists():
+        return rows, bad
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get(STEP), int):
+            rows.append(row)
+        else:
+            bad.append((n, line))
+    return rows, bad
+
+
+def read_metrics(path: Path) -> List[Dict[str, Any]]:
+    """The readable rows of a metrics.jsonl (what analysis and the table read)."""
+    return read_jsonl(path)[0]
+
+
+def append_line(f: IO[str], row: Dict[str, Any]) -> None:
+    f.write(json.dumps({k: finite_or_none(v) for k, v in row.items()}) + "\n")
+    f.flush()
+
+
+def read_summary_file(path: Path) -> Optional[Dict[str, Any]]:
+    """A summary.json, or None when missing or unreadable (a truncated file from a disk fault)."""
+    try:
+        obj = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def read_config_file(path: Path) -> Dict[str, Any]:
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except (FileNotFoundError, yaml.YAMLError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+# ------------------------------------------------------------------------------ the directory
+
+class RunDir:
+    """One run's directory. `open()` checks it is usable and takes its lock."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.config = self.path / CONFIG
+        self.metrics = self.path / METRICS
+        self.events = self.path / EVENTS
+        self.summary = self.path / SUMMARY
+        self.checkpoints = self.path / CHECKPOINTS
+        self.damaged = self.path / DAMAGED
+        self._lock: Optional[IO[str]] = None
+        self._metrics_file: Optional[IO[str]] = None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ---- start-up checks
+    def prepare(self, key: str = "out_dir") -> None:
+        """Create the directory; one line if it is a file or cannot be written."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{key} {self.path} is a file, not a directory; pass another {key}")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.path, prefix=".write_test")
+            probe.close()
+        except OSError as e:
+            raise RunDirError(f"cannot write to {key} {self.path} ({e.strerror}); "
+                              f"pass a writable {key}") from None
+
+    def lock(self) -> None:
+        """Refuse (one line) when another process trains in this directory. The OS drops the
+        lock when its holder dies, even by kill -9, so a stale lock never blocks a resume."""
+        self._lock = take_lock(self.path / LOCK, f"another process is training in {self.path}",
+                               "wait for it to finish or pass another out_dir")
+
+    def release(self) -> None:
+        self.close_metrics()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def check_identity(self, cfg: Any) -> None:
+        """Refuse a directory that holds a run of another config (resuming it would mix two)."""
+        old = read_config_file(self.config)
+        if not old:
+            return
+        old_id, new_id = identity_of(old), identity(cfg)
+        old_id["train"] = {k: v for k, v in old_id["train"].items() if k in new_id["train"]}
+        diff = first_difference(old_id, new_id)
+        if diff:
+            raise RunDirError(f"out_dir {self.path} holds a run with a different config "
+                              f"({diff}); use another out_dir or delete that directory")
+
+    # ---- config and summary
+    def read_config(self) -> Dict[str, Any]:
+        return read_config_file(self.config)
+
+    def write_config(self, resolved: Dict[str, Any]) -> None:
+        atomic_write_text(self.config, yaml.safe_dump(resolved, sort_keys=False))
+
+    def read_summary(self, say: Say) -> Optional[Dict[str, Any]]:
+        if not self.summary.exists():
+            return None
+        s = read_summary_file(self.summary)
+        if s is None:
+            say(f"{self.summary} is unreadable; rebuilding it from the checkpoints and metrics")
+            self.summary.rename(self.path / f"{SUMMARY}.unreadable")
+        return s
+
+    def write_summary(self, summary: Dict[str, Any]) -> None:
+        write_json(self.summary, summary)
+
+    # ---- metrics
+    def metrics_rows(self) -> List[Dict[str, Any]]:
+        return read_metrics(self.metrics)
+
+    def repair_records(self, last_step: int, say: Say) -> None:
+        """Keep the rows and events of steps <= last_step (the resume point): later ones will be
+        recomputed. Rollback events stay: they decide the data path. Unreadable lines are moved
+        to metrics.bad.jsonl and reported, never a reason to drop the rows after them."""
+        rows, bad = read_jsonl(self.metrics)
+        if bad:
+            with open(self.path / BAD_METRICS, "a") as f:
+                f.writelines(text + "\n" for _, text in bad)
+            say(f"{self.metrics}: {len(bad)} unreadable line(s) (line {bad[0][0]}"
+                f"{' …' if len(bad) > 1 else ''}) moved to {BAD_METRICS}; the other rows are kept")
+        kept = [r for r in rows if r[STEP] <= last_step]
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+        events = [e for e in read_jsonl(self.events)[0]
+                  if e[STEP] <= last_step or e.get("action") == "rollback"]
+        atomic_write_text(self.events, "".join(json.dumps(e) + "\n" for e in events))
+
+    def rewrite_metrics(self, rows: List[Dict[str, Any]]) -> None:
+        self.close_metrics()
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def start_afresh(self) -> None:
+        """No checkpoint: the records of an earlier attempt are recomputed from step 0 (rollback
+        events stay, they decide the data path)."""
+        self.repair_records(-1, lambda _: None)
+
+    def log(self, row: Dict[str, Any]) -> None:
+        if self._metrics_file is None:
+            self._metrics_file = open(self.metrics, "a")
+        append_line(self._metrics_file, row)
+
+    def close_metrics(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+
+    # ---- spike events
+    def read_events(self) -> List[Dict[str, Any]]:
+        return read_jsonl(self.events)[0]
+
+    def append_event(self, event: Dict[str, Any]) -> None:
+        """Durable before anything acts on it: a rollback must be found again after a kill."""
+        with open(self.events, "a") as f:
+            append_line(f, event)
+            os.fsync(f.fileno())
+
+
+def take_lock(path: Path, held: str, fix: str) -> IO[str]:
+    """An exclusive lock on `path` (fcntl, released by the OS when the holder exits)."""
+    import fcntl
+
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise RunDirError(f"{held} (pid {pid}); {fix}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

@@ -1,0 +1,154 @@
+"""Members' train states on device and the compiled functions that move them, single or vmapped.
+
+A group of runs that differ only in scalar hyperparameters trains as one vmapped program: one
+shared batch per step, states and hparams stacked on a leading member axis. A single run is the
+same thing without the axis. The loop (proxies/train.py) talks to a `Runner` and never needs to
+know which it has.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from proxies import metric_names as M
+from proxies.probes import flatten_tensor_stats, make_probe
+from proxies.step import WATCHED, make_eval_step, make_train_step
+
+
+
+def _vmapped_step(step: Callable) -> Callable:
+    """vmap a train step over (state, hparams) with one shared batch. A member whose applied
+    update gave a non-finite loss or one above its limit keeps its previous state from then on
+    (frozen, `alive` false), so it never disturbs its group-mates; so does one the loop froze."""
+    def group_step(states, batch, hps, alive_G, limit_G):
+        new, metrics = jax.vmap(step, in_axes=(0, None, 0))(states, batch, hps)
+        loss_G = metrics["loss"]
+        ok_G = alive_G & (metrics["skipped"] | (jnp.isfinite(loss_G) & (loss_G <= limit_G)))
+        keep = lambda n, o: jnp.where(ok_G.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)  # noqa
+        return jax.tree_util.tree_map(keep, new, states), metrics, ok_G
+    return group_step
+
+
+@dataclass
+class Compiled:
+    steps: List[Any]  # [ordinary step, step with per-tensor stats]
+    eval_step: Callable  # over the member axis when vmapped
+    probe: Callable
+    eval_one: Callable  # one member's (params, batch), e.g. the model at init
+    probe_one: Callable
+
+
+_COMPILED: Dict[str, Compiled] = {}
+
+
+def compiled(key: str, model: Any, cfg: Any, state: Any, batch: jax.Array, hp: Any,
+             group: int) -> Compiled:
+    """Both step variants compiled up front (so no log step pays for compilation), once per
+    structure `key` and group size (0 = not vmapped) in this process."""
+    key = json.dumps([key, group])
+    if key not in _COMPILED:
+        donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate buffers
+        eval_one = eval_step = jax.jit(make_eval_step(model))
+        probe_one = probe = make_probe(model, cfg.model.n_layers)
+        if group:
+            alive, limit = jnp.ones(group, bool), jnp.zeros(group, jnp.float32)
+            steps = [jax.jit(_vmapped_step(make_train_step(model, cfg, with_stats=s)),
+                             donate_argnums=donate).lower(state, batch, hp, alive, limit)
+                     .compile() for s in (False, True)]
+            eval_step, probe = jax.vmap(eval_step, (0, None)), jax.vmap(probe, (0, None))
+        else:
+            steps = [jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate)
+                     .lower(state, batch, hp).compile() for s in (False, True)]
+        _COMPILED[key] = Compiled(steps, eval_step, probe, eval_one, probe_one)
+    return _COMPILED[key]
+
+
+def stack(trees: List[Any]) -> Any:
+    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)
+
+
+class Runner:
+    """G members' states, hparams and divergence limits; `vmapped` or one plain state."""
+
+    def __init__(self, states: List[Any], hps: List[Any], vmapped: bool):
+        self.vmapped, self.G = vmapped, len(states)
+        assert vmapped or self.G == 1
+        self.state = stack(states) if vmapped else states[0]
+        self.hp = stack(hps) if vmapped else hps[0]
+        self._alive_G = jnp.ones(self.G, bool)
+        self.set_limits([float("inf")] * self.G)
+        self.fns: Compiled
+
+    def compile(self, key: str, model: Any, cfg: Any, batch: jax.Array) -> Compiled:
+        self.fns = compiled(key, model, cfg, self.state, batch, self.hp,
+                            self.G if self.vmapped else 0)
+        return self.fns
+
+    def set_limits(self, limits: List[float]) -> None:
+        """Losses above a member's limit (or non-finite) mark it diverged."""
+        self.limits = np.asarray(limits, np.float64)
+        self._limit_G = jnp.asarray(limits, jnp.float32)
+
+    def step(self, batch: jax.Array, with_stats: bool) -> Dict[str, Any]:
+        fn = self.fns.steps[with_stats]
+        if self.vmapped:
+            self.state, metrics, self._alive_G = fn(self.state, batch, self.hp, self._alive_G,
+                                                    self._limit_G)
+        else:
+            self.state, metrics = fn(self.state, batch, self.hp)
+        return metrics
+
+    def freeze(self, i: int) -> None:
+        """Stop member i's updates (a rollback takes it out of the group)."""
+        if self.vmapped:
+            self._alive_G = self._alive_G.at[i].set(False)
+
+    def member_state(self, i: int) -> Any:
+        return jax.tree_util.tree_map(lambda x: x[i], self.state) if self.vmapped else self.state
+
+    @staticmethod
+    def watched(metrics: Dict[str, Any]) -> jax.Array:
+        """What the loop reads of every step (read one step late, so it never stalls dispatch)."""
+        return metrics["watch"]
+
+    def read(self, watched: jax.Array) -> List[Dict[str, float]]:
+        """Host values of the watched metrics, one dict per member."""
+        host_GxK = np.asarray(watched, np.float64).reshape(self.G, len(WATCHED))
+        return [dict(zip(WATCHED, row.tolist())) for row in host_GxK]
+
+    def ok(self, w: Dict[str, float], i: int) -> bool:
+        """The rule the vmapped step freezes by: a skipped update, or a finite loss within limit."""
+        return bool(w["skipped"]) or (np.isfinite(w["loss"]) and w["loss"] <= self.limits[i])
+
+    def rows(self, metrics: Dict[str, Any]) -> List[Dict[str, float]]:
+        """The train part of each member's log row."""
+        host = jax.device_get(metrics)
+        rows = []
+        for i in range(self.G):
+            m = jax.tree_util.tree_map(lambda x: x[i], host) if self.vmapped else host
+            row = {name: float(m[k]) for k, name in M.TRAIN_KEYS.items()}
+            for family in M.TENSOR_FAMILIES:
+                if family in m:
+                    row.update(flatten_tensor_stats(family, m[family]))
+            row[M.SPIKE_LOSS_ZSCORE] = float(m["loss_zscore"])
+            row[M.SPIKE_GRAD_ZSCORE] = float(m["grad_zscore"])
+            row[M.SPIKE_COUNT] = int(m["spikes"])
+            row[M.SPIKE_SKIPPED] = int(m["skips"])
+            rows.append(row)
+        return rows
+
+    def evaluate(self, batches: List[jax.Array]) -> np.ndarray:
+        """Mean held-out CE per member."""
+        ces = [np.atleast_1d(np.asarray(self.fns.eval_step(self.state.params, b)))
+               for b in batches]
+        return np.mean(ces, axis=0)
+
+    def probe(self, batch: jax.Array) -> List[Dict[str, float]]:
+        out = jax.device_get(self.fns.probe(self.state.params, batch))
+        return [{k: float(np.atleast_1d(v)[i]) for k, v in out.items()} for i in range(self.G)]

@@ -1,0 +1,144 @@
+"""The config schema: run hashes, Choice enums, spike settings and their one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from proxies.cli import one_line
+from proxies.config import (_OFF_VALUES, Choice, Config, ConfigError, ModelConfig, NormKind,
+                            SpikeAction, SpikeConfig, SweepConfig, TrainConfig, config_hash,
+                            identity, identity_of, to_plain, validate)
+
+# Regression spec: the hash of the default config (and of one variant that sets Choice fields)
+# as it was before the enums and the spike keys came in. It names the run directories of
+# existing runs (runs/<size>-<hash>); if it changes, every finished run would be retrained.
+DEFAULT_HASH = "35c7fea06c"
+RMSNORM_SWIGLU_ROPE_HASH = "3092d295ca"
+
+
+def cfg_with(*dotlist: str):
+    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist(list(dotlist)))
+
+
+def test_default_hash_is_unchanged():
+    assert config_hash(Config()) == DEFAULT_HASH
+    assert config_hash(OmegaConf.structured(Config)) == DEFAULT_HASH
+    assert config_hash(cfg_with("model.norm=rmsnorm", "model.mlp=swiglu",
+                                "model.pos_emb=rope")) == RMSNORM_SWIGLU_ROPE_HASH
+
+
+def test_spike_keys_stay_out_of_the_identity_while_default():
+    ident = identity(Config())
+    assert not {"spike", "inject_spike_at", "inject_spike_kind",
+                "inject_spike_scale"} & set(ident["train"])
+    # The off values are the schema's defaults, as config.yaml holds them.
+    defaults = to_plain(Config())["train"]
+    assert {k: defaults[k] for k in _OFF_VALUES["train"]} == _OFF_VALUES["train"]
+
+
+@pytest.mark.parametrize("override", [
+    "train.spike.action=skip", "train.spike.window=64", "train.spike.sigma=4.0",
+    "train.inject_spike_at=[3]", "train.inject_spike_kind=grad", "train.inject_spike_scale=10.0"])
+def test_a_non_default_spike_setting_changes_the_hash(override):
+    assert config_hash(cfg_with(override)) != DEFAULT_HASH
+
+
+def test_identity_of_a_config_read_back_drops_the_default_spike_dict():
+    plain = yaml.safe_load(yaml.safe_dump(to_plain(Config())))
+    assert "spike" not in identity_of(plain)["train"]
+    plain["train"]["spike"]["sigma"] = 6  # an int from YAML still equals the default 6.0
+    assert "spike" not in identity_of(plain)["train"]
+    plain["train"]["spike"]["window"] = 64
+    assert identity_of(plain)["train"]["spike"]["window"] == 64
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.spike.window=1"], "train.spike.window=1 must be an integer >= 2"),
+    (["train.spike.sigma=0"], "train.spike.sigma=0.0 must be finite and > 0"),
+    (["train.spike.sigma=inf"], "train.spike.sigma=inf must be finite and > 0"),
+    (["train.spike.min_samples=1"], "train.spike.min_samples=1 must be an integer >= 2"),
+    (["train.spike.window=16", "train.spike.min_samples=17"],
+     "train.spike.min_samples=17 exceeds train.spike.window=16"),
+    (["train.spike.skip_batches=-1"], "train.spike.skip_batches=-1 must be an integer >= 0"),
+    (["train.spike.max_rollbacks=-1"], "train.spike.max_rollbacks=-1 must be an integer >= 0"),
+    (["train.steps=10", "train.inject_spike_at=[0]"], "train.inject_spike_at holds 0"),
+    (["train.steps=10", "train.inject_spike_at=[5,11]"], "train.inject_spike_at holds 11"),
+    (["train.inject_spike_scale=0"], "train.inject_spike_scale=0.0 must be finite and > 0"),
+])
+def test_bad_spike_values_give_one_line(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        validate(cfg_with(*overrides))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_good_spike_values_pass():
+    validate(cfg_with("train.steps=10", "train.inject_spike_at=[1,10]", "train.spike.window=2",
+                      "train.spike.min_samples=2", "train.spike.skip_batches=0",
+                      "train.spike.max_rollbacks=0", "train.spike.action=rollback"))
+
+
+def test_a_bad_choice_gives_one_line_naming_the_options():
+    with pytest.raises(ValidationError) as e:
+        cfg_with("model.norm=foo")
+    assert one_line(e.value) == ("model.norm='foo' is not one of layernorm, rmsnorm; "
+                                 "pick one of those")
+    with pytest.raises(ValidationError) as e:
+        cfg_with("train.spike.action=undo")
+    assert one_line(e.value).startswith("train.spike.action='undo' is not one of log, skip,")
+
+
+def test_validate_checks_choices_of_a_plain_dataclass():
+    # Built without OmegaConf nothing else checks the strings.
+    validate(Config(model=ModelConfig(norm="rmsnorm")))
+    with pytest.raises(ConfigError, match="model.norm='foo' is not one of layernorm, rmsnorm"):
+        validate(Config(model=ModelConfig(norm="foo")))
+    bad_spike = TrainConfig(spike=SpikeConfig(action="undo"))
+    with pytest.raises(ConfigError, match="train.spike.action='undo' is not one of"):
+        validate(Config(train=bad_spike))
+
+
+def _choice_types():
+    seen, todo = [], [Config, SweepConfig]
+    while todo:
+        for f in dataclasses.fields(todo.pop()):
+            t = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if isinstance(t, Choice):
+                seen.append(type(t))
+            elif dataclasses.is_dataclass(t):
+                todo.append(type(t))
+    return seen
+
+
+def test_choice_members_are_named_by_their_values():
+    kinds = _choice_types()
+    assert len(kinds) == 13  # 11 options plus spike.action and inject_spike_kind
+    for kind in kinds:
+        assert all(m.name == m.value for m in kind), kind  # OmegaConf reads enums by name
+
+
+def test_choices_round_trip_through_yaml():
+    cfg = cfg_with("model.norm=rmsnorm", "optim.schedule=linear", "data.token_dtype=uint32",
+                   "train.spike.action=rollback")
+    text = yaml.safe_dump(to_plain(cfg))
+    assert "norm: rmsnorm" in text and "action: rollback" in text
+    back = OmegaConf.merge(OmegaConf.structured(Config), yaml.safe_load(text))
+    assert back.model.norm is NormKind.rmsnorm and back.train.spike.action is SpikeAction.rollback
+    assert back == cfg and config_hash(back) == config_hash(cfg)
+    # A member that reaches yaml.safe_dump unconverted is still written as its string.
+    assert yaml.safe_dump({"norm": NormKind.rmsnorm}) == "norm: rmsnorm\n"
+    assert cfg.model.norm == "rmsnorm" and f"{cfg.model.norm}" == "rmsnorm"
+
+
+def test_analysis_defaults_are_the_sweep_defaults():
+    from analysis import report
+    from analysis.sensitivity import lr_sensitivity
+
+    sweep = SweepConfig()
+    assert report.DEFAULT_TARGETS == tuple(sweep.target_params)
+    assert lr_sensitivity.__defaults__[-1] == tuple(sweep.lr_range)
+    assert report.analyze.__defaults__[1:3] == (sweep.threshold, tuple(sweep.lr_range))

@@ -25,7 +25,11 @@ from proxies.config import Config  # noqa: E402
 from proxies.rundir import EVENTS, METRICS, read_jsonl, read_metrics  # noqa: E402
 from proxies.train import train  # noqa: E402
 
-RUNS = {"clean": "C7", "log": "C3", "skip": "C1", "rollback": "C0"}
+RUNS = {"clean": "k", "log": "C3", "skip": "C1", "rollback": "C0"}
+# The clean run on top, thin and dashed, so the runs that follow it exactly stay visible.
+WIDTH = {"clean": 0.9, "log": 3.0, "skip": 1.4, "rollback": 1.4}
+STYLE = {"clean": "--", "log": "-", "skip": "-", "rollback": "-"}
+ORDER = {"clean": 4, "log": 1, "skip": 2, "rollback": 3}
 
 
 def run(name: str, args: argparse.Namespace, root: Path) -> tuple[dict, list, list]:
@@ -56,12 +60,18 @@ def main() -> None:
             summary, rows, events = run(name, args, Path(tmp))
             steps = [r["step"] for r in rows if r.get("train/loss") is not None]
             loss = [r["train/loss"] for r in rows if r.get("train/loss") is not None]
-            ax.plot(steps, loss, color=colour, lw=1.2, label=(
-                f"{name}: eval CE {summary['final_eval_ce']:.3f}, {summary['spikes']} spikes, "
-                f"{summary['rollbacks']} rollbacks"))
+            if summary["diverged"]:
+                label = (f"{name}: marked diverged at step {summary['diverged_at_step']} "
+                         "(loss > 2 × loss at init)")
+            else:
+                label = (f"{name}: final eval CE {summary['final_eval_ce']:.3f}, "
+                         f"{summary['spikes']} spikes, {summary['rollbacks']} rollbacks")
+            ax.plot(steps, loss, color=colour, lw=WIDTH[name], ls=STYLE[name], label=label,
+                    zorder=ORDER[name])
             for e in events:
                 ax.axvline(e["step"], color=colour, ls=":", lw=0.8)
-            results[name] = {k: summary[k] for k in ("final_eval_ce", "spikes", "rollbacks")}
+            results[name] = {k: summary[k] for k in ("final_eval_ce", "spikes", "rollbacks",
+                                                     "diverged", "diverged_at_step")}
             results[name]["events"] = [(e["step"], e["action"]) for e in events]
     for name, r in results.items():
         print(f"{name:9s} {json.dumps(r)}")

@@ -89,7 +89,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
-          f"jax {jax.__version__}, batch {args.batch} x seq {args.seq}, {args.dtype}, runs of {args.run_steps} steps")
+          f"jax {jax.__version__}, batch {args.batch} x seq {args.seq}, {args.dtype}, "
+          f"runs of {args.run_steps} steps")
     for d, n_layers, n_heads in ((64, 2, 2), (128, 4, 4)):
         bench(d, n_layers, n_heads, args.group, args.batch, args.seq, args.steps, args.repeats,
               args.run_steps, args.dtype)

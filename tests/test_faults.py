@@ -156,8 +156,8 @@ def cli_args(tmp_path, corpus_dir, cache_dir, out):
     return vals
 
 
-@pytest.mark.parametrize("signame,code", [("SIGTERM", EXIT_PREEMPTED),
-                                          ("SIGINT", EXIT_INTERRUPTED)])
+@pytest.mark.parametrize("signame,code", [  # SIGINT's code path is SIGTERM's (tested in-process)
+    ("SIGTERM", EXIT_PREEMPTED), pytest.param("SIGINT", EXIT_INTERRUPTED, marks=pytest.mark.slow)])
 def test_the_command_exits_with_its_code_and_one_line(signame, code, tmp_path, corpus_dir,
                                                       cache_dir):
     import time
@@ -287,7 +287,9 @@ def test_an_out_dir_that_is_a_file_or_unwritable_is_one_line(make_cfg, tmp_path)
             train(make_cfg(f"out_dir={ro / 'run'}"))
 
 
-@pytest.mark.parametrize("moment", [3, 9])  # rows seen before the kill: early, past a checkpoint
+# Rows seen before the kill: past a checkpoint; early (slow: benchmarks/fault_trials.py and the
+# in-process tests cover the other moments).
+@pytest.mark.parametrize("moment", [9, pytest.param(3, marks=pytest.mark.slow)])
 def test_kill_9_then_the_rerun_is_exact(moment, tmp_path, corpus_dir, cache_dir):
     import time
     out = tmp_path / "run"

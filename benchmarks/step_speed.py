@@ -2,6 +2,7 @@
 
     python benchmarks/step_speed.py                 # the reference sizes at batch 32 x 128
     python benchmarks/step_speed.py --probe-overhead  # also: whole loop with vs without probes
+    python benchmarks/step_speed.py --dynamics-overhead  # whole loop with vs without dynamics.*
 
 Prints one row per configuration; medians over --repeats timed windows after a warm-up.
 """
@@ -82,6 +83,26 @@ def probe_overhead(steps: int, log_every: int) -> None:
           f"({(walls[False] / walls[True] - 1) * 100:+.1f}% time)")
 
 
+def dynamics_overhead(steps: int, every: int) -> None:
+    """Training loop (laptop preset, probes on) with the training-dynamics probes on vs off:
+    the summaries' wall_s, which leave out compilation (the dynamics probe compiles on its step-0
+    call, before the loop's clock starts)."""
+    from proxies.train import train
+
+    def run(on: bool) -> float:
+        with tempfile.TemporaryDirectory() as out:
+            cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist([
+                f"train.steps={steps}", "train.quiet=true", f"train.eval_every={steps}",
+                f"train.checkpoint_every={steps}", f"dynamics.enabled={str(on).lower()}",
+                f"dynamics.every={every}", "wandb.mode=disabled", f"out_dir={out}"]))
+            return train(cfg)["wall_s"]
+
+    off, on = run(False), run(True)
+    print(f"\ndynamics overhead, laptop preset, {steps} steps, dynamics.every={every}: "
+          f"{off:.1f} s off, {on:.1f} s on ({(on / off - 1) * 100:+.1f}% time, "
+          f"{steps // every} probes in the loop)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batch", type=int, default=32)
@@ -92,17 +113,22 @@ def main() -> None:
     ap.add_argument("--probe-overhead", action="store_true")
     ap.add_argument("--overhead-steps", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=Config().train.log_every)
+    ap.add_argument("--dynamics-overhead", action="store_true")
+    ap.add_argument("--no-table", action="store_true", help="only the overhead measurements")
+    ap.add_argument("--dynamics-every", type=int, default=Config().dynamics.every)
     args = ap.parse_args()
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"jax {jax.__version__}, batch {args.batch} x seq {args.seq}, {args.dtype}")
     print(f"{'config':26s} {'params':>10s} {'compile s':>9s} {'ms/step':>8s} {'tokens/s':>9s}"
           f" {'XLA temp MB':>11s} {'peak RSS MB':>11s}")
-    for name, d, L, H, V in SIZES:
+    for name, d, L, H, V in ([] if args.no_table else SIZES):
         r = bench(d, L, H, V, args.batch, args.seq, args.steps, args.repeats, args.dtype)
         print(f"{name:26s} {r['params']:10,d} {r['compile_s']:9.2f} {r['ms_step']:8.1f} "
               f"{r['tokens_s']:9,.0f} {r['temp_mb']:11.1f} {r['peak_rss_mb']:11.0f}")
     if args.probe_overhead:
         probe_overhead(args.overhead_steps, args.log_every)
+    if args.dynamics_overhead:
+        dynamics_overhead(max(args.overhead_steps, 300), args.dynamics_every)
 
 
 if __name__ == "__main__":

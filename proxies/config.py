@@ -227,12 +227,28 @@ class WandbConfig:
 
 
 @dataclass
+class DynamicsConfig:
+    """Training-dynamics probes (proxies/probes.py: make_dynamics_probe): histograms and outlier
+    statistics of weights, gradients and activations at named sites. They observe, never change,
+    training, so they stay out of a run's identity: turning them on for a run resumes it."""
+
+    enabled: bool = False
+    # Probe steps: 0, every N updates, the last. One probe of the laptop preset costs about five
+    # train steps (benchmarks/step_speed.py --dynamics-overhead): ~2% of the time at 250.
+    every: int = 250
+    batch_size: int = 8  # sequences of the fixed held-out batch the probes read
+    per_decade: int = 4  # histogram bins per decade of |x| (fixed edges 1e-8 .. 1e4, ± and 0)
+    top_frac: float = 1e-3  # share of entries counted as a tensor's top outliers
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     out_dir: Optional[str] = None  # None: runs/<size>-<config hash>, so a rerun finds it again
 
 
@@ -384,6 +400,16 @@ def validate(cfg: DictConfig | Config) -> None:
     if t.divergence_loss is not None:
         _positive("train.divergence_loss", t.divergence_loss)
     _validate_spike(t)
+    dyn = getattr(cfg, "dynamics", None)
+    if dyn is not None:
+        _int_at_least("dynamics.every", dyn.every, 1, 100)
+        _int_at_least("dynamics.batch_size", dyn.batch_size, 1, 8)
+        _int_at_least("dynamics.per_decade", dyn.per_decade, 1, 4)
+        if dyn.enabled and dyn.batch_size > t.batch_size:
+            raise ConfigError(f"dynamics.batch_size={dyn.batch_size} exceeds train.batch_size="
+                              f"{t.batch_size}; set dynamics.batch_size<={t.batch_size}")
+        if not 0 < dyn.top_frac < 1:
+            raise ConfigError(f"dynamics.top_frac={dyn.top_frac} must be in (0, 1); e.g. 1e-3")
 
 
 # Keys that change how a run is shown, not what it computes: outside its identity.

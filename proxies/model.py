@@ -2,8 +2,9 @@
 
 Shapes in names: B batch, L sequence, D d_model, H heads, K d_head, F MLP hidden, V vocab.
 Probes: when the caller makes the `intermediates` collection mutable, each block `sow`s what the
-probes need (max attention logit, attention entropy, residual-stream outliers). The training step
-never does, so none of that is computed on the hot path.
+probes need (max attention logit, attention entropy, residual-stream outliers); with `dynamics`
+mutable, every named site sows its whole tensor (see `DYNAMICS_SITES`). The training step makes
+neither mutable, so none of that is computed on the hot path.
 """
 
 from __future__ import annotations
@@ -77,6 +78,33 @@ def attn_logit_scale(cfg: ModelConfig) -> float:
     return 1 / d_head if is_mup(cfg) else 1 / math.sqrt(d_head)
 
 
+# Tensors sown into the `dynamics` collection, per block and at the top (training-dynamics
+# probes, proxies/probes.py). Norm inputs are the residual stream before each norm.
+DYNAMICS_SITES = {
+    "block": ("resid_in", "attn_in", "q", "k", "v", "probs", "ctx", "resid_mid", "mlp_in",
+              "gate_pre", "up_out", "down_in", "resid_out"),
+    "top": ("final_norm_in", "final_out", "logits"),
+}
+
+
+def sow_dynamics(module: nn.Module, name: str, x: jax.Array) -> None:
+    if module.is_mutable_collection("dynamics"):
+        module.sow("dynamics", name, x)
+
+
+def normalized(cfg: ModelConfig, x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """What a norm layer computes before its learned scale (and bias), in float32."""
+    x32 = x.astype(jnp.float32)
+    match cfg.norm:
+        case NormKind.rmsnorm:
+            return x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=-1, keepdims=True) + eps)
+        case NormKind.layernorm:
+            mu = jnp.mean(x32, axis=-1, keepdims=True)
+            return (x32 - mu) * jax.lax.rsqrt(jnp.var(x32, axis=-1, keepdims=True) + eps)
+        case _:
+            unhandled("model.norm", cfg.norm)
+
+
 class RMSNorm(nn.Module):
     eps: float = 1e-6
 
@@ -146,6 +174,9 @@ class Attention(nn.Module):
                 pass  # added to the token embedding in Transformer
             case _:
                 unhandled("model.pos_emb", cfg.pos_emb)
+        sow_dynamics(self, "q", q_BxLxHxK)
+        sow_dynamics(self, "k", k_BxLxHxK)
+        sow_dynamics(self, "v", v_BxLxHxK)
         logits_BxHxLxL = self._logits(q_BxLxHxK, k_BxLxHxK, dtype)
         logits_BxHxLxL = logits_BxHxLxL.astype(jnp.float32)
         L = x_BxLxD.shape[1]
@@ -158,7 +189,9 @@ class Attention(nn.Module):
                      jnp.max(jnp.where(causal_LxL, logits_BxHxLxL, -jnp.inf)))
             plogp = jnp.where(causal_LxL, probs_BxHxLxL * jnp.log(probs_BxHxLxL + 1e-30), 0.0)
             self.sow("intermediates", "entropy", -jnp.mean(jnp.sum(plogp, axis=-1)))
+        sow_dynamics(self, "probs", probs_BxHxLxL)
         out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(dtype), v_BxLxHxK)
+        sow_dynamics(self, "ctx", out_BxLxHxK)
         return nn.DenseGeneral(D, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
                                param_dtype=jnp.float32,
                                kernel_init=trunc_normal(init_std(cfg, D)), name="out")(out_BxLxHxK)
@@ -205,11 +238,18 @@ class Mlp(nn.Module):
             kernel_init=trunc_normal(init_std(cfg, fan_in)), name=name)
         match cfg.mlp:
             case MlpKind.swiglu:
-                h_BxLxF = nn.swish(dense(F, D, "gate")(x_BxLxD)) * dense(F, D, "up")(x_BxLxD)
+                gate_BxLxF = dense(F, D, "gate")(x_BxLxD)
+                up_BxLxF = dense(F, D, "up")(x_BxLxD)
+                sow_dynamics(self, "gate_pre", gate_BxLxF)
+                sow_dynamics(self, "up_out", up_BxLxF)
+                h_BxLxF = nn.swish(gate_BxLxF) * up_BxLxF
             case MlpKind.gelu:
-                h_BxLxF = nn.gelu(dense(F, D, "up")(x_BxLxD))
+                up_BxLxF = dense(F, D, "up")(x_BxLxD)
+                sow_dynamics(self, "up_out", up_BxLxF)
+                h_BxLxF = nn.gelu(up_BxLxF)
             case _:
                 unhandled("model.mlp", cfg.mlp)
+        sow_dynamics(self, "down_in", h_BxLxF)
         return dense(D, F, "down")(h_BxLxF)
 
 
@@ -219,8 +259,15 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD):
         cfg = self.cfg
-        x_BxLxD = x_BxLxD + Attention(cfg, name="attn")(make_norm(cfg, "ln_attn")(x_BxLxD))
-        x_BxLxD = x_BxLxD + Mlp(cfg, name="mlp")(make_norm(cfg, "ln_mlp")(x_BxLxD))
+        sow_dynamics(self, "resid_in", x_BxLxD)
+        h_BxLxD = make_norm(cfg, "ln_attn")(x_BxLxD)
+        sow_dynamics(self, "attn_in", h_BxLxD)
+        x_BxLxD = x_BxLxD + Attention(cfg, name="attn")(h_BxLxD)
+        sow_dynamics(self, "resid_mid", x_BxLxD)
+        h_BxLxD = make_norm(cfg, "ln_mlp")(x_BxLxD)
+        sow_dynamics(self, "mlp_in", h_BxLxD)
+        x_BxLxD = x_BxLxD + Mlp(cfg, name="mlp")(h_BxLxD)
+        sow_dynamics(self, "resid_out", x_BxLxD)
         if self.is_mutable_collection("intermediates"):
             a = jnp.abs(x_BxLxD.astype(jnp.float32))
             self.sow("intermediates", "act_max_abs", jnp.max(a))
@@ -255,7 +302,9 @@ class Transformer(nn.Module):
                 unhandled("model.pos_emb", cfg.pos_emb)
         for i in range(cfg.n_layers):
             x_BxLxD = Block(cfg, name=f"block_{i}")(x_BxLxD)
+        sow_dynamics(self, "final_norm_in", x_BxLxD)
         x_BxLxD = make_norm(cfg, "ln_final")(x_BxLxD)
+        sow_dynamics(self, "final_out", x_BxLxD)
         if cfg.tie_embeddings:
             logits_BxLxV = embed.attend(x_BxLxD)
         else:
@@ -268,6 +317,7 @@ class Transformer(nn.Module):
         logits_BxLxV = logits_BxLxV.astype(jnp.float32)
         if is_mup(cfg):  # readout multiplier 1/m keeps logits O(1) with width
             logits_BxLxV = logits_BxLxV / width_mult(cfg)
+        sow_dynamics(self, "logits", logits_BxLxV)
         return logits_BxLxV
 
 

@@ -6,6 +6,8 @@
       events.jsonl    spike events (step, z-scores, action, batches skipped), appended
       summary.json    written once, atomically, when the run ends
       checkpoints/    orbax, one directory per step (proxies/checkpoint.py)
+      dynamics/       with dynamics.enabled: stats.jsonl (one row of scalars per probe step) and
+                      hist/step_<step>.npz (fixed-edge histograms, top channels, E/R samples)
       .lock           held by the process training here
 
 Nothing already written is thrown away: a bad metrics line is moved to metrics.bad.jsonl, a damaged
@@ -21,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import yaml
 
 from proxies.config import ConfigError, first_difference, identity, identity_of
@@ -32,6 +35,9 @@ BAD_METRICS = "metrics.bad.jsonl"
 EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+DYNAMICS = "dynamics"
+DYN_STATS = "stats.jsonl"
+DYN_HIST = "hist"
 DAMAGED = "checkpoints.damaged"
 LOCK = ".lock"
 
@@ -123,6 +129,7 @@ class RunDir:
         self.summary = self.path / SUMMARY
         self.checkpoints = self.path / CHECKPOINTS
         self.damaged = self.path / DAMAGED
+        self.dynamics = self.path / DYNAMICS
         self._lock: Optional[IO[str]] = None
         self._metrics_file: Optional[IO[str]] = None
 
@@ -204,6 +211,16 @@ class RunDir:
         events = [e for e in read_jsonl(self.events)[0]
                   if e[STEP] <= last_step or e.get("action") == "rollback"]
         atomic_write_text(self.events, "".join(json.dumps(e) + "\n" for e in events))
+        self._repair_dynamics(last_step)
+
+    def _repair_dynamics(self, last_step: int) -> None:
+        if not self.dynamics.exists():
+            return
+        rows = [r for r in read_jsonl(self.dynamics / DYN_STATS)[0] if r[STEP] <= last_step]
+        atomic_write_text(self.dynamics / DYN_STATS, "".join(json.dumps(r) + "\n" for r in rows))
+        for step, path in hist_files(self.path).items():
+            if step > last_step:
+                path.unlink()
 
     def rewrite_metrics(self, rows: List[Dict[str, Any]]) -> None:
         self.close_metrics()
@@ -223,6 +240,19 @@ class RunDir:
         if self._metrics_file is not None:
             self._metrics_file.close()
             self._metrics_file = None
+
+    # ---- training dynamics
+    def write_dynamics(self, step: int, scalars: Dict[str, Any],
+                       arrays: Dict[str, np.ndarray]) -> None:
+        """The arrays first (atomically), then the stats row that marks the step recorded."""
+        hist = self.dynamics / DYN_HIST
+        hist.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=hist, prefix=".step.", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, hist / f"step_{step:07d}.npz")
+        with open(self.dynamics / DYN_STATS, "a") as f:
+            append_line(f, {STEP: step, **scalars})
 
     # ---- spike events
     def read_events(self) -> List[Dict[str, Any]]:
@@ -252,3 +282,14 @@ def take_lock(path: Path, held: str, fix: str) -> IO[str]:
     f.write(str(os.getpid()))
     f.flush()
     return f
+
+
+def hist_files(run_dir: Path) -> Dict[int, Path]:
+    """{step: path} of a run's dynamics histogram files, in step order."""
+    files = sorted((Path(run_dir) / DYNAMICS / DYN_HIST).glob("step_*.npz"))
+    return {int(p.stem.split("_")[1]): p for p in files}
+
+
+def read_dynamics(run_dir: Path) -> List[Dict[str, Any]]:
+    """The readable rows of a run's dynamics/stats.jsonl."""
+    return read_jsonl(Path(run_dir) / DYNAMICS / DYN_STATS)[0]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proxies import metric_names as M
-from proxies.probes import flatten_tensor_stats, make_probe
+from proxies.probes import flatten_tensor_stats, make_dynamics_probe, make_probe
 from proxies.step import WATCHED, make_eval_step, make_train_step
 
 
@@ -42,6 +42,7 @@ class Compiled:
     probe: Callable
     eval_one: Callable  # one member's (params, batch), e.g. the model at init
     probe_one: Callable
+    dynamics: Callable  # training-dynamics probe of one member (compiled on its first call)
 
 
 _COMPILED: Dict[str, Compiled] = {}
@@ -51,11 +52,12 @@ def compiled(key: str, model: Any, cfg: Any, state: Any, batch: jax.Array, hp: A
              group: int) -> Compiled:
     """Both step variants compiled up front (so no log step pays for compilation), once per
     structure `key` and group size (0 = not vmapped) in this process."""
-    key = json.dumps([key, group])
+    key = json.dumps([key, group, str(cfg.dynamics)])  # dynamics settings shape the probe
     if key not in _COMPILED:
         donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate buffers
         eval_one = eval_step = jax.jit(make_eval_step(model))
         probe_one = probe = make_probe(model, cfg.model.n_layers)
+        dynamics = make_dynamics_probe(model, cfg)
         if group:
             alive, limit = jnp.ones(group, bool), jnp.zeros(group, jnp.float32)
             steps = [jax.jit(_vmapped_step(make_train_step(model, cfg, with_stats=s)),
@@ -65,7 +67,7 @@ def compiled(key: str, model: Any, cfg: Any, state: Any, batch: jax.Array, hp: A
         else:
             steps = [jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate)
                      .lower(state, batch, hp).compile() for s in (False, True)]
-        _COMPILED[key] = Compiled(steps, eval_step, probe, eval_one, probe_one)
+        _COMPILED[key] = Compiled(steps, eval_step, probe, eval_one, probe_one, dynamics)
     return _COMPILED[key]
 
 
@@ -148,6 +150,17 @@ class Runner:
         ces = [np.atleast_1d(np.asarray(self.fns.eval_step(self.state.params, b)))
                for b in batches]
         return np.mean(ces, axis=0)
+
+    def dynamics(self, batch: jax.Array) -> List[tuple]:
+        """(scalars, arrays) of the training-dynamics probe, one pair per member (probed one
+        after another: it runs every dynamics.every steps, off the hot path)."""
+        out = []
+        for i in range(self.G):
+            scalars, arrays = jax.device_get(
+                self.fns.dynamics(self.member_state(i).params, batch))
+            out.append(({k: np.asarray(v).item() for k, v in scalars.items()},
+                        {k: np.asarray(v) for k, v in arrays.items()}))
+        return out
 
     def probe(self, batch: jax.Array) -> List[Dict[str, float]]:
         out = jax.device_get(self.fns.probe(self.state.params, batch))

@@ -274,6 +274,8 @@ class Loop:
         self._pending = (update, Runner.watched(metrics))
         if log_now or eval_now:
             self.record(update, metrics if log_now else None, eval_now)
+        if self.dynamics_due(update):
+            self.record_dynamics(update)
         if update % tc.checkpoint_every == 0 or update == end:
             self.checkpoint(update)
         self._bar.update(1)
@@ -291,6 +293,19 @@ class Loop:
             self._bar.set_postfix(loss=f"{np.nanmin([r[M.TRAIN_LOSS] for r in rows]):.3f}")
         self.write(rows)
         self._t_last = time.time()  # probe and eval time is not training throughput
+
+    def dynamics_due(self, update: int) -> bool:
+        dc = self.cfg.dynamics
+        return dc.enabled and (update % dc.every == 0 or update == self.tc.steps)
+
+    def record_dynamics(self, update: int) -> None:
+        """Training-dynamics probe (dynamics.*) on the first sequences of the fixed held-out batch;
+        its records are written before the step's checkpoint, like the rows."""
+        self.resolve()
+        batch = self.evals[0][: self.cfg.dynamics.batch_size]
+        for m, (scalars, arrays) in zip(self.members, self.runner.dynamics(batch)):
+            if m.active:
+                m.run.write_dynamics(update, scalars, arrays)
 
     def any_active(self) -> bool:
         return any(m.active for m in self.members)
@@ -508,6 +523,8 @@ def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[D
         m.limit = dl if dl is not None else 2 * loss_at_init(m)
     runner.set_limits([m.limit for m in ms])
     loop = Loop(ms, runner, batches, evals, c0, stop, say)
+    if start == 0 and loop.dynamics_due(0):
+        loop.record_dynamics(0)  # the model at init: where every distribution starts
     end = tc.steps if stop_after is None else min(tc.steps, stop_after)
     t0 = time.time()
     done = loop.run(start, end)

@@ -232,3 +232,18 @@ def test_logit_prediction_verdict_checks_the_held_out_size_and_the_flag():
     reproduced, why, measured = judge({"main": _table(rows)}, SPECS["tiny"])
     assert reproduced == "true", why  # an exact quadratic is predicted exactly
     assert measured["1e4 flag right"] == "2/2"
+
+
+def test_the_dynamics_script_judges_each_finding_per_recipe(tmp_path, corpus_dir, cache_dir):
+    from sweeps.dynamics import RESULT
+    verdict = main(RESULT, tiny_args(tmp_path, corpus_dir, cache_dir))
+    out = tmp_path / "repro" / "dynamics-tiny"
+    saved = json.loads((out / "verdict.json").read_text())
+    assert saved["reproduced"] == verdict.reproduced
+    for recipe in ("RMSNorm + SwiGLU", "LayerNorm + GELU"):
+        for finding in ("heavy tails", "outliers follow R", "norm compresses, scale re-amplifies",
+                        "emergence law"):
+            value = saved["measured"][f"{recipe}: {finding}"]
+            assert value.split(":")[0] in ("true", "false", "inconclusive"), value
+    assert "RMSNorm + SwiGLU: SwiGLU coincidence" in saved["measured"]
+    assert len(list((tmp_path / "runs").glob("*/dynamics/report.md"))) == 2

@@ -43,9 +43,7 @@ def make_probe(model: nn.Module, n_layers: int) -> Callable[[Any, jax.Array], Di
 
 def flatten_tensor_stats(prefix: str, tree: Any) -> Dict[str, float]:
     """{'grad_rms': {'block_0': {'attn': {...}}}} -> {'grad_rms/block_0/attn/query/kernel': x}."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {prefix + "/" + "/".join(str(getattr(k, "key", k)) for k in path): float(np.asarray(v))
-            for path, v in flat}
+    return {f"{prefix}/{path}": float(np.asarray(v)) for path, v in flatten_tree(tree).items()}
 
 
 # ------------------------------------------------------------------ training-dynamics probe
@@ -58,9 +56,8 @@ N_EC_SAMPLE = 256  # strided entries of each projection's C kept for an E vs R s
 
 
 def _site_tree(dyn: Any) -> Dict[str, jax.Array]:
-    """{'block_0/attn/q': x, ...} from the `dynamics` collection (sow keeps tuples)."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(dyn)
-    return {"/".join(str(getattr(k, "key", k)) for k in path[:-1]): v for path, v in flat}
+    """{'block_0/attn/q': x, ...} from the `dynamics` collection (sow keeps 1-tuples: '/0')."""
+    return {path.rsplit("/", 1)[0]: v for path, v in flatten_tree(dyn).items()}
 
 
 def _projections(sites: Dict[str, jax.Array], params: Any, n_layers: int,
@@ -190,5 +187,6 @@ def make_dynamics_probe(model: nn.Module, cfg: Any) -> Callable[[Any, jax.Array]
 
 
 def flatten_tree(tree: Any) -> Dict[str, jax.Array]:
+    """{'block_0/attn/query/kernel': leaf, ...}: the one way probes name a pytree's leaves."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {"/".join(str(getattr(k, "key", k)) for k in path): v for path, v in flat}

@@ -119,6 +119,17 @@ class SpikeAction(Choice):
     rollback = "rollback"  # restore the newest checkpoint, skip batches, go on
 
 
+class AttnImpl(Choice):
+    auto = "auto"  # jax.nn.dot_product_attention on ordinary steps, explicit logits on probes
+    explicit = "explicit"  # softmax(q·kᵀ) written out on every step
+
+
+class DistributedMode(Choice):
+    auto = "auto"  # jax.distributed.initialize() when SLURM or JAX_COORDINATOR_ADDRESS says so
+    on = "on"
+    off = "off"
+
+
 class InjectKind(Choice):
     batch = "batch"  # the batch is replaced by garbage
     grad = "grad"  # the gradient is scaled up
@@ -146,6 +157,9 @@ class ModelConfig:
     # κ experiment: q and k each become sqrt(κ)·z/‖z‖ per head, so logit = κ·cos(q, k) and the
     # max attention logit is ≈ κ (no 1/sqrt(d_head)). None = off.
     attn_kappa: Optional[float] = None
+    # How ordinary steps compute attention (probe steps always write the logits out, so the
+    # max-logit probe is exact). Outside a run's identity: both give the same results.
+    attn_impl: AttnImpl = AttnImpl.auto
 
 
 @dataclass
@@ -216,6 +230,9 @@ class TrainConfig:
     inject_spike_at: List[int] = field(default_factory=list)
     inject_spike_kind: InjectKind = InjectKind.batch
     inject_spike_scale: float = 1000.0
+    # Readout + cross-entropy in chunks of this many tokens on ordinary steps, so B×L×V logits
+    # never exist at once (0 = whole batch at once). Outside a run's identity.
+    ce_chunk: int = 0
 
 
 @dataclass
@@ -242,6 +259,22 @@ class DynamicsConfig:
 
 
 @dataclass
+class MeshConfig:
+    """Devices of a run (proxies/sharding.py): batch over `data`, parameters and optimizer state
+    over `fsdp`. -1 = all devices the other axes leave. A vmapped sweep group shards its member
+    axis over the devices instead. Outside a run's identity: a run resumes on another mesh."""
+
+    data: int = -1
+    fsdp: int = 1
+    # Multi-host: jax.distributed.initialize() (auto: when SLURM_NTASKS > 1 or
+    # JAX_COORDINATOR_ADDRESS is set); coordinator/num_processes/process_id None = from the env.
+    distributed: DistributedMode = DistributedMode.auto
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -249,6 +282,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     out_dir: Optional[str] = None  # None: runs/<size>-<config hash>, so a rerun finds it again
 
 
@@ -400,6 +434,16 @@ def validate(cfg: DictConfig | Config) -> None:
     if t.divergence_loss is not None:
         _positive("train.divergence_loss", t.divergence_loss)
     _validate_spike(t)
+    _int_at_least("train.ce_chunk", t.ce_chunk, 0, 2048)
+    mesh = getattr(cfg, "mesh", None)
+    if mesh is not None:
+        for k in ("data", "fsdp"):
+            v = getattr(mesh, k)
+            if isinstance(v, bool) or not isinstance(v, int) or not (v == -1 or v >= 1):
+                raise ConfigError(f"mesh.{k}={v} must be -1 (all remaining devices) or a device "
+                                  f"count >= 1; set e.g. mesh.{k}=-1")
+        if mesh.data == -1 and mesh.fsdp == -1:
+            raise ConfigError("mesh.data and mesh.fsdp are both -1; give one of them a count")
     dyn = getattr(cfg, "dynamics", None)
     if dyn is not None:
         _int_at_least("dynamics.every", dyn.every, 1, 100)
@@ -413,7 +457,7 @@ def validate(cfg: DictConfig | Config) -> None:
 
 
 # Keys that change how a run is shown, not what it computes: outside its identity.
-_NOT_IDENTITY = {"train": ("quiet",)}
+_NOT_IDENTITY = {"train": ("quiet", "ce_chunk"), "model": ("attn_impl",)}
 # Features added after runs were first hashed: left out of the identity while off, so turning
 # a new feature into the schema never renames (and retrains) the runs that do not use it.
 # Plain values (as config.yaml holds them); a nested section is off when all of it equals these.

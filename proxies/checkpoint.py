@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from proxies.rundir import RunDirError
@@ -28,15 +29,16 @@ class Checkpointer:
         return self._mngr.latest_step()
 
     def save(self, step: int, state: Any, rng: jax.Array) -> None:
-        item = {"state": state, "rng": jax.random.key_data(rng)}
+        # The key as host numpy: a host-local device array cannot be saved by a multi-host run.
+        item = {"state": state, "rng": np.asarray(jax.random.key_data(rng))}
         self._mngr.save(step, args=ocp.args.StandardSave(item))
 
     def restore(self, step: int, like_state: Any, like_rng: jax.Array) -> Tuple[Any, jax.Array]:
         """Restore into the structure (and shardings) of `like_state`."""
-        target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                        {"state": like_state, "rng": jax.random.key_data(like_rng)})
+        target = {"state": jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like_state),
+                  "rng": np.asarray(jax.random.key_data(like_rng))}
         item = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
-        return item["state"], jax.random.wrap_key_data(item["rng"])
+        return item["state"], jax.random.wrap_key_data(jax.numpy.asarray(item["rng"]))
 
     def restore_newest(self, like_state: Any, like_rng: jax.Array,
                        say: Callable[[str], None]) -> Tuple[int, Any, jax.Array]:

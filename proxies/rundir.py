@@ -265,6 +265,51 @@ class RunDir:
             os.fsync(f.fileno())
 
 
+class FollowerRunDir(RunDir):
+    """A run directory as seen by the processes of a multi-host run other than the first: they
+    read it (resume point, rollback events) but never write it; process 0 keeps the records.
+    Checkpoints are not records: every process writes its own shards (orbax)."""
+
+    def prepare(self, key: str = "out_dir") -> None:
+        pass
+
+    def lock(self) -> None:
+        pass
+
+    def write_config(self, resolved: Dict[str, Any]) -> None:
+        pass
+
+    def read_summary(self, say: Say) -> Optional[Dict[str, Any]]:
+        return read_summary_file(self.summary) if self.summary.exists() else None
+
+    def write_summary(self, summary: Dict[str, Any]) -> None:
+        pass
+
+    def repair_records(self, last_step: int, say: Say) -> None:
+        pass
+
+    def rewrite_metrics(self, rows: List[Dict[str, Any]]) -> None:
+        pass
+
+    def log(self, row: Dict[str, Any]) -> None:
+        pass
+
+    def write_dynamics(self, step: int, scalars: Dict[str, Any],
+                       arrays: Dict[str, np.ndarray]) -> None:
+        pass
+
+    def append_event(self, event: Dict[str, Any]) -> None:
+        pass
+
+
+def run_dir(path: Path) -> RunDir:
+    """The run directory as this process sees it: the writer, or a follower of a multi-host
+    run's process 0."""
+    import jax
+
+    return RunDir(path) if jax.process_index() == 0 else FollowerRunDir(path)
+
+
 def take_lock(path: Path, held: str, fix: str) -> IO[str]:
     """An exclusive lock on `path` (fcntl, released by the OS when the holder exits)."""
     import fcntl

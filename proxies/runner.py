@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +18,8 @@ import numpy as np
 
 from proxies import metric_names as M
 from proxies.probes import flatten_tensor_stats, make_dynamics_probe, make_probe
+from proxies.sharding import Layout
 from proxies.step import WATCHED, make_eval_step, make_train_step
-
 
 
 def _vmapped_step(step: Callable) -> Callable:
@@ -48,25 +48,41 @@ class Compiled:
 _COMPILED: Dict[str, Compiled] = {}
 
 
+def _shardings(layout: Optional[Layout], state: Any, hp: Any, group: int) -> Dict[str, Any]:
+    """jit's in/out shardings of a step on `layout` (none on one device: the plain step)."""
+    if layout is None:
+        return {}
+    st, hs, rep = layout.state(state), layout.hparams(hp), layout.replicated()
+    if group:
+        member = layout.hparams(jnp.zeros(group))
+        return {"in_shardings": (st, layout.batch(), hs, member, member),
+                "out_shardings": (st, rep, member)}
+    return {"in_shardings": (st, layout.batch(), hs), "out_shardings": (st, rep)}
+
+
 def compiled(key: str, model: Any, cfg: Any, state: Any, batch: jax.Array, hp: Any,
-             group: int) -> Compiled:
+             group: int, layout: Optional[Layout] = None) -> Compiled:
     """Both step variants compiled up front (so no log step pays for compilation), once per
-    structure `key` and group size (0 = not vmapped) in this process."""
-    key = json.dumps([key, group, str(cfg.dynamics)])  # dynamics settings shape the probe
+    structure `key`, group size (0 = not vmapped) and mesh in this process."""
+    mesh = layout.key if layout is not None else None
+    key = json.dumps([key, group, str(cfg.dynamics), mesh])  # dynamics settings shape the probe
     if key not in _COMPILED:
         donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate buffers
         eval_one = eval_step = jax.jit(make_eval_step(model))
         probe_one = probe = make_probe(model, cfg.model.n_layers)
         dynamics = make_dynamics_probe(model, cfg)
+        shard = _shardings(layout, state, hp, group)
         if group:
             alive, limit = jnp.ones(group, bool), jnp.zeros(group, jnp.float32)
+            if layout is not None:
+                alive, limit = jax.device_put((alive, limit), shard["in_shardings"][3])
             steps = [jax.jit(_vmapped_step(make_train_step(model, cfg, with_stats=s)),
-                             donate_argnums=donate).lower(state, batch, hp, alive, limit)
-                     .compile() for s in (False, True)]
+                             donate_argnums=donate, **shard)
+                     .lower(state, batch, hp, alive, limit).compile() for s in (False, True)]
             eval_step, probe = jax.vmap(eval_step, (0, None)), jax.vmap(probe, (0, None))
         else:
-            steps = [jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate)
-                     .lower(state, batch, hp).compile() for s in (False, True)]
+            steps = [jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate,
+                             **shard).lower(state, batch, hp).compile() for s in (False, True)]
         _COMPILED[key] = Compiled(steps, eval_step, probe, eval_one, probe_one, dynamics)
     return _COMPILED[key]
 
@@ -76,29 +92,45 @@ def stack(trees: List[Any]) -> Any:
 
 
 class Runner:
-    """G members' states, hparams and divergence limits; `vmapped` or one plain state."""
+    """G members' states, hparams and divergence limits; `vmapped` or one plain state; on the
+    devices of `layout` (proxies/sharding.py) when there is more than one."""
 
-    def __init__(self, states: List[Any], hps: List[Any], vmapped: bool):
-        self.vmapped, self.G = vmapped, len(states)
+    def __init__(self, states: List[Any], hps: List[Any], vmapped: bool,
+                 layout: Optional[Layout] = None):
+        self.vmapped, self.G, self.layout = vmapped, len(states), layout
         assert vmapped or self.G == 1
+        assert layout is None or layout.vmapped == vmapped
         self.state = stack(states) if vmapped else states[0]
         self.hp = stack(hps) if vmapped else hps[0]
-        self._alive_G = jnp.ones(self.G, bool)
+        if layout is not None:
+            self.state = layout.put(self.state, layout.state(self.state))
+            self.hp = layout.put(self.hp, layout.hparams(self.hp))
+        self._alive_G = self._members(np.ones(self.G, bool))
         self.set_limits([float("inf")] * self.G)
         self.fns: Compiled
 
+    def _members(self, x_G: np.ndarray) -> jax.Array:
+        """A per-member array, split over the members' devices like the states."""
+        if self.layout is None or not self.vmapped:
+            return jnp.asarray(x_G)
+        return self.layout.put(x_G, self.layout.hparams(x_G))
+
+    def place_batch(self, batch: np.ndarray) -> jax.Array:
+        """A host batch on this group's devices (split over them for one run)."""
+        return jnp.asarray(batch) if self.layout is None else self.layout.put_batch(batch)
+
     def compile(self, key: str, model: Any, cfg: Any, batch: jax.Array) -> Compiled:
         self.fns = compiled(key, model, cfg, self.state, batch, self.hp,
-                            self.G if self.vmapped else 0)
+                            self.G if self.vmapped else 0, self.layout)
         return self.fns
 
     def set_limits(self, limits: List[float]) -> None:
         """Losses above a member's limit (or non-finite) mark it diverged."""
         self.limits = np.asarray(limits, np.float64)
-        self._limit_G = jnp.asarray(limits, jnp.float32)
+        self._limit_G = self._members(np.asarray(limits, np.float32))
 
-    def step(self, batch: jax.Array, with_stats: bool) -> Dict[str, Any]:
-        fn = self.fns.steps[with_stats]
+    def step(self, batch: np.ndarray, with_stats: bool) -> Dict[str, Any]:
+        fn, batch = self.fns.steps[with_stats], self.place_batch(batch)
         if self.vmapped:
             self.state, metrics, self._alive_G = fn(self.state, batch, self.hp, self._alive_G,
                                                     self._limit_G)
@@ -109,7 +141,9 @@ class Runner:
     def freeze(self, i: int) -> None:
         """Stop member i's updates (a rollback takes it out of the group)."""
         if self.vmapped:
-            self._alive_G = self._alive_G.at[i].set(False)
+            alive_G = np.asarray(self._alive_G).copy()
+            alive_G[i] = False
+            self._alive_G = self._members(alive_G)
 
     def member_state(self, i: int) -> Any:
         return jax.tree_util.tree_map(lambda x: x[i], self.state) if self.vmapped else self.state

@@ -21,7 +21,6 @@ from typing import Any, Callable, Dict, List, Literal, Optional
 
 import hydra
 import jax
-import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -34,8 +33,9 @@ from proxies.config import (InjectKind, SpikeAction, config_hash, identity, regi
 from proxies.data import Dataset, cache_dir, eval_batches, load_dataset, train_batch
 from proxies.model import Transformer, count_params
 from proxies.optim import HPARAM_KEYS, hparams_from_config
-from proxies.rundir import RunDir
+from proxies.rundir import RunDir, run_dir
 from proxies.runner import Compiled, Runner
+from proxies.sharding import group_layout, initialize_distributed, run_layout, sync_processes
 from proxies.step import init_state
 from proxies.stopping import StopRequest, Stopped, stop_requests
 from proxies.tracking import Tracker
@@ -104,12 +104,13 @@ class Batches:
     def position(self, update: int) -> int:
         return update - 1 + sum(n for step, n in self.rollbacks if step <= update)
 
-    def __call__(self, update: int) -> jax.Array:
+    def __call__(self, update: int) -> np.ndarray:
+        """The host batch; the runner puts it on the group's devices."""
         tc, pos = self.tc, self.position(update)
         batch = train_batch(self.ds, tc.batch_size, tc.seq_len, tc.seed, pos)
         if pos + 1 in self.garbage:  # one token repeated: a loss the model has never seen
             batch = np.full_like(batch, self.ds.vocab_size - 1)
-        return jnp.asarray(batch)
+        return batch
 
 
 # ---------------------------------------------------------------------------------- members
@@ -159,7 +160,7 @@ class Member:
 def open_member(cfg: DictConfig, swept: Optional[Dict[str, Any]], ds: Dataset,
                 n_params: tuple, say: Say) -> tuple[Member, Optional[Dict[str, Any]]]:
     """Take the run directory (checked, locked, config written); its summary if complete."""
-    run = RunDir(resolve_out_dir(cfg))
+    run = run_dir(resolve_out_dir(cfg))
     run.prepare()
     run.lock()
     try:
@@ -192,6 +193,7 @@ def restore_member(m: Member, state0: Any, rng: jax.Array, say: Say) -> None:
         m.run.repair_records(m.start, say)
     else:
         m.run.start_afresh()
+    sync_processes(f"restored {m.run.path.name}")  # followers read what process 0 repaired
     m.rollbacks = [e for e in m.run.read_events() if e.get("action") == "rollback"]
 
 
@@ -460,13 +462,16 @@ def _train_group(cfgs: List[DictConfig], stop_after: Optional[int],
                  swept: List[Optional[Dict[str, Any]]], vmap: bool,
                  stop: StopRequest) -> List[Dict[str, Any]]:
     c0, tc = cfgs[0], cfgs[0].train
-    say: Say = (lambda *a: None) if tc.quiet else print
+    say: Say = (lambda *a: None) if tc.quiet or jax.process_index() else print
     enable_compile_cache(c0)
     ds = _dataset(c0)
     model = Transformer(c0.model, ds.vocab_size, tc.seq_len)
     rng = jax.random.key(tc.seed)
     state0 = init_state(model, c0, rng)
     n_params = count_params(state0.params)
+    if not vmap or len(cfgs) == 1:  # one run: its checkpoints restore straight onto its mesh
+        layout = run_layout(c0.mesh, tc.batch_size)
+        state0 = state0 if layout is None else layout.put(state0, layout.state(state0))
 
     summaries: List[Optional[Dict[str, Any]]] = [None] * len(cfgs)
     members: List[tuple[int, Member]] = []
@@ -511,13 +516,17 @@ def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[D
     vmapped = vmap and len(members) > 1
     ms = [m for _, m in members]
     batches = Batches(ds, c0, ms[0].rollbacks)
-    runner = Runner([m.state for m in ms], [hparams_from_config(m.cfg) for m in ms], vmapped)
-    fns = runner.compile(group_key(c0), model, c0, batches(start + 1))
-    evals = [jnp.asarray(b) for b in eval_batches(ds, tc.eval_batches, tc.batch_size,
-                                                   tc.seq_len, tc.seed)]
+    layout = group_layout(c0.mesh, len(ms)) if vmapped else run_layout(c0.mesh, tc.batch_size)
+    runner = Runner([m.state for m in ms], [hparams_from_config(m.cfg) for m in ms], vmapped,
+                    layout)
+    fns = runner.compile(group_key(c0), model, c0, runner.place_batch(batches(start + 1)))
+    evals = [runner.place_batch(b) for b in eval_batches(ds, tc.eval_batches, tc.batch_size,
+                                                         tc.seq_len, tc.seed)]
     for m in ms:
-        m.tracker = Tracker(m.run.path, m.cfg.wandb, m.meta, m.run.path.name, tc.quiet)
+        if jax.process_index() == 0:  # W&B mirrors process 0's records
+            m.tracker = Tracker(m.run.path, m.cfg.wandb, m.meta, m.run.path.name, tc.quiet)
     init_records(ms, fns, state0, evals, say)
+    sync_processes("step-0 rows written")
     for m in ms:
         dl = m.cfg.train.divergence_loss
         m.limit = dl if dl is not None else 2 * loss_at_init(m)
@@ -549,6 +558,7 @@ def init_records(ms: List[Member], fns: Compiled, state0: Any, evals: List[jax.A
     """The step-0 row (held-out CE and probes at init) of members that lack it: a fresh run, or a
     resumed one whose metrics.jsonl went missing (init is seeded, so the row is the same)."""
     missing = [m for m in ms if loss_at_init(m) is None]
+    sync_processes("step-0 rows read")  # every process decides alike before process 0 writes
     if not missing:
         return
     ce = float(np.mean([np.asarray(fns.eval_one(state0.params, b)) for b in evals]))
@@ -587,6 +597,7 @@ def _main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     with one_line_errors():
+        initialize_distributed(cfg.mesh)
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
             multirun_job(cfg, Path(hc.sweep.dir), list(hc.overrides.task))

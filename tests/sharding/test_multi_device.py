@@ -1,0 +1,118 @@
+"""Sharded runs on 8 CPU devices give what one device gives (proxies/sharding.py).
+
+Tolerance: sharding changes only the order of float32 reductions (a batch mean summed per device
+then across devices), so losses, held-out CE and probe values agree to rtol 2e-5 over these
+steps; bit-exactness is not promised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from proxies.config import MeshConfig
+from proxies.model import Transformer
+from proxies.optim import hparams_from_config
+from proxies.rundir import read_metrics
+from proxies.runner import Runner
+from proxies.sharding import FSDP, MEMBERS, group_layout, run_layout
+from proxies.step import init_state
+from proxies.train import train, train_group
+
+RTOL = 2e-5
+KEYS = ("train/loss", "eval/ce", "attn/max_logit")
+SMALL = ("train.batch_size=8", "train.steps=8", "train.checkpoint_every=4", "train.eval_every=4")
+
+
+def series(run_dir: Path) -> dict:
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    return {(r["step"], k): r[k] for r in rows for k in KEYS if r.get(k) is not None}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=RTOL, err_msg=str(k))
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, corpus_dir, cache_dir):
+    from tests.conftest import tiny_cfg
+
+    out = tmp_path_factory.mktemp("one")
+    train(tiny_cfg(out, corpus_dir, cache_dir, *SMALL, "mesh.data=1"))
+    return series(out)
+
+
+@pytest.mark.parametrize("data,fsdp", [(8, 1), (2, 4), (1, 8)],
+                         ids=["data8", "data2-fsdp4", "fsdp8"])
+def test_a_sharded_run_trains_like_one_device(make_cfg, one_device, data, fsdp):
+    cfg = make_cfg(*SMALL, f"mesh.data={data}", f"mesh.fsdp={fsdp}")
+    train(cfg)
+    assert_same(series(cfg.out_dir), one_device)
+
+
+def test_fsdp_splits_params_and_optimizer_state_and_the_step_keeps_them_split(make_cfg):
+    cfg = make_cfg(*SMALL, "mesh.data=2", "mesh.fsdp=4")
+    layout = run_layout(cfg.mesh, cfg.train.batch_size)
+    model = Transformer(cfg.model, 256, cfg.train.seq_len)
+    state = init_state(model, cfg, jax.random.key(0))
+    runner = Runner([state], [hparams_from_config(cfg)], vmapped=False, layout=layout)
+    runner.compile("k", model, cfg, np.zeros((8, 17), np.int32))
+    runner.step(np.ones((8, 17), np.int32), with_stats=False)
+    kernel = runner.state.params["block_0"]["mlp"]["up"]["kernel"]  # 32 x 128
+    assert kernel.sharding.spec == P(None, FSDP)
+    assert {s.data.shape for s in kernel.addressable_shards} == {(32, 32)}
+    mu = runner.state.opt_state  # Adam's moments are split like their params
+    mu_kernels = [x for x in jax.tree_util.tree_leaves(mu) if getattr(x, "shape", ()) == (32, 128)]
+    assert mu_kernels and all(x.sharding.spec == P(None, FSDP) for x in mu_kernels)
+    assert runner.state.step.sharding.is_fully_replicated
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_in_one_line(make_cfg):
+    from proxies.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.batch_size=4 does not split"):
+        run_layout(make_cfg("train.batch_size=4").mesh, 4)
+
+
+@pytest.mark.parametrize("group,devices", [(8, 8), (6, 6), (5, 5), (16, 8), (12, 6)])
+def test_a_vmapped_group_takes_the_most_devices_that_divide_it(group, devices):
+    layout = group_layout(MeshConfig(), group)
+    assert layout.mesh.shape[MEMBERS] == devices
+
+
+def test_a_vmapped_group_split_over_8_devices_trains_like_one_device(make_cfg):
+    # Stable LRs: at LR ~1 a run is chaotic and amplifies the reduction-order differences.
+    lrs = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2]
+    runs = {}
+    for mesh in ("mesh.data=1", "mesh.data=8"):
+        cfgs = [make_cfg(*SMALL, "train.steps=4", mesh, f"optim.lr={lr}", out=f"{mesh}-{lr}")
+                for lr in lrs]
+        train_group(cfgs, vmap=True)
+        runs[mesh] = [series(c.out_dir) for c in cfgs]
+    for a, b in zip(runs["mesh.data=8"], runs["mesh.data=1"]):
+        assert_same(a, b)
+
+
+def test_the_member_axis_is_split_one_member_per_device(make_cfg):
+    cfgs = [make_cfg(*SMALL, f"optim.lr={lr}") for lr in (1e-3, 1e-2, 3e-2, 1e-1)]
+    layout = group_layout(cfgs[0].mesh, 4)
+    model = Transformer(cfgs[0].model, 256, 16)
+    state = init_state(model, cfgs[0], jax.random.key(0))
+    runner = Runner([state] * 4, [hparams_from_config(c) for c in cfgs], True, layout)
+    kernel = runner.state.params["block_0"]["mlp"]["up"]["kernel"]  # 4 x 32 x 128
+    assert kernel.sharding.spec == P(MEMBERS)
+    assert len({s.device for s in kernel.addressable_shards}) == 4
+    assert {s.data.shape for s in kernel.addressable_shards} == {(1, 32, 128)}
+
+
+def test_a_run_resumes_on_another_mesh(make_cfg, one_device):
+    train(make_cfg(*SMALL, "mesh.data=8"), stop_after=4)  # checkpoint at 4, split over data
+    cfg = make_cfg(*SMALL, "mesh.data=1", "mesh.fsdp=8")  # same run, params split 8 ways
+    train(cfg)
+    assert_same(series(cfg.out_dir), one_device)

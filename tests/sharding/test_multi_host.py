@@ -1,0 +1,44 @@
+"""Two processes (4 CPU devices each, JAX's gloo collectives) train one run on a data=4 × fsdp=2
+mesh through jax.distributed, interrupted and resumed, and match one device (RTOL as in
+test_multi_device.py). Only process 0 writes the records; both write checkpoint shards."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import tiny_cfg
+from tests.sharding.test_multi_device import SMALL, assert_same, series
+
+WORKER = Path(__file__).with_name("multihost_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def run_two_processes(out: Path, corpus: Path, cache: Path, *stop_after: str) -> None:
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(pid), port, str(out), str(corpus),
+                               str(cache), *stop_after], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text[-3000:]
+
+
+def test_two_processes_train_and_resume_like_one_device(tmp_path, corpus_dir, cache_dir):
+    out = tmp_path / "multi-host"
+    run_two_processes(out, corpus_dir, cache_dir, "4")  # stop after the checkpoint at step 4
+    assert (out / "checkpoints" / "4").is_dir() and not (out / "summary.json").exists()
+    run_two_processes(out, corpus_dir, cache_dir)  # resume to the end
+    assert (out / "summary.json").exists()
+    from proxies.train import train
+
+    one = tiny_cfg(tmp_path / "one", corpus_dir, cache_dir, *SMALL, "mesh.data=1")
+    train(one)
+    assert_same(series(out), series(one.out_dir))

@@ -32,9 +32,11 @@ from proxies.cli import one_line_errors, run_cli
 from proxies.config import (Config, ConfigError, DataSource, MlpKind, PosEmb,  # noqa: F401
                             SweepConfig, SweepRoot, VmapMode, config_hash, register_configs,
                             to_plain, unhandled, validate)
+from proxies.launch import JobsFailed, Launcher, dispatch, from_hydra
 from proxies.model import mlp_hidden
 from proxies.results import TABLE, update_table
 from proxies.rundir import SUMMARY, RunDir, atomic_write_text, read_summary_file, take_lock
+from proxies.sharding import initialize_distributed
 from proxies.stopping import Stopped, stop_requests
 from proxies.train import CONFIG_DIR, group_key, run_name, train_group
 
@@ -287,8 +289,11 @@ def print_plan(name: str, points: List[Point], table: bool = True) -> Dict[str, 
 
 # ---------------------------------------------------------------------------------- running
 
-def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None) -> Tuple[Path, pd.DataFrame]:
-    """Train every missing run of the grid, write the sweep directory, analyse it."""
+def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None,
+              launcher: Optional[Launcher] = None) -> Tuple[Path, pd.DataFrame]:
+    """Train every missing run of the grid, write the sweep directory, analyse it. With a
+    launcher (`hydra/launcher=...`) the groups run as its jobs (proxies/launch.py); a failed job
+    leaves the table written and raises `JobsFailed`, without the analysis."""
     points = expand_grid(cfg) if points is None else points
     out = sweep_dir(cfg, points)
     if cfg.sweep.dry_run:
@@ -301,10 +306,13 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None) -> Tuple[Pa
         atomic_write_text(out / "sweep.yaml", OmegaConf.to_yaml(cfg))
         write_manifest(points, out)
         t0 = time.time()
-        train_missing(cfg, points, out)
+        failures = train_missing(cfg, points, out, launcher)
         df = update_table(out)
     finally:
         lock.close()
+    if failures:
+        raise JobsFailed(f"{len(failures)} job(s) failed; table {out / TABLE} holds what "
+                         "finished, no analysis")
     print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {out / TABLE}")
     if cfg.sweep.analysis:
         rep = analyze(out, list(cfg.sweep.target_params), cfg.sweep.threshold,
@@ -313,16 +321,34 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None) -> Tuple[Pa
     return out, df
 
 
-def train_missing(cfg: DictConfig, points: List[Point], out: Path) -> None:
-    """Train the runs not done yet, group by group, the table updated after each. A signal stops
-    the sweep after the group in hand has saved its checkpoints (`Stopped`)."""
+def train_missing(cfg: DictConfig, points: List[Point], out: Path,
+                  launcher: Optional[Launcher] = None) -> List[str]:
+    """Train the runs not done yet, in this process or as the launcher's jobs. Returns one line
+    per failed job (none in process: an error there stops the sweep)."""
     todo = [p for p in points if not is_done(p[1])]
     print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out} ({len(points) - len(todo)} "
           f"already done, runs under {cfg.sweep.run_root}/)")
     groups = plan_groups(todo, use_vmap(cfg), cfg.sweep.group_size)
     if len(groups) < len(todo):
         print(f"vmapped: {len(groups)} groups of up to {cfg.sweep.group_size} runs")
+    if launcher is None or not launcher.dispatches:
+        train_in_process(groups, out, len(todo))
+        return []
     bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, disable=not todo)
+    try:
+        failures = dispatch(launcher, groups, out, cfg.sweep.name,
+                            on_done=lambda group, error: bar.update(len(group)))
+    finally:
+        bar.close()
+    for line in failures:
+        print(line, file=sys.stderr)
+    return failures
+
+
+def train_in_process(groups: List[List[Point]], out: Path, n_runs: int) -> None:
+    """Train group by group, the table updated after each. A signal stops the sweep after the
+    group in hand has saved its checkpoints (`Stopped`)."""
+    bar = tqdm(total=n_runs, unit="run", dynamic_ncols=True, disable=not n_runs)
     with stop_requests() as stop:
         try:
             for g in groups:
@@ -371,9 +397,14 @@ def apply_axes_replacement(cfg: DictConfig, value: Any) -> None:
 @hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     with one_line_errors():
+        initialize_distributed(cfg.mesh)  # a multi-host sweep (groups share all the hosts)
         if _AXES_REPLACEMENT:
             apply_axes_replacement(cfg, _AXES_REPLACEMENT[0])
-        run_sweep(cfg)
+        try:
+            run_sweep(cfg, launcher=from_hydra())
+        except JobsFailed as e:  # each failed job has had its line already
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
 
 
 def cli_argv(argv: List[str]) -> List[str]:

@@ -1,0 +1,42 @@
+"""benchmarks/gpu.py runs anywhere: on CPU at tiny sizes it reports every figure it reports on a
+GPU, by the FLOP convention it states."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+
+
+def load_gpu_benchmark():
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_benchmark_runs_on_cpu_at_tiny_sizes(tmp_path):
+    gpu = load_gpu_benchmark()
+    out = tmp_path / "gpu.json"
+    result = gpu.main(["--tiny", "--out", str(out)])
+    assert json.loads(out.read_text())["throughput"] == result["throughput"]
+    (row,) = result["throughput"]
+    size = gpu.TINY[0]
+    # FLOPs per token by the stated convention: 6·(non-embedding + readout) + 12·L·d·seq
+    want = (6 * (row["nonembed_params"] + 256 * size.d_model)
+            + 12 * size.n_layers * size.d_model * 32)
+    assert row["flops_per_token"] == want
+    assert math.isclose(row["tokens_s"], row["batch"] * row["seq"] / (row["ms_step"] / 1e3))
+    assert math.isclose(row["mfu"], want * row["tokens_s"] / result["peak_flops"])
+    assert row["mfu"] > 0
+    (group,) = result["groups"]
+    assert math.isclose(group["runs_per_hour_vmapped"],
+                        3600 * group["group"] / (group["steps_per_run"] * group["ms_step_group"]
+                                                 / 1e3))
+    assert math.isclose(group["speedup"],
+                        group["runs_per_hour_vmapped"] / group["runs_per_hour_sequential"])

@@ -3,6 +3,10 @@
     python benchmarks/step_speed.py                 # the reference sizes at batch 32 x 128
     python benchmarks/step_speed.py --probe-overhead  # also: whole loop with vs without probes
     python benchmarks/step_speed.py --dynamics-overhead  # whole loop with vs without dynamics.*
+    python benchmarks/step_speed.py --no-table --ab train.ce_chunk=0,1024 --ab-size V32768
+        # A/B of config values, interleaved in one process: medians of alternating windows
+    python benchmarks/step_speed.py --no-table --ab model.attn_impl=explicit,auto --fuse-on-cpu
+        # fused (jax.nn.dot_product_attention) vs explicit attention, which auto skips on CPU
 
 Prints one row per configuration; medians over --repeats timed windows after a warm-up.
 """
@@ -14,12 +18,14 @@ import resource
 import statistics
 import tempfile
 import time
+from typing import Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
 
+import proxies.model
 from proxies.config import Config
 from proxies.model import Transformer, count_params
 from proxies.optim import hparams_from_config
@@ -33,15 +39,16 @@ SIZES = [  # (name, d_model, n_layers, n_heads, vocab)
 ]
 
 
-def bench(d: int, n_layers: int, n_heads: int, vocab: int, batch: int, seq: int, steps: int,
-          repeats: int, dtype: str) -> dict:
+def setup(d: int, n_layers: int, n_heads: int, vocab: int, batch: int, seq: int, dtype: str,
+          overrides: Sequence[str] = ()) -> tuple:
+    """(compiled step, state, hparams, batches, compile seconds) of one configuration."""
     cfg = OmegaConf.structured(Config)
     cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads = d, n_layers, n_heads
     cfg.model.dtype = dtype
     cfg.train.seq_len = seq
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     model = Transformer(cfg.model, vocab, seq)
     state = init_state(model, cfg, jax.random.key(0))
-    n_params = count_params(state.params)[0]
     hp = hparams_from_config(cfg)
     rng = np.random.default_rng(0)
     batches = [jnp.asarray(rng.integers(0, vocab, (batch, seq + 1), dtype=np.int32))
@@ -49,21 +56,63 @@ def bench(d: int, n_layers: int, n_heads: int, vocab: int, batch: int, seq: int,
     t = time.perf_counter()
     step = jax.jit(make_train_step(model, cfg)).lower(state, batches[0], hp).compile()
     compile_s = time.perf_counter() - t
-    mem = step.memory_analysis()
     state, m = step(state, batches[0], hp)
     jax.block_until_ready(m)
+    return step, state, hp, batches, compile_s
+
+
+def timed_window(step, state, hp, batches, steps: int) -> tuple:
+    """(state after, wall seconds per step, process CPU seconds per step) over `steps` steps. CPU
+    time is the steadier measure on a machine shared with other work."""
+    t, c = time.perf_counter(), time.process_time()
+    for i in range(steps):
+        state, m = step(state, batches[i % len(batches)], hp)
+    jax.block_until_ready(m)
+    return state, (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
+
+
+def bench(d: int, n_layers: int, n_heads: int, vocab: int, batch: int, seq: int, steps: int,
+          repeats: int, dtype: str) -> dict:
+    step, state, hp, batches, compile_s = setup(d, n_layers, n_heads, vocab, batch, seq, dtype)
+    n_params = count_params(state.params)[0]
+    mem = step.memory_analysis()
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
-        for i in range(steps):
-            state, m = step(state, batches[i % 4], hp)
-        jax.block_until_ready(m)
-        times.append((time.perf_counter() - t) / steps)
+        state, dt, _ = timed_window(step, state, hp, batches, steps)
+        times.append(dt)
     ms = statistics.median(times) * 1e3
     temp_mb = getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else float("nan")
     return {"params": n_params, "compile_s": compile_s, "ms_step": ms,
             "tokens_s": batch * seq / (ms / 1e3), "temp_mb": temp_mb,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def ab(key: str, values: List[str], size: tuple, batch: int, seq: int, steps: int, repeats: int,
+       dtype: str) -> None:
+    """Each value of `key` compiled once, then timed in alternating windows (order reversed
+    every repeat) so drifting machine load hits every variant alike; medians per variant."""
+    name, d, n_layers, n_heads, vocab = size
+    runs = {v: list(setup(d, n_layers, n_heads, vocab, batch, seq, dtype, [f"{key}={v}"]))
+            for v in values}
+    wall: Dict[str, List[float]] = {v: [] for v in values}
+    cpu: Dict[str, List[float]] = {v: [] for v in values}
+    for r in range(repeats):
+        for v in (values if r % 2 == 0 else values[::-1]):
+            step, state, hp, batches, _ = runs[v]
+            runs[v][1], dt, dc = timed_window(step, state, hp, batches, steps)
+            wall[v].append(dt)
+            cpu[v].append(dc)
+    base_wall, base_cpu = statistics.median(wall[values[0]]), statistics.median(cpu[values[0]])
+    print(f"\nA/B {key}, {name}, batch {batch} x {seq}, {dtype}, {repeats} x {steps} steps "
+          f"(medians; IQR of wall time):")
+    for v in values:
+        med, q, mc = statistics.median(wall[v]), statistics.quantiles(wall[v], n=4), \
+            statistics.median(cpu[v])
+        mem = runs[v][0].memory_analysis()
+        temp_mb = getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else float("nan")
+        print(f"  {key}={v:8s} wall {med * 1e3:8.1f} ms/step (IQR {q[0] * 1e3:.1f}-"
+              f"{q[2] * 1e3:.1f}) x{med / base_wall:.3f}   CPU {mc * 1e3:8.1f} ms/step "
+              f"x{mc / base_cpu:.3f}   compile {runs[v][4]:.1f} s  XLA temp {temp_mb:.0f} MB")
 
 
 def probe_overhead(steps: int, log_every: int) -> None:
@@ -116,15 +165,31 @@ def main() -> None:
     ap.add_argument("--dynamics-overhead", action="store_true")
     ap.add_argument("--no-table", action="store_true", help="only the overhead measurements")
     ap.add_argument("--dynamics-every", type=int, default=Config().dynamics.every)
+    ap.add_argument("--ab", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="interleaved A/B of a config key's values (repeatable)")
+    ap.add_argument("--ab-size", action="append", default=[],
+                    help="substring of a size's name for --ab (default: the laptop preset)")
+    ap.add_argument("--ab-repeats", type=int, default=21)
+    ap.add_argument("--fuse-on-cpu", action="store_true",
+                    help="let model.attn_impl=auto take the fused path on CPU too")
     args = ap.parse_args()
+    if args.fuse_on_cpu:
+        proxies.model.auto_fuses = lambda backend: True
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"jax {jax.__version__}, batch {args.batch} x seq {args.seq}, {args.dtype}")
-    print(f"{'config':26s} {'params':>10s} {'compile s':>9s} {'ms/step':>8s} {'tokens/s':>9s}"
-          f" {'XLA temp MB':>11s} {'peak RSS MB':>11s}")
+    if not args.no_table:
+        print(f"{'config':26s} {'params':>10s} {'compile s':>9s} {'ms/step':>8s} "
+              f"{'tokens/s':>9s} {'XLA temp MB':>11s} {'peak RSS MB':>11s}")
     for name, d, L, H, V in ([] if args.no_table else SIZES):
         r = bench(d, L, H, V, args.batch, args.seq, args.steps, args.repeats, args.dtype)
         print(f"{name:26s} {r['params']:10,d} {r['compile_s']:9.2f} {r['ms_step']:8.1f} "
               f"{r['tokens_s']:9,.0f} {r['temp_mb']:11.1f} {r['peak_rss_mb']:11.0f}")
+    for spec in args.ab:
+        key, values = spec.split("=", 1)
+        for want in args.ab_size or ["laptop"]:
+            size = next(sz for sz in SIZES if want in sz[0])
+            ab(key, values.split(","), size, args.batch, args.seq, args.steps, args.ab_repeats,
+               args.dtype)
     if args.probe_overhead:
         probe_overhead(args.overhead_steps, args.log_every)
     if args.dynamics_overhead:

@@ -4,19 +4,20 @@ Shapes in names: B batch, L sequence, D d_model, H heads, K d_head, F MLP hidden
 Probes: when the caller makes the `intermediates` collection mutable, each block `sow`s what the
 probes need (max attention logit, attention entropy, residual-stream outliers); with `dynamics`
 mutable, every named site sows its whole tensor (see `DYNAMICS_SITES`). The training step makes
-neither mutable, so none of that is computed on the hot path.
+neither mutable, so none of that is computed on the hot path, and off CPU its attention goes
+through `jax.nn.dot_product_attention` (`model.attn_impl=auto`); probes write the logits out.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from proxies.config import (AttnScale, ComputeDtype, MlpKind, ModelConfig, NormKind,
+from proxies.config import (AttnImpl, AttnScale, ComputeDtype, MlpKind, ModelConfig, NormKind,
                             Parametrization, PosEmb, unhandled)
 
 # jax's truncated normal (cut at ±2σ) has std 0.8796·σ; dividing makes `std` the real std.
@@ -146,6 +147,64 @@ def plant_kappa(z_BxLxHxK: jax.Array, kappa: float) -> jax.Array:
     return (math.sqrt(kappa) * z32).astype(z_BxLxHxK.dtype)
 
 
+def qk_for_product(cfg: ModelConfig, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
+                   dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, float]:
+    """(q, k, s): the q and k that enter q·kᵀ and the scale s applied to the product after it.
+    Every logit-scale toggle (κ, attn_scale, μParam's 1/d_head) lives here, so the explicit and
+    the fused attention paths cannot disagree on them."""
+    scale = attn_logit_scale(cfg)
+    if cfg.attn_kappa is not None:  # the κ experiment sets the logit scale itself
+        return plant_kappa(q_BxLxHxK, cfg.attn_kappa), plant_kappa(k_BxLxHxK, cfg.attn_kappa), 1.0
+    match cfg.attn_scale:
+        case AttnScale.before:
+            # Same product, but q and k stay small before the matmul (safer in low precision).
+            root = jnp.asarray(math.sqrt(scale), dtype)
+            return q_BxLxHxK * root, k_BxLxHxK * root, 1.0
+        case AttnScale.after:
+            return q_BxLxHxK, k_BxLxHxK, scale
+        case _:
+            unhandled("model.attn_scale", cfg.attn_scale)
+
+
+def attn_logits(cfg: ModelConfig, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
+                dtype: jnp.dtype) -> jax.Array:
+    """Scaled q·kᵀ per head, (B, H, L, L) in the compute dtype: what the probes measure."""
+    q_BxLxHxK, k_BxLxHxK, post = qk_for_product(cfg, q_BxLxHxK, k_BxLxHxK, dtype)
+    logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
+    return logits_BxHxLxL * post if post != 1.0 else logits_BxHxLxL
+
+
+def auto_fuses(backend: str) -> bool:
+    """Whether `attn_impl=auto` takes the fused path on this backend. Not on CPU: there jax
+    0.10's XLA attention writes the logits out too, and its train step ran 8% slower in float32
+    than the explicit one and no faster in bfloat16 (laptop preset:
+    benchmarks/step_speed.py --ab model.attn_impl=explicit,auto --fuse-on-cpu)."""
+    return backend != "cpu"
+
+
+def sdpa_implementation(backend: str, dtype: jnp.dtype) -> str | None:
+    """cuDNN flash attention on GPU in 16-bit; None (XLA) elsewhere. jax 0.10's
+    `implementation=None` always means XLA, so the GPU choice has to be made here."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if backend == "gpu" and half else None
+
+
+def fused_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
+                    scale: float, dtype: jnp.dtype) -> jax.Array:
+    """Causal softmax(s·q·kᵀ)·v without materialising the logits for anyone to read."""
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+        t.astype(dtype) for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))  # a float32 qk-norm output
+    attend = lambda impl: jax.nn.dot_product_attention(  # noqa: E731
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scale=scale, is_causal=True, implementation=impl)
+    impl = sdpa_implementation(jax.default_backend(), dtype)
+    if impl is None:
+        return attend(None)
+    try:
+        return attend(impl)
+    except (NotImplementedError, ValueError, RuntimeError):  # cuDNN refuses at trace time
+        return attend(None)
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
@@ -177,9 +236,34 @@ class Attention(nn.Module):
         sow_dynamics(self, "q", q_BxLxHxK)
         sow_dynamics(self, "k", k_BxLxHxK)
         sow_dynamics(self, "v", v_BxLxHxK)
-        logits_BxHxLxL = self._logits(q_BxLxHxK, k_BxLxHxK, dtype)
-        logits_BxHxLxL = logits_BxHxLxL.astype(jnp.float32)
-        L = x_BxLxD.shape[1]
+        if self._fused():
+            q_BxLxHxK, k_BxLxHxK, post = qk_for_product(cfg, q_BxLxHxK, k_BxLxHxK, dtype)
+            out_BxLxHxK = fused_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, post, dtype)
+        else:
+            out_BxLxHxK = self._explicit(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dtype)
+        sow_dynamics(self, "ctx", out_BxLxHxK)
+        return nn.DenseGeneral(D, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
+                               param_dtype=jnp.float32,
+                               kernel_init=trunc_normal(init_std(cfg, D)), name="out")(out_BxLxHxK)
+
+    def _fused(self) -> bool:
+        """Fused attention unless asked not to, or a probe reads the logits or probabilities
+        (the max-logit probe must see exactly the logits the explicit path computes)."""
+        match self.cfg.attn_impl:
+            case AttnImpl.explicit:
+                return False
+            case AttnImpl.auto:
+                return auto_fuses(jax.default_backend()) and not (
+                    self.is_mutable_collection("intermediates")
+                    or self.is_mutable_collection("dynamics"))
+            case _:
+                unhandled("model.attn_impl", self.cfg.attn_impl)
+
+    def _explicit(self, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
+                  dtype: jnp.dtype) -> jax.Array:
+        """softmax(q·kᵀ)·v with the logits and probabilities written out (and sown if probed)."""
+        logits_BxHxLxL = attn_logits(self.cfg, q_BxLxHxK, k_BxLxHxK, dtype).astype(jnp.float32)
+        L = q_BxLxHxK.shape[1]
         causal_LxL = jnp.tril(jnp.ones((L, L), dtype=bool))
         masked = jnp.where(causal_LxL, logits_BxHxLxL, jnp.finfo(jnp.float32).min)
         probs_BxHxLxL = jax.nn.softmax(masked, axis=-1)
@@ -190,29 +274,7 @@ class Attention(nn.Module):
             plogp = jnp.where(causal_LxL, probs_BxHxLxL * jnp.log(probs_BxHxLxL + 1e-30), 0.0)
             self.sow("intermediates", "entropy", -jnp.mean(jnp.sum(plogp, axis=-1)))
         sow_dynamics(self, "probs", probs_BxHxLxL)
-        out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(dtype), v_BxLxHxK)
-        sow_dynamics(self, "ctx", out_BxLxHxK)
-        return nn.DenseGeneral(D, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
-                               param_dtype=jnp.float32,
-                               kernel_init=trunc_normal(init_std(cfg, D)), name="out")(out_BxLxHxK)
-
-    def _logits(self, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, dtype: jnp.dtype) -> jax.Array:
-        """Scaled q·kᵀ per head, (B, H, L, L) in the compute dtype."""
-        cfg, scale = self.cfg, attn_logit_scale(self.cfg)
-        if cfg.attn_kappa is not None:  # the κ experiment sets the logit scale itself
-            q_BxLxHxK = plant_kappa(q_BxLxHxK, cfg.attn_kappa)
-            k_BxLxHxK = plant_kappa(k_BxLxHxK, cfg.attn_kappa)
-            return jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
-        match cfg.attn_scale:
-            case AttnScale.before:
-                # Same product, but q and k stay small before the matmul (safer in low precision).
-                q_BxLxHxK = q_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)
-                k_BxLxHxK = k_BxLxHxK * jnp.asarray(math.sqrt(scale), dtype)
-                return jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
-            case AttnScale.after:
-                return jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) * scale
-            case _:
-                unhandled("model.attn_scale", cfg.attn_scale)
+        return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(dtype), v_BxLxHxK)
 
 
 def mlp_hidden(cfg: ModelConfig) -> int:
@@ -276,14 +338,15 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token ids (B, L) -> float32 logits (B, L, V)."""
+    """Token ids (B, L) -> float32 logits (B, L, V); with `hidden_only`, the final-norm hidden
+    states (B, L, D) that `readout` turns into those logits."""
 
     cfg: ModelConfig
     vocab_size: int
     seq_len: int
 
     @nn.compact
-    def __call__(self, tokens_BxL):
+    def __call__(self, tokens_BxL: jax.Array, hidden_only: bool = False) -> jax.Array:
         cfg = self.cfg
         D, dtype = cfg.d_model, compute_dtype(cfg)
         embed = nn.Embed(self.vocab_size, D, dtype=dtype, param_dtype=jnp.float32,
@@ -306,19 +369,33 @@ class Transformer(nn.Module):
         x_BxLxD = make_norm(cfg, "ln_final")(x_BxLxD)
         sow_dynamics(self, "final_out", x_BxLxD)
         if cfg.tie_embeddings:
-            logits_BxLxV = embed.attend(x_BxLxD)
+            table_VxD = embed.embedding
         else:
             # Stored V x D like the embedding: on CPU the x·Wᵀ layout runs ~1.6x faster at
             # V=32768 than a D x V Dense kernel (benchmarks/step_speed.py).
-            unembed = nn.Embed(self.vocab_size, D, dtype=dtype, param_dtype=jnp.float32,
-                               embedding_init=trunc_normal(init_std(cfg, D, "readout")),
-                               name="unembed")
-            logits_BxLxV = unembed.attend(x_BxLxD)
-        logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-        if is_mup(cfg):  # readout multiplier 1/m keeps logits O(1) with width
-            logits_BxLxV = logits_BxLxV / width_mult(cfg)
+            table_VxD = nn.Embed(self.vocab_size, D, dtype=dtype, param_dtype=jnp.float32,
+                                 embedding_init=trunc_normal(init_std(cfg, D, "readout")),
+                                 name="unembed").embedding
+        if hidden_only:  # the chunked loss (proxies/step.py) applies `readout` itself
+            return x_BxLxD
+        logits_BxLxV = readout(cfg, table_VxD, x_BxLxD)
         sow_dynamics(self, "logits", logits_BxLxV)
         return logits_BxLxV
+
+
+def readout_table(cfg: ModelConfig, params: Any) -> jax.Array:
+    """The (V, D) matrix the readout multiplies by: the token embedding when tied."""
+    return params["embed" if cfg.tie_embeddings else "unembed"]["embedding"]
+
+
+def readout(cfg: ModelConfig, table_VxD: jax.Array, x_NxD: jax.Array) -> jax.Array:
+    """Float32 logits x·Wᵀ (the product in the compute dtype) for any leading shape of x; the
+    one readout of both the model and the chunked loss."""
+    dtype = compute_dtype(cfg)
+    logits_NxV = jnp.dot(x_NxD.astype(dtype), table_VxD.astype(dtype).T).astype(jnp.float32)
+    if is_mup(cfg):  # readout multiplier 1/m keeps logits O(1) with width
+        logits_NxV = logits_NxV / width_mult(cfg)
+    return logits_NxV
 
 
 def count_params(params) -> tuple[int, int]:

@@ -8,7 +8,8 @@ structural choices (schedule shape, independent_wd, parametrization) are static.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from functools import partial
+from typing import Any, Callable, Dict
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +31,84 @@ def hparams_from_config(cfg: Config) -> Hparams:
 def cross_entropy_with_z_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
                               z_loss: jax.Array | float) -> tuple[jax.Array, Dict[str, jax.Array]]:
     """Mean next-token CE plus z-loss = coef · mean((log Z)²), Z = Σ_v exp(logit_v) (PaLM)."""
-    log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-    target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-    ce = jnp.mean(log_z_BxL - target_logit_BxL)
-    z_term = z_loss * jnp.mean(log_z_BxL**2)
-    return ce + z_term, {"ce": ce, "z_loss": z_term, "log_z_mean": jnp.mean(log_z_BxL)}
+    return _ce_and_z(*log_z_and_target(logits_BxLxV, targets_BxL), z_loss)
+
+
+def log_z_and_target(logits_NxV: jax.Array, targets_N: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per token: log Z and the target's logit (any leading shape N)."""
+    log_z_N = jax.nn.logsumexp(logits_NxV, axis=-1)
+    target_logit_N = jnp.take_along_axis(logits_NxV, targets_N[..., None], axis=-1)[..., 0]
+    return log_z_N, target_logit_N
+
+
+def _ce_and_z(log_z_N: jax.Array, target_logit_N: jax.Array,
+              z_loss: jax.Array | float) -> tuple[jax.Array, Dict[str, jax.Array]]:
+    ce = jnp.mean(log_z_N - target_logit_N)
+    z_term = z_loss * jnp.mean(log_z_N**2)
+    return ce + z_term, {"ce": ce, "z_loss": z_term, "log_z_mean": jnp.mean(log_z_N)}
+
+
+Readout = Callable[[jax.Array, jax.Array], jax.Array]  # (table_VxD, x_NxD) -> f32 logits_NxV
+
+
+def chunked_cross_entropy_with_z_loss(readout: Readout, table_VxD: jax.Array,
+                                      x_BxLxD: jax.Array, targets_BxL: jax.Array,
+                                      z_loss: jax.Array | float, chunk: int,
+                                      ) -> tuple[jax.Array, Dict[str, jax.Array]]:
+    """`cross_entropy_with_z_loss(readout(table, x), targets, z_loss)` computed `chunk` tokens
+    at a time, so at most chunk × V logits exist at once, forward and backward. A last partial
+    chunk is padded (and its rows dropped)."""
+    D = x_BxLxD.shape[-1]
+    x_NxD, targets_N = x_BxLxD.reshape(-1, D), targets_BxL.reshape(-1)
+    N = targets_N.shape[0]
+    C = min(chunk, N)
+    n = -(-N // C)
+    pad = n * C - N
+    x_nxCxD = jnp.pad(x_NxD, ((0, pad), (0, 0))).reshape(n, C, D)
+    targets_nxC = jnp.pad(targets_N, (0, pad)).reshape(n, C)
+    log_z_nxC, target_logit_nxC = _chunked_log_z_and_target(readout, table_VxD, x_nxCxD,
+                                                            targets_nxC)
+    return _ce_and_z(log_z_nxC.reshape(-1)[:N], target_logit_nxC.reshape(-1)[:N], z_loss)
+
+
+# A custom VJP, not jax.checkpoint over the lax.map body: both keep one chunk of logits alive,
+# but the backward here reuses the forward's log Z. Readout + CE loss and gradient on CPU
+# (4096 tokens, d128, V=32768, chunk 1024): 1773 ms vs 1934 ms checkpointed, 1970 ms unchunked.
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked_log_z_and_target(readout: Readout, table_VxD: jax.Array, x_nxCxD: jax.Array,
+                              targets_nxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per token log Z and target logit, one chunk of logits at a time (n chunks of C)."""
+    return jax.lax.map(lambda xt: log_z_and_target(readout(table_VxD, xt[0]), xt[1]),
+                       (x_nxCxD, targets_nxC))
+
+
+def _chunked_fwd(readout: Readout, table_VxD: jax.Array, x_nxCxD: jax.Array,
+                 targets_nxC: jax.Array) -> tuple:
+    out = _chunked_log_z_and_target(readout, table_VxD, x_nxCxD, targets_nxC)
+    return out, (table_VxD, x_nxCxD, targets_nxC, out[0])
+
+
+def _chunked_bwd(readout: Readout, res: tuple, g: tuple) -> tuple:
+    """Recomputes each chunk's logits; log Z saved by the forward spares a second reduction:
+    d/dlogits = g_logZ · softmax + g_target · onehot(target)."""
+    table_VxD, x_nxCxD, targets_nxC, log_z_nxC = res
+    g_log_z_nxC, g_target_nxC = g
+
+    def chunk(dtable_VxD: jax.Array, inputs: tuple) -> tuple[jax.Array, jax.Array]:
+        x_CxD, targets_C, log_z_C, g_log_z_C, g_target_C = inputs
+        logits_CxV, vjp = jax.vjp(readout, table_VxD, x_CxD)
+        dlogits_CxV = g_log_z_C[:, None] * jnp.exp(logits_CxV - log_z_C[:, None])
+        dlogits_CxV = dlogits_CxV.at[jnp.arange(targets_C.shape[0]), targets_C].add(g_target_C)
+        dtable_c, dx_CxD = vjp(dlogits_CxV)
+        return dtable_VxD + dtable_c, dx_CxD
+
+    dtable_VxD, dx_nxCxD = jax.lax.scan(
+        chunk, jnp.zeros_like(table_VxD),
+        (x_nxCxD, targets_nxC, log_z_nxC, g_log_z_nxC, g_target_nxC))
+    return dtable_VxD, dx_nxCxD, None
+
+
+_chunked_log_z_and_target.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def learning_rate(step: jax.Array, hp: Hparams, total_steps: int,

@@ -68,7 +68,7 @@ def compiled(key: str, model: Any, cfg: Any, state: Any, batch: jax.Array, hp: A
     key = json.dumps([key, group, str(cfg.dynamics), mesh])  # dynamics settings shape the probe
     if key not in _COMPILED:
         donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate buffers
-        eval_one = eval_step = jax.jit(make_eval_step(model))
+        eval_one = eval_step = jax.jit(make_eval_step(model, cfg.train.ce_chunk))
         probe_one = probe = make_probe(model, cfg.model.n_layers)
         dynamics = make_dynamics_probe(model, cfg)
         shard = _shardings(layout, state, hp, group)

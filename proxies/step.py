@@ -8,6 +8,7 @@ update is dropped here, on device.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Dict, Tuple
 
 import flax.linen as nn
@@ -17,8 +18,10 @@ import optax
 from flax import struct
 
 from proxies.config import Config, InjectKind, SpikeAction, unhandled
-from proxies.optim import (Hparams, adamw, clip_by_global_norm, cross_entropy_with_z_loss,
-                           decay_mask, hparams_from_config, learning_rate, lr_multipliers)
+from proxies.model import readout, readout_table
+from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, clip_by_global_norm,
+                           cross_entropy_with_z_loss, decay_mask, hparams_from_config,
+                           learning_rate, lr_multipliers)
 from proxies.spikes import SpikeWindow, detect, init_window, push
 
 # Per-step values the training loop reads back (proxies/runner.py), in this order.
@@ -80,19 +83,32 @@ def _grad_injection(cfg: Config) -> Callable[[Any, jax.Array], Any]:
     return inject
 
 
+def loss_and_aux(model: nn.Module, params: Any, inputs_BxL: jax.Array, targets_BxL: jax.Array,
+                 z_loss: jax.Array | float, ce_chunk: int) -> Tuple[jax.Array, Dict[str, Any]]:
+    """Loss and its parts (ce, z_loss, log_z_mean) of the model on one batch; with ce_chunk > 0
+    the readout and cross-entropy run that many tokens at a time (`train.ce_chunk`)."""
+    if not ce_chunk:
+        logits_BxLxV = model.apply({"params": params}, inputs_BxL)
+        return cross_entropy_with_z_loss(logits_BxLxV, targets_BxL, z_loss)
+    x_BxLxD = model.apply({"params": params}, inputs_BxL, hidden_only=True)
+    return chunked_cross_entropy_with_z_loss(
+        partial(readout, model.cfg), readout_table(model.cfg, params), x_BxLxD, targets_BxL,
+        z_loss, ce_chunk)
+
+
 def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> Callable:
     """Un-jitted pure step; callers jit (or vmap then jit) it."""
     total_steps, schedule = cfg.train.steps, cfg.optim.schedule
     sigma, min_samples = cfg.train.spike.sigma, cfg.train.spike.min_samples
     skips_spikes, inject = _skips_spikes(cfg), _grad_injection(cfg)
+    ce_chunk = ce_chunk_for(cfg.train.ce_chunk, model.vocab_size)
 
     def train_step(state: TrainState, batch_BxLp1: jax.Array,
                    hp: Hparams) -> Tuple[TrainState, Dict[str, Any]]:
         inputs_BxL, targets_BxL = batch_BxLp1[:, :-1], batch_BxLp1[:, 1:]
 
         def loss_fn(params):
-            logits_BxLxV = model.apply({"params": params}, inputs_BxL)
-            return cross_entropy_with_z_loss(logits_BxLxV, targets_BxL, hp["z_loss"])
+            return loss_and_aux(model, params, inputs_BxL, targets_BxL, hp["z_loss"], ce_chunk)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads, grad_norm = clip_by_global_norm(inject(grads, state.step), hp["grad_clip"])
@@ -124,9 +140,26 @@ def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> 
     return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable:
+# `train.ce_chunk=-1` (auto): chunk large vocabularies only. Measured on 2 CPU cores (laptop
+# preset d128 L4, batch 32x128; benchmarks/step_speed.py --ab train.ce_chunk=0,512,1024): at
+# V=256 chunking is noise (±2%); at V=32768, chunk 1024 is -10% CPU time, -20% wall, XLA temp
+# memory 1308 -> 551 MB; the loss part alone gains from V=2048 on.
+AUTO_CE_CHUNK, AUTO_CE_CHUNK_MIN_VOCAB = 1024, 2048
+
+
+def ce_chunk_for(setting: int, vocab_size: int) -> int:
+    """Tokens per readout/cross-entropy chunk (0 = all at once) for `train.ce_chunk`."""
+    if setting == -1:
+        return AUTO_CE_CHUNK if vocab_size >= AUTO_CE_CHUNK_MIN_VOCAB else 0
+    return setting
+
+
+def make_eval_step(model: nn.Module, ce_chunk: int = 0) -> Callable:
+    """`(params, batch) -> mean CE`; ce_chunk as in the train step (pass `train.ce_chunk`)."""
+    ce_chunk = ce_chunk_for(ce_chunk, model.vocab_size)
+
     def eval_step(params: Any, batch_BxLp1: jax.Array) -> jax.Array:
-        logits_BxLxV = model.apply({"params": params}, batch_BxLp1[:, :-1])
-        return cross_entropy_with_z_loss(logits_BxLxV, batch_BxLp1[:, 1:], 0.0)[1]["ce"]
+        return loss_and_aux(model, params, batch_BxLp1[:, :-1], batch_BxLp1[:, 1:], 0.0,
+                            ce_chunk)[1]["ce"]
 
     return eval_step

@@ -120,7 +120,9 @@ class SpikeAction(Choice):
 
 
 class AttnImpl(Choice):
-    auto = "auto"  # jax.nn.dot_product_attention on ordinary steps, explicit logits on probes
+    # jax.nn.dot_product_attention (cuDNN in bf16) on ordinary steps off CPU; explicit logits on
+    # probe steps and on CPU, where XLA's fused version is slower (+7-8% per laptop step)
+    auto = "auto"
     explicit = "explicit"  # softmax(q·kᵀ) written out on every step
 
 
@@ -230,17 +232,23 @@ class TrainConfig:
     inject_spike_at: List[int] = field(default_factory=list)
     inject_spike_kind: InjectKind = InjectKind.batch
     inject_spike_scale: float = 1000.0
-    # Readout + cross-entropy in chunks of this many tokens on ordinary steps, so B×L×V logits
-    # never exist at once (0 = whole batch at once). Outside a run's identity.
-    ce_chunk: int = 0
+    # Readout + cross-entropy in chunks of this many tokens (train and eval steps), so B×L×V
+    # float32 logits never exist at once. 0 = whole batch at once; -1 = auto: 1024 when the
+    # vocabulary is >= 2048 (measured, see proxies/step.py: ce_chunk_for). Outside a run's identity.
+    ce_chunk: int = -1
 
 
 @dataclass
 class WandbConfig:
     mode: WandbMode = WandbMode.auto  # auto (online with credentials, else disabled) | ...
     project: str = "proxies"
-    group: Optional[str] = None
+    group: Optional[str] = None  # a sweep sets its directory's name
+    job_type: Optional[str] = None  # a sweep sets the run's series (size × toggles)
+    name: Optional[str] = None  # readable name; a sweep sets size, toggles and LR
     tags: List[str] = field(default_factory=list)
+    # Alert (wandb.alert and a console line) when the max attention logit crosses this; a sweep
+    # sets its analysis threshold. None = the analysis default (sweep.threshold).
+    alert_logit: Optional[float] = None
 
 
 @dataclass
@@ -434,7 +442,7 @@ def validate(cfg: DictConfig | Config) -> None:
     if t.divergence_loss is not None:
         _positive("train.divergence_loss", t.divergence_loss)
     _validate_spike(t)
-    _int_at_least("train.ce_chunk", t.ce_chunk, 0, 2048)
+    _int_at_least("train.ce_chunk", t.ce_chunk, -1, 1024)
     mesh = getattr(cfg, "mesh", None)
     if mesh is not None:
         for k in ("data", "fsdp"):

@@ -22,7 +22,7 @@ from proxies import rundir as R
 SUMMARY_COLUMNS = M.SUMMARY_KEYS
 
 
-def _grad_rms_summary(run_dir: Path) -> Dict[str, float]:
+def grad_rms_summary(run_dir: Path) -> Dict[str, float]:
     """Median and min over tensors of the last logged gradient and update RMS."""
     rows = [r for r in R.read_metrics(run_dir / R.METRICS)
             if any(k.startswith(M.GRAD_RMS + "/") for k in r)]
@@ -49,7 +49,7 @@ def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, 
         row["status"] = "partial" if (run_dir / R.CHECKPOINTS).exists() else "pending"
     for k in SUMMARY_COLUMNS:
         row[k] = summary.get(k, np.nan)
-    row.update(_grad_rms_summary(run_dir))
+    row.update(grad_rms_summary(run_dir))
     row["run_dir"] = run_dir.name
     return row
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from analysis.__main__ import print_report
+from analysis.dashboard import series_name, wandb_group
 from analysis.report import analyze
 from proxies.cli import one_line_errors, run_cli
 from proxies.config import (Config, ConfigError, DataSource, MlpKind, PosEmb,  # noqa: F401
@@ -38,6 +39,7 @@ from proxies.results import TABLE, update_table
 from proxies.rundir import SUMMARY, RunDir, atomic_write_text, read_summary_file, take_lock
 from proxies.sharding import initialize_distributed
 from proxies.stopping import Stopped, stop_requests
+from proxies.tracking import log_sweep
 from proxies.train import CONFIG_DIR, group_key, run_name, train_group
 
 SWEEP_LOCK = ".sweep.lock"
@@ -296,6 +298,7 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None,
     leaves the table written and raises `JobsFailed`, without the analysis."""
     points = expand_grid(cfg) if points is None else points
     out = sweep_dir(cfg, points)
+    label_runs(points, out, cfg)
     if cfg.sweep.dry_run:
         print_plan(f"sweep {cfg.sweep.name} (dry run, nothing trained)", points)
         return out, pd.DataFrame()
@@ -318,7 +321,24 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None,
         rep = analyze(out, list(cfg.sweep.target_params), cfg.sweep.threshold,
                       tuple(cfg.sweep.lr_range), hold_out=list(cfg.sweep.hold_out))
         print_report(rep, out / "analysis" / "report.md")
+    log_sweep(out, wandb_group(out), base_config(cfg).wandb, df)
     return out, df
+
+
+def label_runs(points: List[Point], out: Path, cfg: DictConfig) -> None:
+    """W&B names of each run: group = the sweep directory's (analysis.dashboard.wandb_group),
+    job type = its series (the dashboards group by both), a
+    readable name with the LR, the experiment's name as a tag, the analysis threshold as the
+    attention-logit alert. None of it is in a run's identity."""
+    group = wandb_group(out)
+    for values, run in points:
+        w = run.wandb
+        w.group = w.group or group
+        w.job_type = w.job_type or series_name(values)
+        w.name = w.name or f"{series_name(values)} lr={values['optim.lr']:g}"
+        w.tags = list(dict.fromkeys([*w.tags, cfg.sweep.name]))
+        if w.alert_logit is None:
+            w.alert_logit = float(cfg.sweep.threshold)
 
 
 def train_missing(cfg: DictConfig, points: List[Point], out: Path,

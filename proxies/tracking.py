@@ -6,14 +6,19 @@ is imported only when used.
 
 from __future__ import annotations
 
+import json
+import math
 import netrc
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from proxies.config import WandbConfig, WandbMode, unhandled
 from proxies.metric_names import STEP
 from proxies.rundir import finite_or_none
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def wandb_mode(cfg: WandbConfig) -> tuple[str, Optional[str]]:
@@ -38,29 +43,100 @@ def wandb_mode(cfg: WandbConfig) -> tuple[str, Optional[str]]:
                         "Set wandb.mode=offline to also write W&B files.")
 
 
+def swept_config(swept: Dict[str, Any]) -> Dict[str, Any]:
+    """Swept values as top-level W&B config keys by their last name (`optim.lr` -> `lr`), so
+    panels can group and colour by them without digging into the nested config."""
+    return {k.split(".")[-1]: v for k, v in swept.items()}
+
+
 class Tracker:
-    """Mirrors each row the run logs (and its summary) to W&B, when W&B is on."""
+    """Mirrors each row the run logs (and its summary) and the run's alerts to W&B, when W&B is
+    on. The run id is the run directory's name, so a resumed run continues its W&B run."""
 
     def __init__(self, out_dir: Path, wandb_cfg: WandbConfig, config: Dict[str, Any],
-                 run_name: str, quiet: bool = False):
+                 run_id: str, quiet: bool = False):
         self._wandb = None
+        self.name = wandb_cfg.name or run_id
         mode, notice = wandb_mode(wandb_cfg)
         if notice and not quiet:
             print(notice)
         if mode != "disabled":
             import wandb  # only paid for when logging to W&B
+            swept = (config.get("run") or {}).get("swept") or {}
             self._wandb = wandb.init(
-                project=wandb_cfg.project, group=wandb_cfg.group, tags=list(wandb_cfg.tags),
-                config=config, name=run_name, dir=str(out_dir), mode=mode,
-                id=run_name, resume="allow", settings=wandb.Settings(silent=True))
+                project=wandb_cfg.project, group=wandb_cfg.group, job_type=wandb_cfg.job_type,
+                tags=list(wandb_cfg.tags), config={**config, **swept_config(swept)},
+                name=self.name, dir=str(out_dir), mode=mode, id=run_id, resume="allow",
+                settings=wandb.Settings(silent=True))
 
     def log(self, row: Dict[str, Any]) -> None:
         if self._wandb is not None:
             self._wandb.log({k: finite_or_none(v) for k, v in row.items() if k != STEP},
                             step=row[STEP])
 
+    def alert(self, title: str, text: str, warn: bool = True) -> None:
+        if self._wandb is not None:
+            import wandb
+
+            level = wandb.AlertLevel.WARN if warn else wandb.AlertLevel.INFO
+            self._wandb.alert(title=f"{self.name}: {title}", text=text, level=level)
+
     def finish(self, summary: Dict[str, Any]) -> None:
         if self._wandb is not None:
             self._wandb.summary.update({k: finite_or_none(v) for k, v in summary.items()})
             self._wandb.finish()
             self._wandb = None
+
+
+def series_sensitivity(table: "pd.DataFrame") -> Dict[str, float]:
+    """LR sensitivity of each run's series, by the table's run_dir (finished series only)."""
+    from analysis.load import finished, series_keys
+    from analysis.report import series_table
+
+    done = finished(table)
+    if done.empty or done["optim.lr"].nunique() < 2:
+        return {}
+    keys = series_keys(table)
+    sens = series_table(table)[keys + ["lr_sensitivity"]]
+    merged = done.merge(sens, on=keys, how="inner") if keys else done.assign(
+        lr_sensitivity=sens["lr_sensitivity"].iloc[0])
+    return {str(r): float(s) for r, s in zip(merged["run_dir"], merged["lr_sensitivity"])
+            if s is not None and math.isfinite(s)}
+
+
+def log_sweep(sweep_dir: Path, group: str, wandb_cfg: WandbConfig, table: "pd.DataFrame") -> bool:
+    """The sweep-level W&B record: the results table, the analysis folder (report.md and
+    figures) as an artifact, and each run's series LR sensitivity in its W&B summary. Logged
+    once per state of the table: again only when a rerun finished more runs. True if logged."""
+    mode, _ = wandb_mode(wandb_cfg)
+    if mode == "disabled":
+        return False
+    analysis = sweep_dir / "analysis"
+    marker = analysis / "wandb_logged.json"
+    state = sorted(f"{r}:{s}" for r, s in zip(table.get("run_dir", []), table.get("status", [])))
+    if marker.exists() and json.loads(marker.read_text()).get("state") == state:
+        return False
+    import wandb
+
+    name = group  # unique (a paper result's part dirs are all called main, eps, ...)
+    run = wandb.init(project=wandb_cfg.project, group=group, job_type="sweep",
+                     name=f"{name} (sweep)", id=f"sweep-{name}", resume="allow",
+                     dir=str(sweep_dir), mode=mode, tags=list(wandb_cfg.tags),
+                     settings=wandb.Settings(silent=True))
+    run.log({"results": wandb.Table(dataframe=table.astype(str))})
+    if analysis.is_dir():
+        artifact = wandb.Artifact(f"{name}-analysis", type="analysis")
+        for f in sorted(analysis.iterdir()):
+            if f.suffix in (".md", ".png", ".csv", ".gif"):
+                artifact.add_file(str(f))
+        run.log_artifact(artifact)
+    run.finish()
+    for run_dir, sensitivity in series_sensitivity(table).items():
+        path = sweep_dir / run_dir  # the table's run_dir is relative to the sweep dir
+        r = wandb.init(project=wandb_cfg.project, id=path.name, resume="allow", mode=mode,
+                       dir=str(path), settings=wandb.Settings(silent=True))
+        r.summary["lr_sensitivity"] = sensitivity
+        r.finish()
+    analysis.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"state": state}) + "\n")
+    return True

@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from proxies import metric_names as M
 from proxies.checkpoint import Checkpointer
 from proxies.cli import one_line_errors, run_cli
-from proxies.config import (InjectKind, SpikeAction, config_hash, identity, register_configs,
-                            unhandled, validate)
+from proxies.config import (DEFAULT_THRESHOLD, InjectKind, SpikeAction, config_hash, identity,
+                            register_configs, unhandled, validate)
 from proxies.data import Dataset, cache_dir, eval_batches, load_dataset, train_batch
 from proxies.model import Transformer, count_params
 from proxies.optim import HPARAM_KEYS, hparams_from_config
+from proxies.results import grad_rms_summary
 from proxies.rundir import RunDir, run_dir
 from proxies.runner import Compiled, Runner
 from proxies.sharding import group_layout, initialize_distributed, run_layout, sync_processes
@@ -137,15 +138,32 @@ class Member:
     diverged_at: Optional[int] = None
     last_loss: float = math.nan
     outcome: Outcome = "running"
+    logit_alerted: bool = False
 
     @property
     def active(self) -> bool:
         return self.outcome == "running"
 
-    def log(self, row: Dict[str, Any]) -> None:
+    def log(self, row: Dict[str, Any], say: Say = print) -> None:
         self.run.log(row)
         if self.tracker is not None:
             self.tracker.log(row)
+        logit, limit = row.get(M.ATTN_MAX_LOGIT), self.alert_logit
+        if logit is not None and logit > limit and not self.logit_alerted:
+            self.logit_alerted = True  # once per process: a rising logit is one event
+            self.alert("max attention logit crossed the threshold",
+                       f"max attention logit {logit:.4g} > {limit:g} at step {row[M.STEP]}", say)
+
+    @property
+    def alert_logit(self) -> float:
+        a = self.cfg.wandb.alert_logit
+        return DEFAULT_THRESHOLD if a is None else float(a)
+
+    def alert(self, title: str, text: str, say: Say) -> None:
+        """A console line, and `wandb.alert` when W&B is on."""
+        say(f"{self.run}: {text}")
+        if self.tracker is not None:
+            self.tracker.alert(title, text)
 
     def close(self, summary: Optional[Dict[str, Any]] = None) -> None:
         if self.ckpt is not None:
@@ -354,8 +372,9 @@ class Loop:
             case _:
                 unhandled("train.spike.action", action)
         m.run.append_event(event)  # durable before the rollback acts on it
-        self.say(f"{m.run}: spike at step {update} (loss z {w['loss_zscore']:.1f}, grad-norm z "
-                 f"{w['grad_zscore']:.1f}): {event['action']}")
+        m.alert(f"spike: {event['action']}", f"spike at step {update} (loss z "
+                f"{w['loss_zscore']:.1f}, grad-norm z {w['grad_zscore']:.1f}): {event['action']}",
+                self.say)
 
     def observe(self, update: int, metrics: Optional[Dict[str, Any]],
                 eval_now: bool) -> List[Dict[str, Any]]:
@@ -375,7 +394,7 @@ class Loop:
     def write(self, rows: List[Dict[str, Any]]) -> None:
         for m, row in zip(self.members, rows):
             if m.active:
-                m.log(row)
+                m.log(row, self.say)
 
     def checkpoint(self, update: int) -> None:
         """Save the active members at `update` (its rows are already written). Pending checks
@@ -400,12 +419,13 @@ def finish_member(m: Member, end: int, steps_run: int, wall: float, group_size: 
         m.close()
         return None
     if m.outcome == "diverged":
-        say(f"{m.run}: diverged at step {m.diverged_at}")
+        m.alert("diverged", f"diverged at step {m.diverged_at} (loss {m.last_loss:.4g})", say)
         if m.diverged_at is not None:
             m.log({M.STEP: m.diverged_at, M.TRAIN_LOSS: m.last_loss})
     elif m.outcome == "max_rollbacks":
-        say(f"{m.run}: spike at step {m.diverged_at} after {len(m.rollbacks)} rollbacks "
-            f"(train.spike.max_rollbacks={tc.spike.max_rollbacks}); stopped and marked diverged")
+        m.alert("diverged (out of rollbacks)", f"spike at step {m.diverged_at} after "
+                f"{len(m.rollbacks)} rollbacks (train.spike.max_rollbacks="
+                f"{tc.spike.max_rollbacks}); stopped and marked diverged", say)
     elif m.outcome != "running":
         raise AssertionError(f"unhandled outcome {m.outcome!r}")
     m.run.close_metrics()
@@ -421,7 +441,7 @@ def finish_member(m: Member, end: int, steps_run: int, wall: float, group_size: 
         "wall_s": wall, "config_hash": m.meta["run"]["config_hash"],
         "corpus_hash": m.meta["run"]["corpus_hash"], "group_size": group_size})
     m.run.write_summary(summary)
-    m.close(summary)
+    m.close({**summary, **grad_rms_summary(m.run.path)})  # W&B panels read these medians too
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     say(f"{m.run}: eval CE {fmt(summary['final_eval_ce'], '.4f')}, max attention logit "
         f"{fmt(summary['max_attn_logit'], '.3g')}, {fmt(summary['tokens_per_s'], ',.0f')} "
@@ -572,7 +592,7 @@ def init_records(ms: List[Member], fns: Compiled, state0: Any, evals: List[jax.A
                 f"rows of steps 1..{m.start} are lost")
             m.run.rewrite_metrics([row] + m.run.metrics_rows())
         else:
-            m.log(row)
+            m.log(row, say)
 
 
 # ---------------------------------------------------------------------------------- CLI

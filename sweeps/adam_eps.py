@@ -7,6 +7,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.dashboard import PanelSpec
 from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
@@ -110,6 +111,19 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.tight_layout()
     return fig
 
+
+# The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
+DASHBOARD = [
+    PanelSpec("gradient RMS vs size", "summary:grad_rms_median", x="summary:n_params_nonembed",
+              log_x=True, log_y=True, part="scaling"),
+    PanelSpec("gradient RMS vs LR", "summary:grad_rms_median", x="config:optim.lr", log_x=True,
+              log_y=True, colour="size", part="scaling"),
+    PanelSpec("update RMS (÷ LR) vs ε", "summary:update_rms_median", x="config:optim.eps",
+              log_x=True, log_y=True, part="eps"),
+    PanelSpec("gradient RMS vs ε", "summary:grad_rms_median", x="config:optim.eps", log_x=True,
+              log_y=True, part="eps"),
+    PanelSpec("final eval loss vs ε", "summary:final_eval_ce", x="config:optim.eps", log_x=True,
+              part="eps")]
 
 RESULT = Result("adam_eps", CLAIM, parts, judge, figure)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.dashboard import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
@@ -92,6 +93,17 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.suptitle("Scaling depth vs scaling width", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def DASHBOARD(s: ScaleSpec) -> list[PanelSpec]:
+    """The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>):
+    the width path keeps the base depth, the depth path the base width."""
+    b = s.widths[0]
+    return [lr_vs_loss(f"width path (depth {b['n_layers']})",
+                       where={"model.n_layers": b["n_layers"]}),
+            lr_vs_loss(f"depth path (width {b['d_model']})",
+                       where={"model.d_model": b["d_model"]}),
+            sensitivity_vs_params()]
 
 
 RESULT = Result("depth_width", CLAIM, parts, judge, figure)

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Tuple
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.dashboard import PanelSpec
 from sweeps.core import SPECS, Part, Result, ScaleSpec, Tables, main, size
 
 MODERN = {"model": {"norm": "rmsnorm", "mlp": "swiglu"}}
@@ -165,6 +166,10 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.tight_layout()
     return fig
 
+
+# The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
+DASHBOARD = [PanelSpec("residual-stream max / median per layer over training",
+                       "act/max_median_ratio", layers=True, split=("model.norm", "model.mlp"))]
 
 RESULT = Result("dynamics", CLAIM, parts, judge, figure)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.dashboard import PanelSpec, lr_vs_loss
 from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, half_decades, main
@@ -91,6 +92,14 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.tight_layout()
     return fig
 
+
+# The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
+DASHBOARD = [
+    PanelSpec("final eval loss vs κ", "summary:final_eval_ce", x=f"config:{K}", log_x=True,
+              part="kappa"),
+    PanelSpec("max attention logit vs κ", "summary:max_attn_logit", x=f"config:{K}", log_x=True,
+              log_y=True, part="kappa"),
+    lr_vs_loss("bigram model (0 layers): LR vs final eval loss", part="bigram")]
 
 RESULT = Result("kappa", CLAIM, parts, judge, figure)
 

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from analysis.dashboard import PanelSpec
 from analysis.fits import FitError, fit_quadratic_log
 from analysis.figures import log_axes
 from proxies.config import DEFAULT_THRESHOLD
@@ -161,6 +162,13 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.tight_layout()
     return fig
 
+
+# The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
+DASHBOARD = [
+    PanelSpec("max attention logit vs params (colour: LR)", "summary:max_attn_logit",
+              x="summary:n_params_nonembed", log_x=True, log_y=True),
+    PanelSpec("max attention logit over training, held-out size", "attn/max_logit", log_y=True,
+              largest=True)]
 
 RESULT = Result("logit_prediction", CLAIM, parts, judge, figure)
 

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullLocator
 
+from analysis.dashboard import lr_vs_loss, sensitivity_vs_params
 from analysis.figures import log_axes
 from proxies.config import Parametrization, unhandled
 from sweeps import panels as P
@@ -111,6 +112,10 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.tight_layout()
     return fig
 
+
+# The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
+DASHBOARD = [lr_vs_loss(split=(MP,)),
+             sensitivity_vs_params("LR sensitivity vs width", x="config:model.d_model")]
 
 RESULT = Result("mup", CLAIM, parts, judge, figure)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.dashboard import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
 
@@ -61,6 +62,11 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.tight_layout()
     return fig
 
+
+# The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
+DASHBOARD = [lr_vs_loss(split=(QK,)), sensitivity_vs_params(),
+             PanelSpec("max attention logit vs LR", "summary:max_attn_logit", x="config:optim.lr",
+                       log_x=True, log_y=True, colour="setting")]
 
 RESULT = Result("qk_layernorm", CLAIM, parts, judge, figure)
 

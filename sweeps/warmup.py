@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
+from analysis.dashboard import lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
 
@@ -57,6 +58,9 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.tight_layout()
     return fig
 
+
+# The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
+DASHBOARD = [lr_vs_loss(split=(W,)), sensitivity_vs_params()]
 
 RESULT = Result("warmup", CLAIM, parts, judge, figure)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from analysis.dashboard import lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
 
@@ -86,6 +87,12 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.tight_layout()
     return fig
 
+
+# The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
+DASHBOARD = [lr_vs_loss(split=(IND, WD), part="main"),
+             lr_vs_loss("LR vs final eval loss, the paper's total decay", part="same_total"),
+             sensitivity_vs_params(part="main"),
+             sensitivity_vs_params("LR sensitivity, the paper's total decay", part="same_total")]
 
 RESULT = Result("weight_decay", CLAIM, parts, judge, figure)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.dashboard import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Result, ScaleSpec, Tables, main
 
@@ -74,6 +75,11 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     fig.tight_layout()
     return fig
 
+
+# The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
+DASHBOARD = [lr_vs_loss(split=(Z,)), sensitivity_vs_params(),
+             PanelSpec("log Z over training, largest model", "logits/log_z_mean", split=(Z,),
+                       largest=True)]
 
 RESULT = Result("z_loss", CLAIM, parts, judge, figure)
 

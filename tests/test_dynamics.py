@@ -130,7 +130,7 @@ def test_off_by_default_writes_nothing(make_cfg):
 
 
 def test_a_vmapped_group_records_each_members_dynamics(make_cfg):
-    lrs = ("1e-3", "1e-2")
+    lrs = ("1e-3", "1e-2", "3e-2")  # test_sweep.py's group of 3: one compiled group step
     group = [make_cfg(*DYN, f"optim.lr={lr}", out=f"g{lr}") for lr in lrs]
     solo = make_cfg(*DYN, "optim.lr=1e-2", out="solo")
     train_group(group, vmap=True)

@@ -109,12 +109,16 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, corpus
 
 
 def test_sweep_command_end_to_end(tmp_path, corpus_dir, cache_dir):
+    # sweep_cfg's model and steps: the programs the in-process sweeps compiled are on disk.
     args = [f"sweep.root={tmp_path / 'sw'}", "sweep.lrs=[1e-3,1e-2]",
-            "sweep.sizes=[{d_model:32,n_layers:1,n_heads:2}]", "train.steps=4",
-            "train.batch_size=4", "train.seq_len=16", "train.log_every=2", "train.eval_every=4",
+            "sweep.sizes=[{d_model:32,n_layers:1,n_heads:2}]", "train.steps=6",
+            "train.batch_size=4", "train.seq_len=16", "train.log_every=3", "train.eval_every=6",
             "train.eval_batches=1", "data.source=text", f"data.path={corpus_dir}",
             f"data.cache_dir={cache_dir}", "wandb.mode=disabled"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    bad = subprocess.Popen([sys.executable, "-m", "proxies.sweep", "+exp=lr_sens",
+                            "sweep.lrs=[]", *args[2:]], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env)  # meanwhile, on another core
     res = subprocess.run([sys.executable, "-m", "proxies.sweep", "+exp=lr_sens", *args],
                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -125,11 +129,9 @@ def test_sweep_command_end_to_end(tmp_path, corpus_dir, cache_dir):
     assert "## LR sensitivity per series" in (d / "analysis" / "report.md").read_text()
     assert len(pd.read_csv(d / "results.csv")) == 4  # 2 LRs x qk-layernorm off/on
 
-    bad = subprocess.run([sys.executable, "-m", "proxies.sweep", "+exp=lr_sens",
-                          "sweep.lrs=[]", *args[2:]], cwd=tmp_path, capture_output=True,
-                         text=True, env=env, timeout=300)
+    _, bad_err = bad.communicate(timeout=300)
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [
+    assert bad_err.strip().splitlines() == [
         "error: sweep.lrs is empty; give at least one LR, e.g. sweep.lrs=[1e-3,1e-2]"]
 
 
@@ -148,7 +150,7 @@ def test_hydra_multirun_with_joblib_launcher_writes_the_sweep_layout(tmp_path, c
     res = subprocess.run(
         [sys.executable, "-m", "proxies.train", "-m", "hydra/launcher=local",
          "optim.lr=1e-3,1e-2", "model.d_model=32", "model.n_layers=1", "model.n_heads=2",
-         "train.steps=4", "train.batch_size=4", "train.seq_len=16", "train.log_every=2",
+         "train.steps=6", "train.batch_size=4", "train.seq_len=16", "train.log_every=3",
          "train.eval_batches=1", "train.quiet=true", "wandb.mode=disabled", "data.source=text",
          f"data.path={corpus_dir}", f"data.cache_dir={cache_dir}"],
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
@@ -189,10 +191,12 @@ def test_diverging_member_leaves_its_group_mates_unchanged(make_cfg):
     calm = make_cfg("optim.lr=1e-2", out="calm")
     wild = make_cfg("optim.lr=30.0", "optim.grad_clip=0", "optim.warmup_steps=0",
                     "optim.weight_decay=0", out="wild")
+    other = make_cfg("optim.lr=1e-3", out="other")  # 3 members: the group step compiled above
     alone = make_cfg("optim.lr=1e-2", out="alone")
-    s_calm, s_wild = train_group([calm, wild], vmap=True)
+    s_calm, s_wild, s_other = train_group([calm, wild, other], vmap=True)
     assert s_wild["diverged"] is True and s_wild["diverged_at_step"] < 12
     assert s_calm["diverged"] is False and s_calm["steps_done"] == 12
+    assert s_other["diverged"] is False and s_other["steps_done"] == 12
     train(alone)
     _close_rows(read_metrics(Path(calm.out_dir) / "metrics.jsonl"),
                 read_metrics(Path(alone.out_dir) / "metrics.jsonl"))

@@ -1,5 +1,8 @@
 """The paper-reproduction scripts: every one runs at tiny scale, writes its verdict and figure,
-shares runs with the others; gpu and paper scales plan the paper's grids without training."""
+shares runs with the others; gpu and paper scales plan the paper's grids without training.
+
+The tiny runs of `python -m sweeps.all` and `python -m sweeps.dynamics` are trained once, in the
+background from the session's start (tests/conftest.py: sweeps_runs); the tests read them."""
 
 import json
 import os
@@ -10,51 +13,79 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import sweeps_tiny_args
 from sweeps import RESULTS
-from sweeps.all import main as all_main, results
+from sweeps.all import results
 from sweeps.core import SPECS, half_decades, main, plan
 
 VERDICT_KEYS = {"claim", "scale", "reproduced", "why", "measured"}
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("repro")
+def all_run(sweeps_runs):
+    """(root, printed) of `python -m sweeps.all scale=tiny` (tests/conftest.py starts it with the
+    session, in the background): it trains every script's runs (a run shared between scripts
+    once) and writes every result directory and the summary, exactly as each script would
+    (`execute` of the script's plan)."""
+    return sweeps_runs.result("all")
 
 
-def tiny_args(root, corpus_dir, cache_dir):
-    return ["scale=tiny", f"sweep.root={root}", f"sweep.run_root={root / 'runs'}",
-            "data.source=text", f"data.path={corpus_dir}", f"data.cache_dir={cache_dir}",
-            "wandb.mode=disabled"]
+@pytest.fixture(scope="module")
+def root(all_run):
+    return all_run[0]
+
+
+@pytest.fixture(scope="module")
+def all_printed(all_run):
+    return all_run[1]
+
+
+tiny_args = sweeps_tiny_args
 
 
 @pytest.mark.parametrize("name", RESULTS)
-def test_every_script_runs_at_tiny_scale_and_writes_its_verdict(name, root, corpus_dir,
-                                                                cache_dir):
+def test_every_script_runs_at_tiny_scale_and_writes_its_verdict(name, root, all_printed,
+                                                                corpus_dir, cache_dir):
     result = next(r for r in results() if r.name == name)
-    verdict = main(result, tiny_args(root, corpus_dir, cache_dir))
     out = root / "repro" / f"{name}-tiny"
     saved = json.loads((out / "verdict.json").read_text())
     assert VERDICT_KEYS <= set(saved) and saved["scale"] == "tiny"
     assert saved["reproduced"] in ("true", "false", "inconclusive") and saved["why"]
-    assert saved["reproduced"] == verdict.reproduced and saved["measured"]
+    assert saved["measured"]
+    # The verdict the script judged (printed as it finished) is the one saved and reported.
+    assert f"{name} (tiny): {saved['reproduced']}: {saved['why']}\n" in all_printed
     assert (out / "figure.png").stat().st_size > 10_000 and (out / "figure.pdf").exists()
-    assert f"**Verdict: {verdict.reproduced}.**" in (out / "report.md").read_text()
+    assert f"**Verdict: {saved['reproduced']}.**" in (out / "report.md").read_text()
     for part in plan(result, "tiny", tiny_args(root, corpus_dir, cache_dir)[1:]).configs:
         assert (out / part / "results.csv").exists() and (out / part / "analysis").is_dir()
 
 
-def test_all_reuses_every_run_and_writes_the_summary(root, corpus_dir, cache_dir, capsys):
-    all_main(tiny_args(root, corpus_dir, cache_dir))
-    printed = capsys.readouterr().out
-    assert "already done, 0 to train" in printed  # the scripts above trained every run
+def test_all_writes_the_summary(root, all_printed):
     table = (root / "repro" / "summary.md").read_text()
     assert table.count("\n| ") == len(RESULTS) + 1  # header + one row per result
     for name in RESULTS:
-        assert f"({name}-tiny/figure.png)" in table
+        saved = json.loads((root / "repro" / f"{name}-tiny" / "verdict.json").read_text())
+        (row,) = [ln for ln in table.splitlines() if ln.startswith(f"| {name} |")]
+        assert f"**{saved['reproduced']}**" in row and f"({name}-tiny/figure.png)" in row
 
 
-def test_scripts_share_runs_with_each_other(root, corpus_dir, cache_dir):
+def test_every_script_reuses_every_run_and_one_rerun_returns_its_verdict(
+        root, all_printed, corpus_dir, cache_dir, capsys):
+    """The scripts and sweeps.all train the same runs: after sweeps.all, every script finds all
+    of its runs done; one script run in full concludes again and returns the verdict it saves."""
+    args = tiny_args(root, corpus_dir, cache_dir)
+    for result in results():
+        assert main(result, [*args, "--dry-run"]) is None
+        printed = capsys.readouterr().out
+        assert f"{result.name} (tiny): " in printed and "already done, 0 to train)" in printed
+    from sweeps.warmup import RESULT as warmup
+    verdict = main(warmup, args)
+    assert "already done, 0 to train)" in capsys.readouterr().out
+    saved = json.loads((root / "repro" / "warmup-tiny" / "verdict.json").read_text())
+    assert (saved["reproduced"], saved["why"]) == (verdict.reproduced, verdict.why)
+
+
+def test_scripts_share_runs_with_each_other(root, all_printed):
     """The qk-layernorm-off series and warmup's short-warmup series are the same runs."""
     qk = pd.read_csv(root / "repro" / "qk_layernorm-tiny" / "main" / "results.csv")
     wu = pd.read_csv(root / "repro" / "warmup-tiny" / "main" / "results.csv")
@@ -88,17 +119,22 @@ def test_paper_scale_dry_run_plans_the_papers_grid():
 
 def test_gpu_and_paper_dry_runs_print_the_grid_and_cost_without_training(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    for scale in ("gpu", "paper"):
-        res = subprocess.run([sys.executable, "-m", "sweeps.qk_layernorm", f"scale={scale}",
-                              "--dry-run", f"sweep.root={tmp_path}",
-                              f"sweep.run_root={tmp_path}"], capture_output=True, text=True,
-                             env=env, timeout=300)
-        assert res.returncode == 0, res.stderr[-2000:]
-        assert "to train)" in res.stdout and "FLOPs" in res.stdout and "H100" in res.stdout
+
+    def start(*args):
+        return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    # Three commands at once: each spends its time starting Python, JAX and Hydra.
+    dry = {scale: start("sweeps.qk_layernorm", f"scale={scale}", "--dry-run",
+                        f"sweep.root={tmp_path}", f"sweep.run_root={tmp_path}")
+           for scale in ("gpu", "paper")}
+    bad = start("sweeps.kappa", "scale=huge")
+    for scale, proc in dry.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        assert "to train)" in out and "FLOPs" in out and "H100" in out
     assert not any(tmp_path.iterdir())
-    bad = subprocess.run([sys.executable, "-m", "sweeps.kappa", "scale=huge"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+    _, err = bad.communicate(timeout=300)
+    assert bad.returncode == 2 and err.strip().splitlines() == [
         "error: scale='huge' is not one of tiny, laptop, gpu, paper; pick one of those"]
 
 
@@ -234,16 +270,15 @@ def test_logit_prediction_verdict_checks_the_held_out_size_and_the_flag():
     assert measured["1e4 flag right"] == "2/2"
 
 
-def test_the_dynamics_script_judges_each_finding_per_recipe(tmp_path, corpus_dir, cache_dir):
-    from sweeps.dynamics import RESULT
-    verdict = main(RESULT, tiny_args(tmp_path, corpus_dir, cache_dir))
-    out = tmp_path / "repro" / "dynamics-tiny"
+def test_the_dynamics_script_judges_each_finding_per_recipe(sweeps_runs):
+    root, printed = sweeps_runs.result("dynamics")  # python -m sweeps.dynamics scale=tiny
+    out = root / "repro" / "dynamics-tiny"
     saved = json.loads((out / "verdict.json").read_text())
-    assert saved["reproduced"] == verdict.reproduced
+    assert f"dynamics (tiny): {saved['reproduced']}: {saved['why']}\n" in printed
     for recipe in ("RMSNorm + SwiGLU", "LayerNorm + GELU"):
         for finding in ("heavy tails", "outliers follow R", "norm compresses, scale re-amplifies",
                         "emergence law"):
             value = saved["measured"][f"{recipe}: {finding}"]
             assert value.split(":")[0] in ("true", "false", "inconclusive"), value
     assert "RMSNorm + SwiGLU: SwiGLU coincidence" in saved["measured"]
-    assert len(list((tmp_path / "runs").glob("*/dynamics/report.md"))) == 2
+    assert len(list((root / "runs").glob("*/dynamics/report.md"))) == 2

@@ -48,8 +48,8 @@ def one_device(tmp_path_factory, corpus_dir, cache_dir):
     return series(out)
 
 
-@pytest.mark.parametrize("data,fsdp", [(8, 1), (2, 4), (1, 8)],
-                         ids=["data8", "data2-fsdp4", "fsdp8"])
+# data=8 alone and fsdp=8 alone: test_a_run_resumes_on_another_mesh trains on each of them.
+@pytest.mark.parametrize("data,fsdp", [(2, 4)], ids=["data2-fsdp4"])
 def test_a_sharded_run_trains_like_one_device(make_cfg, one_device, data, fsdp):
     cfg = make_cfg(*SMALL, f"mesh.data={data}", f"mesh.fsdp={fsdp}")
     train(cfg)

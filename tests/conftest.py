@@ -72,7 +72,6 @@ def make_cfg(tmp_path, corpus_dir, cache_dir):
     return make
 
 
-
 def sweeps_tiny_args(root: Path, corpus: Path, cache: Path) -> List[str]:
     """`python -m sweeps.<name>` arguments: the tiny scale, writing under `root`."""
     return ["scale=tiny", f"sweep.root={root}", f"sweep.run_root={root / 'runs'}",

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -22,10 +22,9 @@ from proxies import rundir as R
 SUMMARY_COLUMNS = M.SUMMARY_KEYS
 
 
-def grad_rms_summary(run_dir: Path) -> Dict[str, float]:
+def grad_rms_summary(metrics_rows: List[Dict[str, Any]]) -> Dict[str, float]:
     """Median and min over tensors of the last logged gradient and update RMS."""
-    rows = [r for r in R.read_metrics(run_dir / R.METRICS)
-            if any(k.startswith(M.GRAD_RMS + "/") for k in r)]
+    rows = [r for r in metrics_rows if any(k.startswith(M.GRAD_RMS + "/") for k in r)]
     out: Dict[str, float] = {}
     if rows:
         for kind in (M.GRAD_RMS, M.UPDATE_RMS):
@@ -49,7 +48,7 @@ def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, 
         row["status"] = "partial" if (run_dir / R.CHECKPOINTS).exists() else "pending"
     for k in SUMMARY_COLUMNS:
         row[k] = summary.get(k, np.nan)
-    row.update(grad_rms_summary(run_dir))
+    row.update(grad_rms_summary(R.read_metrics(run_dir / R.METRICS)))
     row["run_dir"] = run_dir.name
     return row
 

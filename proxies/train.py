@@ -431,7 +431,8 @@ def finish_member(m: Member, end: int, steps_run: int, wall: float, group_size: 
     m.run.close_metrics()
     diverged = m.outcome in ("diverged", "max_rollbacks")
     tokens = tc.batch_size * tc.seq_len
-    summary = summarize(m.run.metrics_rows(), m.run.read_events(), {
+    rows = m.run.metrics_rows()
+    summary = summarize(rows, m.run.read_events(), {
         "diverged": diverged, "diverged_at_step": m.diverged_at,
         "stop_reason": m.outcome if diverged else "completed",
         "steps_done": m.diverged_at if diverged else tc.steps,
@@ -441,7 +442,7 @@ def finish_member(m: Member, end: int, steps_run: int, wall: float, group_size: 
         "wall_s": wall, "config_hash": m.meta["run"]["config_hash"],
         "corpus_hash": m.meta["run"]["corpus_hash"], "group_size": group_size})
     m.run.write_summary(summary)
-    m.close({**summary, **grad_rms_summary(m.run.path)})  # W&B panels read these medians too
+    m.close({**summary, **grad_rms_summary(rows)})  # W&B panels read these medians too
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     say(f"{m.run}: eval CE {fmt(summary['final_eval_ce'], '.4f')}, max attention logit "
         f"{fmt(summary['max_attn_logit'], '.3g')}, {fmt(summary['tokens_per_s'], ',.0f')} "

@@ -187,31 +187,38 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     print(f"device: {device.device_kind} ({jax.default_backend()}), {args.dtype}, peak "
           f"{peak / 1e12:.1f} TFLOP/s ({'given' if args.peak_tflops else 'measured matmul'}); "
           "FLOPs/token = 6·(non-embedding + readout params) + 12·L·d·seq")
-    rows = []
-    for size in sizes:
-        r = throughput(size, args, peak)
-        rows.append(r)
-        mem = "n/a" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.1f} GB"
-        print(f"{r['size']:>9} ({r['nonembed_params'] / 1e6:6.1f}M non-emb): {r['ms_step']:8.1f} "
-              f"ms/step, {r['tokens_s']:>12,.0f} tokens/s, MFU {100 * r['mfu']:5.1f}%, "
-              f"peak memory {mem}")
-    groups = []
-    if not args.no_group:
-        for size in TINY_GROUP if args.tiny else GROUP_SIZES:
-            g = group_vs_sequential(size, args)
-            groups.append(g)
-            print(f"{g['size']:>9} group of {g['group']}: {g['runs_per_hour_vmapped']:,.1f} runs/h "
-                  f"vmapped vs {g['runs_per_hour_sequential']:,.1f} one by one "
-                  f"(×{g['speedup']:.2f}; {g['steps_per_run']} steps of "
-                  f"{g['batch']}×{g['seq']} per run)")
+    rows: List[Dict[str, Any]] = []
+    groups: List[Dict[str, Any]] = []
     result = {"device": device.device_kind, "backend": jax.default_backend(),
               "peak_flops": peak, "peak_source": "given" if args.peak_tflops else "measured",
               "flop_convention": "6*(nonembed+readout) + 12*L*d*seq per token",
               "jax": jax.__version__, "args": vars(args), "throughput": rows, "groups": groups}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    for size in sizes:
+        r = throughput(size, args, peak)
+        rows.append(r)
+        save(result, args.out)
+        mem = "n/a" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.1f} GB"
+        print(f"{r['size']:>9} ({r['nonembed_params'] / 1e6:6.1f}M non-emb): {r['ms_step']:8.1f} "
+              f"ms/step, {r['tokens_s']:>12,.0f} tokens/s, MFU {100 * r['mfu']:5.1f}%, "
+              f"peak memory {mem}")
+    if not args.no_group:
+        for size in TINY_GROUP if args.tiny else GROUP_SIZES:
+            g = group_vs_sequential(size, args)
+            groups.append(g)
+            save(result, args.out)
+            print(f"{g['size']:>9} group of {g['group']}: {g['runs_per_hour_vmapped']:,.1f} runs/h "
+                  f"vmapped vs {g['runs_per_hour_sequential']:,.1f} one by one "
+                  f"(×{g['speedup']:.2f}; {g['steps_per_run']} steps of "
+                  f"{g['batch']}×{g['seq']} per run)")
+    save(result, args.out)
     return result
+
+
+def save(result: Dict[str, Any], out: Optional[str]) -> None:
+    """Written after every row, so a time limit keeps what was measured."""
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

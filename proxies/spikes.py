@@ -26,9 +26,10 @@ class SpikeWindow(struct.PyTreeNode):
 
 
 def init_window(window: int) -> SpikeWindow:
-    z = jnp.zeros((window,), jnp.float32)
-    i = jnp.zeros((), jnp.int32)
-    return SpikeWindow(loss_W=z, grad_norm_W=z, filled=i, spikes=i, skipped=i)
+    # A buffer of its own per field: a donated train state may not hold one array twice.
+    z = lambda: jnp.zeros((window,), jnp.float32)  # noqa: E731
+    i = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
+    return SpikeWindow(loss_W=z(), grad_norm_W=z(), filled=i(), spikes=i(), skipped=i())
 
 
 def _zscore(x: jax.Array, values_W: jax.Array, n: jax.Array) -> jax.Array:

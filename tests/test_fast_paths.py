@@ -33,7 +33,9 @@ V, L, B = 64, 8, 2
 # Programs run once here, so compile time is what counts: LLVM at -O0 compiles ~40% faster.
 jit0 = partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 TOL = {"float32": 1e-5, "bfloat16": 3e-2}
-LOSS_TOL = {"float32": 1e-6, "bfloat16": 1e-3}
+# bf16 loss: one bf16 rounding (2^-8 relative). cuDNN's flash attention on an H100 differed from
+# the explicit path by 1.1e-3 relative (qk-layernorm case); XLA on CPU stays within 1e-3.
+LOSS_TOL = {"float32": 1e-6, "bfloat16": 2**-8}
 
 
 def model_cfg(**kw: Any) -> Any:

@@ -176,3 +176,12 @@ def test_more_spikes_than_max_rollbacks_stop_and_mark_the_run(make_cfg):
     assert s["diverged"] is True and s["stop_reason"] == "max_rollbacks"
     assert s["rollbacks"] == 2 and s["diverged_at_step"] == 15
     assert json.loads((Path(cfg.out_dir) / R.SUMMARY).read_text())["rollbacks"] == 2
+
+
+def test_a_fresh_train_state_holds_no_buffer_twice(make_cfg):
+    """Accelerators donate the state to the step; XLA refuses to donate one buffer twice, so
+    every leaf of a new state (the spike window's zeros included) must own its buffer."""
+    cfg = make_cfg()
+    state = init_state(Transformer(cfg.model, 256, cfg.train.seq_len), cfg, jax.random.key(0))
+    pointers = [leaf.unsafe_buffer_pointer() for leaf in jax.tree_util.tree_leaves(state)]
+    assert len(set(pointers)) == len(pointers)

@@ -73,8 +73,18 @@ class AttnScale(Choice):
 
 
 class Parametrization(Choice):
-    sp = "sp"
-    mup = "mup"  # Adam μParam, see optim.py and the README
+    """How a model's LRs (and, for `mup`, init, readout and attention scale) follow its width.
+    Base = `model.mup_base_width` (the smallest width of a sweep)."""
+
+    sp = "sp"  # standard: every tensor at the peak LR η
+    # The paper's "μParam (simple)" (§3.2.4, Fig. 8): only the LR of the hidden linear layers
+    # (block matrices) becomes η × base-fan-in / fan-in; init, readout and attention stay SP.
+    mup_simple = "mup_simple"
+    # Adam μParam (Yang et al. 2022), close to the paper's "μParam (full)" (Fig. E.5): hidden
+    # LR η/m (m = d / base), readout logits × 1/m with a base-width init std, attention 1/d_head.
+    # It differs from the paper's full variant in scaling the readout by a multiplier (not an
+    # init std × √(base-fan-in/fan-in)) and in not zero-initialising the queries.
+    mup = "mup"
 
 
 class ComputeDtype(Choice):
@@ -153,7 +163,7 @@ class ModelConfig:
     # small_init (sqrt(2/(5d))), mt_nlg (sqrt(1/(3d))).
     init_std: Any = "fan_in"
     attn_scale: AttnScale = AttnScale.after  # after | before (where 1/sqrt(d_head) applies)
-    parametrization: Parametrization = Parametrization.sp  # sp | mup (Adam μParam, see optim.py)
+    parametrization: Parametrization = Parametrization.sp  # sp | mup_simple | mup (see above)
     mup_base_width: int = 128
     dtype: ComputeDtype = ComputeDtype.float32  # compute dtype; params, softmax, loss stay float32
     # κ experiment: q and k each become sqrt(κ)·z/‖z‖ per head, so logit = κ·cos(q, k) and the
@@ -223,7 +233,11 @@ class TrainConfig:
     eval_batches: int = 4
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
-    divergence_loss: Optional[float] = None  # stop when loss exceeds this; None = 2 × loss at init
+    divergence_loss: Optional[float] = None  # the loss limit; None = 2 × loss at init
+    # A run is diverged when its loss stays above the limit for more than this many updates in a
+    # row (a non-finite loss marks it at once): one spiking batch that recovers is no divergence
+    # (the paper's LR sensitivity keeps a recovered run's final loss). None = 2% of train.steps.
+    divergence_patience: Optional[int] = None
     probes: bool = True
     quiet: bool = False
     spike: SpikeConfig = field(default_factory=SpikeConfig)
@@ -300,6 +314,9 @@ class SweepConfig:
 
     name: str = "sweep"
     lrs: List[float] = field(default_factory=lambda: [1e-3, 1e-2])
+    # Runs per grid point, at train.seed, train.seed + 1, ... (init and data order differ): the
+    # seed is then a swept key (`train.seed`), and verdicts give intervals over seeds.
+    seeds: int = 1
     # Model overrides, one dict per size, e.g. [{d_model: 64, n_layers: 2, n_heads: 2}].
     sizes: List[Dict[str, Any]] = field(default_factory=list)
     # Toggle axes, nested like the config with lists at the leaves:
@@ -441,6 +458,8 @@ def validate(cfg: DictConfig | Config) -> None:
         _positive(f"train.{k}", getattr(t, k))
     if t.divergence_loss is not None:
         _positive("train.divergence_loss", t.divergence_loss)
+    if t.divergence_patience is not None:
+        _int_at_least("train.divergence_patience", t.divergence_patience, 0, 20)
     _validate_spike(t)
     _int_at_least("train.ce_chunk", t.ce_chunk, -1, 1024)
     mesh = getattr(cfg, "mesh", None)
@@ -498,6 +517,13 @@ def identity_of(c: Dict[str, Any]) -> Dict[str, Any]:
         # == compares nested dicts key by key, and a Choice equals its string
         out[section] = {k: v for k, v in out[section].items() if k not in off or v != off[k]}
     return out
+
+
+def divergence_patience(t: TrainConfig) -> int:
+    """Updates in a row above the loss limit that a run may take before it counts as diverged."""
+    if t.divergence_patience is not None:
+        return int(t.divergence_patience)
+    return max(1, round(0.02 * t.steps))
 
 
 def config_hash(cfg: DictConfig | Config) -> str:

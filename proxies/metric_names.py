@@ -50,8 +50,44 @@ def tensor_key(family: str, path: str) -> str:
     return f"{family}/{path}"
 
 
+# The paper's Fig 9 reads block 0's max attention logit at step 2e3 of 1e5: 2% of the run.
+# The training loop makes that step a log step whatever train.log_every is.
+EARLY_SHARE = 0.02
+
+
+def early_step(steps: int) -> int:
+    """The update at 2% of a `steps`-update run (at least 1): the logit-prediction probe."""
+    return max(1, round(EARLY_SHARE * steps))
+
+
+# The paper's Fig 11 averages the first MLP layer's gradient RMS over the final 500 steps of
+# 1e5 (0.5% of the run). Probes exist only on log steps, so the window also spans at least
+# TAIL_MIN_LOG_ROWS log intervals: one probe row is one batch's gradient, too noisy alone.
+# laptop (200 steps, log every 25): the last 50 steps, 25% of the run, rows 175 and 200;
+# gpu (1e4, log every 100): the last 200 steps (2%); paper (1e5, log every 100): the last 500.
+TAIL_SHARE = 500 / 100_000
+TAIL_MIN_LOG_ROWS = 2
+
+
+def tail_steps(steps: int, log_every: int) -> int:
+    """Length in updates of the window at the end of a run that the `*_tail` summaries average."""
+    return max(round(TAIL_SHARE * steps), TAIL_MIN_LOG_ROWS * log_every)
+
+
+# The first MLP layer of block 0 (Fig 11): its input projection (gelu: up; swiglu: gate, the
+# first of the two parallel input projections), in the order looked for.
+FIRST_MLP_KERNELS = ("block_0/mlp/gate/kernel", "block_0/mlp/up/kernel")
+
+
+# summary.json keys that the paper's prediction figures read (see early_step, tail_steps).
+LOGIT_BLOCK0_EARLY = "attn_max_logit_block0_early"  # block 0's max attention logit (Fig 9)
+LOGIT_EARLY = "attn_max_logit_early"  # the max over layers, same step
+GRAD_RMS_MLP0_TAIL = "grad_rms_mlp0_tail"  # block 0's first MLP layer, tail mean (Fig 11)
+UPDATE_RMS_MLP0_TAIL = "update_rms_mlp0_tail"  # its update RMS (÷ LR), same window (Fig 13)
+
 # summary.json keys the sweep table and analysis read.
 SUMMARY_KEYS = ("n_params", "n_params_nonembed", "final_eval_ce", "final_train_ce",
                 "loss_at_init", "diverged", "diverged_at_step", "steps_done",
                 "max_attn_logit", "final_max_attn_logit", "max_abs_log_z", "spikes", "rollbacks",
-                "stop_reason", "tokens_per_s", "wall_s")
+                "stop_reason", "tokens_per_s", "wall_s", LOGIT_BLOCK0_EARLY, LOGIT_EARLY,
+                GRAD_RMS_MLP0_TAIL, UPDATE_RMS_MLP0_TAIL)

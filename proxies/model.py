@@ -29,10 +29,12 @@ def trunc_normal(std: float) -> Callable:
 
 
 def is_mup(cfg: ModelConfig) -> bool:
+    """Whether the forward pass and init are μParam's (readout 1/m, attention 1/d_head).
+    μParam (simple) changes only LRs (proxies/optim.py), so its model is the SP model."""
     match cfg.parametrization:
         case Parametrization.mup:
             return True
-        case Parametrization.sp:
+        case Parametrization.sp | Parametrization.mup_simple:
             return False
         case _:
             unhandled("model.parametrization", cfg.parametrization)

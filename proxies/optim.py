@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from types import SimpleNamespace
 from typing import Any, Callable, Dict
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from proxies.config import Config, ModelConfig, Schedule, unhandled
-from proxies.model import width_mult
+from proxies.config import Config, ModelConfig, Parametrization, Schedule, unhandled
+from proxies.model import mlp_hidden, width_mult
 
 Hparams = Dict[str, jax.Array]
 HPARAM_KEYS = ("lr", "min_lr", "warmup_steps", "weight_decay", "eps", "b1", "b2", "grad_clip",
@@ -25,7 +26,11 @@ HPARAM_KEYS = ("lr", "min_lr", "warmup_steps", "weight_decay", "eps", "b1", "b2"
 
 def hparams_from_config(cfg: Config) -> Hparams:
     """The scalar hyperparameters of a run, as float32 arrays (the train step's third argument)."""
-    return {k: jnp.asarray(float(getattr(cfg.optim, k)), jnp.float32) for k in HPARAM_KEYS}
+    hp = {k: jnp.asarray(float(getattr(cfg.optim, k)), jnp.float32) for k in HPARAM_KEYS}
+    # The divergence limit (2 × loss at init unless train.divergence_loss): the loop sets it once
+    # the loss at init is known (proxies/runner.py: Runner.set_limits).
+    hp["loss_limit"] = jnp.asarray(jnp.inf, jnp.float32)
+    return hp
 
 
 def cross_entropy_with_z_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
@@ -150,16 +155,64 @@ def decay_mask(params: Any) -> Any:
 
 
 def lr_multipliers(params: Any, cfg: ModelConfig) -> Any:
-    """Per-tensor LR multipliers. μParam (Adam): hidden matrices η/m; embeddings, readout and
-    vectors η. All ones under standard parametrization."""
-    m = width_mult(cfg)
-    treedef = jax.tree_util.tree_structure(params)
+    """Per-tensor LR multipliers of the hidden matrices (block kernels); every other tensor
+    (embeddings, readout, norm scales, biases) keeps the peak LR η.
+
+    sp: all 1. mup_simple (the paper's μParam (simple), §3.2.4: "scale the LR for linear layers
+    by base-fan-in/fan-in"): base-fan-in / fan-in, the fan-in of the same layer at width
+    model.mup_base_width over its fan-in here. mup (Adam μParam): 1/m, m = d / base.
+    """
+    names = _path_names(params)
     leaves = jax.tree_util.tree_leaves(params)
-    mults = []
-    for name, p in zip(_path_names(params), leaves):
-        hidden = name.startswith("block_") and p.ndim >= 2
-        mults.append(1.0 / m if hidden else 1.0)
-    return jax.tree_util.tree_unflatten(treedef, mults)
+    mults = [_lr_multiplier(name, p.shape, cfg) if _hidden(name, p) else 1.0
+             for name, p in zip(names, leaves)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), mults)
+
+
+def _hidden(name: str, p: Any) -> bool:
+    """A hidden matrix: a kernel inside a block. Norm scales and biases are vectors, the q and v
+    biases (H, K) included, and keep η as μParam's vector-like tensors do."""
+    return name.startswith("block_") and name.endswith("/kernel") and p.ndim >= 2
+
+
+def _lr_multiplier(name: str, shape: tuple, cfg: ModelConfig) -> float:
+    match cfg.parametrization:
+        case Parametrization.sp:
+            return 1.0
+        case Parametrization.mup_simple:
+            return base_fan_in(name, cfg) / fan_in(name, shape)
+        case Parametrization.mup:
+            return 1.0 / width_mult(cfg)
+        case _:
+            unhandled("model.parametrization", cfg.parametrization)
+
+
+def _layer(name: str) -> str:
+    """'block_0/attn/query/kernel' -> 'query'."""
+    return name.split("/")[-2]
+
+
+def fan_in(name: str, shape: tuple) -> int:
+    """Inputs one output of a block kernel sums over: q, k and v kernels are (D, H, K) and
+    contract D; the attention output (H, K, D) contracts H·K; Dense kernels (in, out) contract
+    `in`."""
+    if _layer(name) in ("query", "key", "value"):
+        return int(shape[0])
+    return int(math.prod(shape[:-1]))
+
+
+def base_fan_in(name: str, cfg: ModelConfig) -> int:
+    """The fan-in of the same kernel in the model of width model.mup_base_width (head dim and
+    MLP ratio as here): d_base for every projection out of the residual stream and for the
+    attention output (H·K = d), the MLP hidden width at d_base for the down projection."""
+    base = int(cfg.mup_base_width)
+    match _layer(name):
+        case "query" | "key" | "value" | "out" | "up" | "gate":
+            return base
+        case "down":
+            return mlp_hidden(SimpleNamespace(mlp=cfg.mlp, d_model=base))
+        case other:
+            raise AssertionError(f"no base fan-in rule for block matrix {name!r} ({other})")
 
 
 def adamw(hp: Hparams, lr_t: jax.Array, lr_mults: Any, mask: Any,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -33,6 +34,48 @@ def grad_rms_summary(metrics_rows: List[Dict[str, Any]]) -> Dict[str, float]:
             if vals.size:
                 out[f"{kind}_median"] = float(np.median(vals))
                 out[f"{kind}_min"] = float(vals.min())
+    return out
+
+
+def early_logits(rows: List[Dict[str, Any]], steps: int) -> Dict[str, Optional[float]]:
+    """Block 0's max attention logit and the max over layers on the probe row of update
+    `early_step(steps)` (None where there is no such row: probes off, or the run stopped
+    before it)."""
+    at, key = M.early_step(steps), M.per_layer(M.ATTN_MAX_LOGIT, 0)
+    row = next((r for r in rows if r.get(M.STEP) == at and r.get(key) is not None), None)
+    if row is None:
+        return {M.LOGIT_BLOCK0_EARLY: None, M.LOGIT_EARLY: None}
+    return {M.LOGIT_BLOCK0_EARLY: float(row[key]),
+            M.LOGIT_EARLY: float(row.get(M.ATTN_MAX_LOGIT, row[key]))}
+
+
+def first_mlp_path(rows: List[Dict[str, Any]]) -> Optional[str]:
+    """The tensor path of block 0's first MLP layer in these rows (gate for swiglu, up for gelu)."""
+    for path in M.FIRST_MLP_KERNELS:
+        if any(M.tensor_key(M.GRAD_RMS, path) in r for r in rows):
+            return path
+    return None
+
+
+def mlp0_tail(rows: List[Dict[str, Any]], steps: int,
+              log_every: int) -> Dict[str, Optional[float]]:
+    """Gradient and update RMS of block 0's first MLP layer, each the mean over the finite values
+    of the log rows in the last `tail_steps(steps, log_every)` updates the run trained (a
+    diverged run: the updates before it stopped)."""
+    path = first_mlp_path(rows)
+    out: Dict[str, Optional[float]] = {M.GRAD_RMS_MLP0_TAIL: None, M.UPDATE_RMS_MLP0_TAIL: None}
+    if path is None:
+        return out
+    keys = {M.GRAD_RMS_MLP0_TAIL: M.tensor_key(M.GRAD_RMS, path),
+            M.UPDATE_RMS_MLP0_TAIL: M.tensor_key(M.UPDATE_RMS, path)}
+    logged = [r for r in rows if r.get(keys[M.GRAD_RMS_MLP0_TAIL]) is not None]
+    if not logged:
+        return out
+    since = max(r[M.STEP] for r in logged) - M.tail_steps(steps, log_every)
+    for name, key in keys.items():
+        vals = [float(r[key]) for r in logged if r[M.STEP] > since and r.get(key) is not None
+                and math.isfinite(r[key])]
+        out[name] = float(np.mean(vals)) if vals else None
     return out
 
 

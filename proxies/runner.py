@@ -26,10 +26,9 @@ def _vmapped_step(step: Callable) -> Callable:
     """vmap a train step over (state, hparams) with one shared batch. A member whose applied
     update gave a non-finite loss or one above its limit keeps its previous state from then on
     (frozen, `alive` false), so it never disturbs its group-mates; so does one the loop froze."""
-    def group_step(states, batch, hps, alive_G, limit_G):
+    def group_step(states, batch, hps, alive_G):
         new, metrics = jax.vmap(step, in_axes=(0, None, 0))(states, batch, hps)
-        loss_G = metrics["loss"]
-        ok_G = alive_G & (metrics["skipped"] | (jnp.isfinite(loss_G) & (loss_G <= limit_G)))
+        ok_G = alive_G & ~metrics["diverged"]
         keep = lambda n, o: jnp.where(ok_G.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)  # noqa
         return jax.tree_util.tree_map(keep, new, states), metrics, ok_G
     return group_step
@@ -55,7 +54,7 @@ def _shardings(layout: Optional[Layout], state: Any, hp: Any, group: int) -> Dic
     st, hs, rep = layout.state(state), layout.hparams(hp), layout.replicated()
     if group:
         member = layout.hparams(jnp.zeros(group))
-        return {"in_shardings": (st, layout.batch(), hs, member, member),
+        return {"in_shardings": (st, layout.batch(), hs, member),
                 "out_shardings": (st, rep, member)}
     return {"in_shardings": (st, layout.batch(), hs), "out_shardings": (st, rep)}
 
@@ -73,12 +72,12 @@ def compiled(key: str, model: Any, cfg: Any, state: Any, batch: jax.Array, hp: A
         dynamics = make_dynamics_probe(model, cfg)
         shard = _shardings(layout, state, hp, group)
         if group:
-            alive, limit = jnp.ones(group, bool), jnp.zeros(group, jnp.float32)
+            alive = jnp.ones(group, bool)
             if layout is not None:
-                alive, limit = jax.device_put((alive, limit), shard["in_shardings"][3])
+                alive = jax.device_put(alive, shard["in_shardings"][3])
             steps = [jax.jit(_vmapped_step(make_train_step(model, cfg, with_stats=s)),
                              donate_argnums=donate, **shard)
-                     .lower(state, batch, hp, alive, limit).compile() for s in (False, True)]
+                     .lower(state, batch, hp, alive).compile() for s in (False, True)]
             eval_step, probe = jax.vmap(eval_step, (0, None)), jax.vmap(probe, (0, None))
         else:
             steps = [jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate,
@@ -125,15 +124,16 @@ class Runner:
         return self.fns
 
     def set_limits(self, limits: List[float]) -> None:
-        """Losses above a member's limit (or non-finite) mark it diverged."""
-        self.limits = np.asarray(limits, np.float64)
-        self._limit_G = self._members(np.asarray(limits, np.float32))
+        """Each member's loss limit (proxies/step.py: `diverged` says what crossing it means)."""
+        limit = np.asarray(limits, np.float32) if self.vmapped else np.float32(limits[0])
+        placed = (self.layout.put(limit, self.layout.hparams(limit)) if self.layout is not None
+                  else jnp.asarray(limit))
+        self.hp = {**self.hp, "loss_limit": placed}
 
     def step(self, batch: np.ndarray, with_stats: bool) -> Dict[str, Any]:
         fn, batch = self.fns.steps[with_stats], self.place_batch(batch)
         if self.vmapped:
-            self.state, metrics, self._alive_G = fn(self.state, batch, self.hp, self._alive_G,
-                                                    self._limit_G)
+            self.state, metrics, self._alive_G = fn(self.state, batch, self.hp, self._alive_G)
         else:
             self.state, metrics = fn(self.state, batch, self.hp)
         return metrics
@@ -158,9 +158,10 @@ class Runner:
         host_GxK = np.asarray(watched, np.float64).reshape(self.G, len(WATCHED))
         return [dict(zip(WATCHED, row.tolist())) for row in host_GxK]
 
-    def ok(self, w: Dict[str, float], i: int) -> bool:
-        """The rule the vmapped step freezes by: a skipped update, or a finite loss within limit."""
-        return bool(w["skipped"]) or (np.isfinite(w["loss"]) and w["loss"] <= self.limits[i])
+    @staticmethod
+    def ok(w: Dict[str, float]) -> bool:
+        """The rule the vmapped step freezes by: the step did not find the member diverged."""
+        return not w["diverged"]
 
     def rows(self, metrics: Dict[str, Any]) -> List[Dict[str, float]]:
         """The train part of each member's log row."""

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from proxies.config import Config, InjectKind, SpikeAction, unhandled
+from proxies.config import Config, InjectKind, SpikeAction, divergence_patience, unhandled
 from proxies.model import readout, readout_table
 from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, clip_by_global_norm,
                            cross_entropy_with_z_loss, decay_mask, hparams_from_config,
@@ -25,7 +25,7 @@ from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, cl
 from proxies.spikes import SpikeWindow, detect, init_window, push
 
 # Per-step values the training loop reads back (proxies/runner.py), in this order.
-WATCHED = ("loss", "grad_norm", "spike", "skipped", "loss_zscore", "grad_zscore")
+WATCHED = ("loss", "grad_norm", "spike", "skipped", "loss_zscore", "grad_zscore", "diverged")
 
 
 class TrainState(struct.PyTreeNode):
@@ -33,6 +33,9 @@ class TrainState(struct.PyTreeNode):
     params: Any
     opt_state: Any
     spike: SpikeWindow
+    # Updates in a row whose loss was above the limit (hp["loss_limit"]): divergence is a
+    # sustained excursion, and the count resumes with the checkpoint.
+    over_limit: jax.Array
 
 
 def _rms(x: jax.Array) -> jax.Array:
@@ -50,7 +53,8 @@ def init_state(model: nn.Module, cfg: Config, rng: jax.Array) -> TrainState:
     hp = hparams_from_config(cfg)
     opt_state = _tx(cfg, params, hp, hp["lr"]).init(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                      spike=init_window(cfg.train.spike.window))
+                      spike=init_window(cfg.train.spike.window),
+                      over_limit=jnp.zeros((), jnp.int32))
 
 
 def _skips_spikes(cfg: Config) -> bool:
@@ -96,11 +100,22 @@ def loss_and_aux(model: nn.Module, params: Any, inputs_BxL: jax.Array, targets_B
         z_loss, ce_chunk)
 
 
+def diverged(loss: jax.Array, limit: jax.Array, over_limit: jax.Array, skipped: jax.Array,
+             patience: int) -> Tuple[jax.Array, jax.Array]:
+    """(diverged, the new count of updates in a row above the limit): a non-finite loss at once,
+    a loss above the limit once more than `patience` updates in a row; a skipped update neither
+    counts nor breaks the stretch."""
+    bad = ~jnp.isfinite(loss)
+    over = jnp.where(skipped, over_limit, jnp.where(bad | (loss > limit), over_limit + 1, 0))
+    return ~skipped & (bad | (over > patience)), over
+
+
 def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> Callable:
     """Un-jitted pure step; callers jit (or vmap then jit) it."""
     total_steps, schedule = cfg.train.steps, cfg.optim.schedule
     sigma, min_samples = cfg.train.spike.sigma, cfg.train.spike.min_samples
     skips_spikes, inject = _skips_spikes(cfg), _grad_injection(cfg)
+    patience = divergence_patience(cfg.train)
     ce_chunk = ce_chunk_for(cfg.train.ce_chunk, model.vocab_size)
 
     def train_step(state: TrainState, batch_BxLp1: jax.Array,
@@ -122,9 +137,10 @@ def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> 
             keep_old = lambda new, old: jnp.where(skip, old, new)  # noqa: E731
             params = jax.tree_util.tree_map(keep_old, params, state.params)
             opt_state = jax.tree_util.tree_map(keep_old, opt_state, state.opt_state)
+        gone, over_limit = diverged(loss, hp["loss_limit"], state.over_limit, skip, patience)
         metrics = {"loss": loss, "ce": aux["ce"], "z_loss": aux["z_loss"], "lr": lr_t,
                    "grad_norm": grad_norm, "spike": spike, "skipped": skip,
-                   "loss_zscore": loss_z, "grad_zscore": grad_z}
+                   "loss_zscore": loss_z, "grad_zscore": grad_z, "diverged": gone}
         if with_stats:
             tmap = jax.tree_util.tree_map
             metrics["grad_rms"] = tmap(_rms, grads)  # the (clipped) gradient Adam sees
@@ -135,7 +151,7 @@ def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> 
         # What the loop reads every step, in one array: one device-to-host copy, not six.
         metrics["watch"] = jnp.stack([jnp.asarray(metrics[k], jnp.float32) for k in WATCHED])
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                          spike=window), metrics
+                          spike=window, over_limit=over_limit), metrics
 
     return train_step
 

@@ -48,6 +48,7 @@ register_configs()
 
 _MISSING = object()
 Point = Tuple[Dict[str, Any], DictConfig]  # (swept values by dotted key, run config)
+SEED = "train.seed"  # swept when sweep.seeds > 1
 
 # Throughput assumed by cost estimates (FLOPs = 6·params + 12·L·d·seq per token, see
 # `run_flops`): a 2-core x86 CPU runs these small fp32 models at 60-170 GFLOP/s (measured with
@@ -110,19 +111,22 @@ def expand_grid(cfg: DictConfig) -> List[Point]:
     for key, values in axes.items():
         if not values:
             raise ConfigError(f"sweep axis '{key}' has no values; give a list such as [a,b]")
+    if isinstance(sw.seeds, bool) or not isinstance(sw.seeds, int) or sw.seeds < 1:
+        raise ConfigError(f"sweep.seeds={sw.seeds} must be an integer >= 1; set e.g. "
+                          "sweep.seeds=3")
+    seeds = ([{SEED: base.train.seed + i} for i in range(sw.seeds)] if sw.seeds > 1 else [{}])
     points = []
-    for size in sizes:
-        for variant in variants:
-            for combo in itertools.product(*axes.values()):
-                for lr in lrs:
-                    values = {**size, **variant, **dict(zip(axes, combo)), "optim.lr": float(lr)}
-                    run = base.copy()
-                    for k, v in values.items():
-                        OmegaConf.update(run, k, v, merge=False)
-                    run.train.quiet = True
-                    validate(run)
-                    run.out_dir = str(Path(sw.run_root) / run_name(run))
-                    points.append((values, run))
+    for size, variant, combo, seed in itertools.product(sizes, variants,
+                                                        itertools.product(*axes.values()), seeds):
+        for lr in lrs:
+            values = {**size, **variant, **dict(zip(axes, combo)), **seed, "optim.lr": float(lr)}
+            run = base.copy()
+            for k, v in values.items():
+                OmegaConf.update(run, k, v, merge=False)
+            run.train.quiet = True
+            validate(run)
+            run.out_dir = str(Path(sw.run_root) / run_name(run))
+            points.append((values, run))
     return points
 
 

@@ -33,7 +33,7 @@ from proxies.config import (DEFAULT_THRESHOLD, InjectKind, SpikeAction, config_h
 from proxies.data import Dataset, cache_dir, eval_batches, load_dataset, train_batch
 from proxies.model import Transformer, count_params
 from proxies.optim import HPARAM_KEYS, hparams_from_config
-from proxies.results import grad_rms_summary
+from proxies.results import early_logits, grad_rms_summary, mlp0_tail
 from proxies.rundir import RunDir, run_dir
 from proxies.runner import Compiled, Runner
 from proxies.sharding import group_layout, initialize_distributed, run_layout, sync_processes
@@ -287,7 +287,9 @@ class Loop:
     def step(self, update: int, end: int) -> None:
         """One update; its rows on log/eval steps, then its checkpoint on checkpoint steps."""
         tc = self.tc
-        log_now = update % tc.log_every == 0 or update == tc.steps
+        # 2% of the run is a log step too: the paper's logit prediction reads block 0 there
+        log_now = (update % tc.log_every == 0 or update == tc.steps
+                   or update == M.early_step(tc.steps))
         eval_now = update % tc.eval_every == 0 or update == tc.steps
         metrics = self.runner.step(self.batches(update), log_now and tc.probes)
         self.resolve()  # the previous update, while this one runs
@@ -348,7 +350,7 @@ class Loop:
             m.last_loss = w["loss"]
             if w["spike"]:
                 self.on_spike(i, m, update, w)
-            if m.active and not self.runner.ok(w, i):
+            if m.active and not self.runner.ok(w):
                 m.diverged_at, m.outcome = update, "diverged"
 
     def on_spike(self, i: int, m: Member, update: int, w: Dict[str, float]) -> None:
@@ -440,7 +442,8 @@ def finish_member(m: Member, end: int, steps_run: int, wall: float, group_size: 
         "n_params_nonembed": m.meta["run"]["n_params_nonembed"],
         "tokens_per_s": steps_run * tokens / wall if steps_run > 0 and wall > 0 else None,
         "wall_s": wall, "config_hash": m.meta["run"]["config_hash"],
-        "corpus_hash": m.meta["run"]["corpus_hash"], "group_size": group_size})
+        "corpus_hash": m.meta["run"]["corpus_hash"], "group_size": group_size,
+        **early_logits(rows, tc.steps), **mlp0_tail(rows, tc.steps, tc.log_every)})
     m.run.write_summary(summary)
     m.close({**summary, **grad_rms_summary(rows)})  # W&B panels read these medians too
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731

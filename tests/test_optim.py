@@ -112,3 +112,73 @@ def test_mup_coordinate_check():
         assert abs(slope(mup[:, layer])) < 0.1, mup
         assert mup[:, layer].max() / mup[:, layer].min() < 1.3, mup
     assert slope(mup[:, 2]) < slope(sp[:, 2]) - 0.3  # logits: SP grows, μP does not
+
+
+# --- μParam (simple): LR × base-fan-in / fan-in -------------------------------------------------
+
+def _hand_fan_in(layer: str, d: int, mlp: str) -> int:
+    """Fan-in of a block matrix counted by hand from the architecture: q, k, v, the attention
+    output (H·K = d) and the MLP's up/gate read d features; the down projection reads the MLP
+    hidden width (4d for GELU, round(8d/3) for SwiGLU)."""
+    if layer == "down":
+        return 4 * d if mlp == "gelu" else int(round(8 * d / 3))
+    assert layer in ("query", "key", "value", "out", "up", "gate"), layer
+    return d
+
+
+def _model_params(d: int, mlp: str, parametrization: str, base: int):
+    cfg = OmegaConf.structured(Config)
+    for k, v in dict(d_model=d, n_layers=2, n_heads=d // 16, mlp=mlp, use_bias=True,
+                     parametrization=parametrization, mup_base_width=base).items():
+        cfg.model[k] = v
+    model = Transformer(cfg.model, 64, 8)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return cfg, model, params
+
+
+def _flat(tree) -> dict:
+    return {"/".join(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.mark.parametrize("mlp,d", [("gelu", 96), ("swiglu", 80), ("swiglu", 32)])
+def test_mup_simple_multipliers_are_base_fan_in_over_fan_in(mlp, d):
+    from proxies.optim import lr_multipliers
+    base = 32
+    cfg, _, params = _model_params(d, mlp, "mup_simple", base)
+    mults = _flat(lr_multipliers(params, cfg.model))
+    flat = _flat(params)
+    kernels = [n for n in flat if n.startswith("block_") and n.endswith("/kernel")]
+    assert len(kernels) == 2 * (4 + (3 if mlp == "swiglu" else 2))
+    for name, w in flat.items():
+        if name in kernels:
+            layer = name.split("/")[-2]
+            fan = _hand_fan_in(layer, d, mlp)
+            # The hand count is the model's real fan-in: its init std is 1/sqrt(fan_in).
+            assert 1 / float(jnp.var(w)) == pytest.approx(fan, rel=0.1), name
+            assert mults[name] == pytest.approx(_hand_fan_in(layer, base, mlp) / fan), name
+        else:  # embeddings, readout, norm scales, biases keep η
+            assert mults[name] == 1.0, name
+    if d == base:
+        assert all(m == 1.0 for m in mults.values())
+
+
+def test_mup_simple_changes_only_lrs_and_mup_scales_hidden_lrs_by_one_over_m():
+    sp_cfg, sp_model, params = _model_params(80, "swiglu", "sp", 32)
+    ms_cfg, ms_model, _ = _model_params(80, "swiglu", "mup_simple", 32)
+    mu_cfg, _, _ = _model_params(80, "swiglu", "mup", 32)
+    x = jnp.arange(8)[None]
+    # Same init and the same forward pass as SP: μParam (simple) touches nothing but LRs.
+    np.testing.assert_array_equal(sp_model.apply({"params": params}, x),
+                                  ms_model.apply({"params": params}, x))
+    from proxies.optim import lr_multipliers
+    assert set(_flat(lr_multipliers(params, sp_cfg.model)).values()) == {1.0}
+    simple = _flat(lr_multipliers(params, ms_cfg.model))
+    full = _flat(lr_multipliers(params, mu_cfg.model))
+    for name, m in full.items():
+        hidden = name.startswith("block_") and name.endswith("/kernel")
+        assert m == pytest.approx(32 / 80 if hidden else 1.0), name
+    # SwiGLU's hidden width round(8d/3) is not proportional to d: only the down projection
+    # tells base-fan-in/fan-in (85/213) from 1/m (32/80).
+    down = "block_0/mlp/down/kernel"
+    assert simple[down] == pytest.approx(85 / 213) and simple[down] != pytest.approx(0.4)

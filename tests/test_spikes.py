@@ -185,3 +185,50 @@ def test_a_fresh_train_state_holds_no_buffer_twice(make_cfg):
     state = init_state(Transformer(cfg.model, 256, cfg.train.seq_len), cfg, jax.random.key(0))
     pointers = [leaf.unsafe_buffer_pointer() for leaf in jax.tree_util.tree_leaves(state)]
     assert len(set(pointers)) == len(pointers)
+
+
+def brute_force_divergence(losses, limit, skipped, patience):
+    """The first update (1-based) whose loss is non-finite, or above `limit` for the
+    (patience+1)-th update in a row, skipped updates neither counting nor breaking a stretch."""
+    run = 0
+    for i, (loss, skip) in enumerate(zip(losses, skipped), 1):
+        if skip:
+            continue
+        if not np.isfinite(loss):
+            return i
+        run = run + 1 if loss > limit else 0
+        if run > patience:
+            return i
+    return None
+
+
+@pytest.mark.parametrize("patience", [0, 1, 3])
+def test_divergence_is_a_sustained_excursion_or_a_non_finite_loss(patience):
+    from proxies.step import diverged
+    rng = np.random.default_rng(patience)
+    for _ in range(30):
+        losses = rng.choice([1.0, 5.0, np.nan], size=12, p=[0.55, 0.4, 0.05])
+        skipped = rng.random(12) < 0.15
+        over, first = jnp.zeros((), jnp.int32), None
+        for i, (loss, skip) in enumerate(zip(losses, skipped), 1):
+            gone, over = diverged(jnp.float32(loss), jnp.float32(2.0), over, jnp.bool_(skip),
+                                  patience)
+            if bool(gone):
+                first = i
+                break
+        assert first == brute_force_divergence(losses, 2.0, skipped, patience)
+
+
+def test_one_garbage_batch_under_log_does_not_end_the_run(make_cfg):
+    """The garbage batch's loss passes the limit once, the run recovers and keeps its final
+    loss; the same garbage for more than train.divergence_patience updates in a row marks the run
+    diverged (garbage losses here ≈ 10, ordinary ones < 6.3)."""
+    run = ("train.steps=48", "train.log_every=1", "optim.lr=1e-2", "train.divergence_loss=8.0")
+    once = make_cfg(*run, "train.inject_spike_at=[40]", out="once")
+    s = train(once)
+    assert losses(once)[40] > 8.0 > max(v for k, v in losses(once).items() if k != 40)
+    assert not s["diverged"] and s["steps_done"] == 48 and s["stop_reason"] == "completed"
+    sustained = make_cfg(*run, "train.inject_spike_at=[40,41,42]", "train.divergence_patience=2",
+                         out="sustained")
+    s = train(sustained)
+    assert s["diverged"] and s["diverged_at_step"] == 42

@@ -50,6 +50,25 @@ def test_grid_is_sizes_times_axes_times_lrs(tmp_path, corpus_dir, cache_dir):
     assert len({run_name(r) for _, r in points}) == len(points)
 
 
+def test_seeds_repeat_every_point_with_its_own_init_and_data_order(tmp_path, corpus_dir,
+                                                                    cache_dir):
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.seeds=3", "train.seed=5")
+    cfg.sweep.axes = {"model": {"qk_layernorm": [False, True]}}
+    points = expand_grid(cfg)
+    assert len(points) == 2 * 3 * 2
+    assert sorted({(v["model.qk_layernorm"], v["train.seed"]) for v, _ in points}) == [
+        (q, s) for q in (False, True) for s in (5, 6, 7)]
+    assert all(run.train.seed == v["train.seed"] for v, run in points)
+    assert len({run_name(r) for _, r in points}) == len(points)
+    one = expand_grid(sweep_cfg(tmp_path, corpus_dir, cache_dir))  # one seed: not swept
+    assert all("train.seed" not in v for v, _ in one)
+    from proxies.sweep import plan_groups
+    for g in plan_groups(points, vmap=True, group_size=8):  # members share each batch
+        assert len({v["train.seed"] for v, _ in g}) == 1
+    with pytest.raises(ConfigError, match="sweep.seeds=0 must be an integer >= 1"):
+        expand_grid(sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.seeds=0"))
+
+
 def test_sweep_dir_is_a_function_of_the_grid(tmp_path, corpus_dir, cache_dir):
     a = sweep_cfg(tmp_path, corpus_dir, cache_dir)
     b = sweep_cfg(tmp_path, corpus_dir, cache_dir)

@@ -31,8 +31,9 @@ def test_run_writes_config_metrics_summary_and_checkpoints(make_cfg):
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"]["d_model"] == 32 and len(config["run"]["corpus_hash"]) == 16
     rows = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [0, 4, 6, 8, 12]
-    log_row = rows[1]
+    # log steps, and update 1: 2% of the run, where block 0's early max logit is read
+    assert [r["step"] for r in rows] == [0, 1, 4, 6, 8, 12]
+    log_row = rows[2]
     for key in ("train/loss", "train/ce", "train/z_loss", "train/lr", "train/grad_norm",
                 "attn/max_logit", "attn/max_logit/layer_1", "attn/entropy/layer_0",
                 "logits/log_z_mean", "logits/mean", "logits/max_abs", "act/max_abs/layer_0",

@@ -53,7 +53,8 @@ INSTALL_HINT = ("wandb-workspaces is not installed; pip install -e '.[dashboards
                 "(or pip install wandb-workspaces)")
 LOGIN_HINT = ("not logged in to W&B: run `wandb login` or set WANDB_API_KEY, or pass --dry-run "
               "to write the dashboard definitions without W&B")
-NON_RESULT_MODULES = ("core", "panels", "all")  # sweeps/ modules that are not a paper result
+# sweeps/ modules that are not a paper result
+NON_RESULT_MODULES = ("core", "panels", "all", "docs")
 GREY = "#9e9e9e"  # a run with no value to colour by
 SIZE_LETTERS = {"model.d_model": "d", "model.n_layers": "L", "model.n_heads": "H"}
 SWEEP_RECORD = "sweep"  # job_type of a sweep's own W&B record (results table, analysis files)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -219,6 +219,12 @@ def summarize(run_dir: Path) -> Dict[str, Any]:
     compression_median, reamplification_max (over norm layers), swiglu_coincidence,
     swiglu_chance (medians over layers), emergence_r2_mean (fitted layers), r_growth (median
     over layers of r at the last step ÷ r at the first).
+    At the first probe (init; first_step says which step, n_probes how many): the same numbers
+    with an `_init` suffix (weight_kurtosis_median, resid_kurtosis_median, compression_median,
+    reamplification_max, swiglu_coincidence), ec_top_lead(_init) (median over projections of
+    top_overlap_R − top_overlap_E) and ec_pearson_E_gain (median over projections of the change
+    of Pearson(|C|, E) from the first probe to the last): the nulls sweeps/dynamics.py judges
+    against.
     Undefined numbers are None (JSON null), never nan.
     """
     rec = load_records(run_dir)
@@ -227,7 +233,44 @@ def summarize(run_dir: Path) -> Dict[str, Any]:
 
 def _summary(rec: Records, fits: Dict[int, EmergenceFit]) -> Dict[str, Any]:
     nested = _nested_summary(rec, fits)
-    return {**nested, **_flat_summary(rec, fits, nested)}
+    return {**nested, **_flat_summary(rec, fits, nested), **_init_summary(rec)}
+
+
+def first_probe(rec: Records) -> Records:
+    """The records cut to the first probe step (step 0 in a run trained from scratch): the
+    model at init, where every null of the training-dynamics verdicts is measured."""
+    return replace(rec, steps=rec.steps[:1], stats={k: v[:1] for k, v in rec.stats.items()},
+                   hist_paths={s: p for s, p in rec.hist_paths.items() if s == rec.steps[0]})
+
+
+def ec_lead(rec: Records) -> float:
+    """Median over projections, at the last step, of R's lead over E among C's top entries:
+    top_overlap_R − top_overlap_E (> 0: C's outliers are top-|R| entries more than top-E)."""
+    names = ec_projections(rec)
+    return _finite_median([rec.last(f"ec/{n}/top_overlap_R") - rec.last(f"ec/{n}/top_overlap_E")
+                           for n in names])
+
+
+def ec_pearson_e_gain(rec: Records) -> float:
+    """Median over projections of Pearson(|C|, E) at the last step minus at the first: how much
+    more of |C| the energy E explains after training than at init (where norms are nearly
+    equal, E nearly flat, and |C| follows |R| by construction)."""
+    return _finite_median([rec.last(f"ec/{n}/pearson_E") - rec.series(f"ec/{n}/pearson_E")[0]
+                           for n in ec_projections(rec)])
+
+
+def _init_summary(rec: Records) -> Dict[str, Any]:
+    """The headline numbers the verdicts compare with their value at the first probe (init),
+    and the EC numbers that need both steps (see summarize)."""
+    first = first_probe(rec)
+    nested = _nested_summary(first, {})
+    flat = _flat_summary(first, {}, nested)
+    keys = ("weight_kurtosis_median", "resid_kurtosis_median", "compression_median",
+            "reamplification_max", "swiglu_coincidence")
+    return {"first_step": int(rec.steps[0]), "n_probes": int(len(rec.steps)),
+            **{f"{k}_init": flat[k] for k in keys},
+            "ec_top_lead": _num(ec_lead(rec)), "ec_top_lead_init": _num(ec_lead(first)),
+            "ec_pearson_E_gain": _num(ec_pearson_e_gain(rec))}
 
 
 def _flat_summary(rec: Records, fits: Dict[int, EmergenceFit],

@@ -5,5 +5,5 @@
 """
 
 # In the order `sweeps.all` runs them: later ones reuse earlier ones' runs where they can.
-RESULTS = ("qk_layernorm", "warmup", "weight_decay", "recipe", "adam_eps", "kappa",
+RESULTS = ("qk_layernorm", "warmup", "weight_decay", "default_vs_none", "adam_eps", "kappa",
            "logit_prediction", "mup", "depth_width", "z_loss")

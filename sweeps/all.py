@@ -17,7 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 from proxies.cli import run_cli
 from proxies.sweep import print_plan
 from sweeps import RESULTS
-from sweeps.core import Plan, Result, Verdict, cell, execute, parse_args, plan, unique_points
+from sweeps.core import (Plan, Result, Verdict, cell, execute, parse_args, plan, unique_points,
+                         write_plan)
 
 
 def results() -> List[Result]:
@@ -28,13 +29,15 @@ def summary_md(rows: Sequence[Tuple[Plan, Verdict, float]], root: Path) -> str:
     lines = ["# Reproducing small-scale proxies: summary\n",
              "wall: this invocation (runs trained by an earlier script or invocation are reused); "
              "training: the summed training time of every run the result uses.\n",
-             "| result | claim | measured | verdict | figure | wall | training |",
-             "|---|---|---|---|---|---|---|"]
+             "| result | claim | measured | verdict | seed spread | figure | wall | training |",
+             "|---|---|---|---|---|---|---|---|"]
     for p, v, wall in rows:
         fig = (p.out / "figure.png").relative_to(root)
-        train_s = json.loads((p.out / "verdict.json").read_text())["train_s"]
+        saved = json.loads((p.out / "verdict.json").read_text())
+        spread = ", ".join(f"{s:.3f}" for s in saved.get("seed_spread", {}).values()) or "–"
         lines.append(f"| {p.result.name} | {cell(v.claim)} | {cell(v.why)} | **{v.reproduced}** | "
-                     f"[png]({fig}) | {wall / 60:.1f} min | {train_s / 60:.1f} min |")
+                     f"{spread} | [png]({fig}) | {wall / 60:.1f} min | "
+                     f"{saved['train_s'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 
 
@@ -45,6 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         plans = [plan(r, scale, rest) for r in results()]
         for p in plans:
             print_plan(f"  {p.result.name}", unique_points(p.all_points()), table=False)
+            write_plan(p)
         print_plan(f"sweeps.all ({scale}), runs shared between results counted once",
                    unique_points([pt for p in plans for pt in p.all_points()]), table=False)
         if dry:

@@ -4,8 +4,14 @@ A result (one module of `sweeps/`) is a `Result`: the paper's claim, the sweeps 
 given scale (`parts`), a `judge` that turns their tables into a `Verdict`, and a `figure` laid
 out like the paper's. `python -m sweeps.<name> scale=laptop [Hydra overrides] [--dry-run]`
 trains what is missing (runs are shared with every other sweep, see proxies/sweep.py) and writes
-`<sweep.root>/repro/<name>-<scale>/`: report.md, figure.png/.pdf, verdict.json, and one
-sweep directory per part.
+`<sweep.root>/repro/<name>-<scale>/`: plan.json (every run's resolved config, also on
+--dry-run), report.md, figure.png/.pdf, verdict.json, and one sweep directory per part.
+
+Every scale starts from the paper's baseline (§2.1: "we use qk-layernorm ... z-loss with
+coefficient 1e-4 ... independent weight decay of 1e-4", AdamW β = (0.9, 0.95), ε = 1e-8,
+gradient clipping at 1, warm-up 5e3 of 1e5 steps, cosine decay to 1e-5): `BASELINE` below. A
+result varies one thing from it unless the paper's caption says otherwise. Warm-up is 5% of the
+run at every scale (the paper's 5e3 of 1e5).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
+from omegaconf import OmegaConf
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -26,9 +34,9 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from analysis.load import load_sweep  # noqa: E402
+from analysis.load import SIZE_KEYS, load_sweep, series_keys  # noqa: E402
 from proxies.cli import run_cli  # noqa: E402
-from proxies.config import DEFAULT_TARGETS, ConfigError  # noqa: E402
+from proxies.config import DEFAULT_TARGETS, ConfigError, to_plain  # noqa: E402
 from proxies.sweep import (Point, apply_axes_replacement, expand_grid, print_plan,  # noqa: E402
                            run_sweep, split_axes_override, sweep_dir)
 from proxies.train import CONFIG_DIR  # noqa: E402
@@ -65,7 +73,8 @@ def half_decades(lo: float, hi: float) -> List[float]:
 class ScaleSpec:
     """The grids of one scale. `base` overrides the run config of every part; `sizes` grow
     width and depth together; `held_out` is a larger size for the logit prediction; `widths`
-    and `depths` scale one dimension from `sizes[0]`; `warmups` are short vs long warmup."""
+    and `depths` scale one dimension from `sizes[0]`; `warmups` are short vs long warmup;
+    `seeds` runs per grid point (verdicts give intervals over them)."""
 
     base: Dict[str, Any]
     lrs: List[float]
@@ -75,10 +84,13 @@ class ScaleSpec:
     widths: List[Dict[str, int]]
     depths: List[Dict[str, int]]
     warmups: Tuple[int, int]
+    kappa_size: Dict[str, int]  # the κ experiment's model (paper: ~10M params)
     kappa_lr: float
     kappas: List[float]
-    eps_lr: float
+    eps_lr: float  # the paper's 0.3: the highest LR its largest baseline model trained at
     epsilons: List[float]
+    seeds: int = 1
+    eps_size: Optional[Dict[str, int]] = None  # the ε part's model; None: the largest size
     target_params: float = DEFAULT_TARGETS[0]  # the paper's 4.8B prediction (sweep default)
 
 
@@ -88,62 +100,85 @@ def _train(steps, batch, seq, log_every, eval_every, eval_batches, checkpoint_ev
             "checkpoint_every": checkpoint_every}
 
 
+WARMUP_SHARE = 0.05  # the paper's 5e3 warm-up steps of 1e5
+
+
+def warmup(steps: int) -> int:
+    return max(1, round(WARMUP_SHARE * steps))
+
+
+def baseline(steps: int) -> Dict[str, Any]:
+    """The paper's §2.1 default (qk-layernorm, z-loss 1e-4, independent decay 1e-4; AdamW
+    (0.9, 0.95, 1e-8), clip 1, cosine to 1e-5 are the schema's defaults), warm-up 5% of `steps`."""
+    return {"model": {"qk_layernorm": True},
+            "optim": {"z_loss": 1e-4, "independent_wd": True, "weight_decay": 1e-4,
+                      "warmup_steps": warmup(steps), "min_lr": 1e-5, "b1": 0.9, "b2": 0.95,
+                      "eps": 1e-8, "grad_clip": 1.0}}
+
+
 # Laptop = 2 CPU cores: byte-level stdlib corpus, the laptop architecture, 200 steps of 16 × 128
 # tokens; the common base of every laptop grid, so the scripts share most of their runs.
-_LAPTOP_OPTIM = {"warmup_steps": 20, "weight_decay": 0.1, "independent_wd": False,
-                 "z_loss": 0.0}
 _PAPER_MODEL = {"pos_emb": "rope", "use_bias": False, "tie_embeddings": False,
-                "init_std": "fan_in", "dtype": "bfloat16", "qk_layernorm": False}
+                "init_std": "fan_in", "dtype": "bfloat16"}
 _C4 = {"source": "hf", "hf_name": "allenai/c4", "hf_config": "en", "hf_val_split": "validation",
        "tokenizer": "spiece.model"}
 
+
+def _base(steps: int, train: Dict[str, Any], model: Optional[Dict[str, Any]] = None,
+          data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    b = baseline(steps)
+    out = {"model": {**(model or {}), **b["model"]}, "optim": b["optim"], "train": train}
+    return {**out, "data": data} if data else out
+
+
 SPECS: Dict[str, ScaleSpec] = {
     "tiny": ScaleSpec(
-        base={"train": _train(4, 2, 16, 2, 2, 1, 4),
-              "optim": {**_LAPTOP_OPTIM, "warmup_steps": 1}},
+        base=_base(4, _train(4, 2, 16, 2, 2, 1, 4)),
         lrs=[1e-3, 1e-1], sizes=[size(16, 1, 8), size(32, 1, 16)],
         extra_size=size(32, 2, 16), held_out=size(48, 2, 16),
         widths=[size(16, 1, 8), size(32, 1, 16)], depths=[size(16, 1, 8), size(16, 2, 8)],
-        warmups=(1, 2), kappa_lr=1e-2,
-        kappas=[1.0, 1e2], eps_lr=1e-2, epsilons=[1e-8, 1e-2]),
+        warmups=(warmup(4), 2), kappa_size=size(32, 1, 16), kappa_lr=1e-2,
+        kappas=[1.0, 1e2], eps_lr=1e-2, epsilons=[1e-8, 1e-2], seeds=2),
+    # Two seeds: the laptop differences being judged (~0.01 in LR sensitivity) are about what a
+    # change of seed moves, so every verdict carries an interval over seeds (with two, the
+    # range of the two seeds' values: "true" needs both to show the effect). Three would take
+    # `sweeps.all` past 7 h on 2 cores (dry run: 825 runs), two keep it near 5 h.
     "laptop": ScaleSpec(
-        base={"train": _train(200, 16, 128, 25, 25, 4, 100), "optim": _LAPTOP_OPTIM},
+        base=_base(200, _train(200, 16, 128, 25, 25, 4, 100)),
         lrs=half_decades(3e-4, 3e-1), sizes=[size(64, 2), size(96, 3), size(128, 4)],
         extra_size=size(160, 5), held_out=size(192, 6),
         widths=[size(64, 2), size(128, 2), size(256, 2)],
-        depths=[size(64, 2), size(64, 4), size(64, 8)], warmups=(20, 80), kappa_lr=3e-3,
-        kappas=[1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4], eps_lr=1e-2,
-        epsilons=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2]),
+        depths=[size(64, 2), size(64, 4), size(64, 8)], warmups=(warmup(200), 4 * warmup(200)),
+        kappa_size=size(128, 4), kappa_lr=3e-3,
+        kappas=[1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4], eps_lr=0.3,
+        epsilons=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2], seeds=2),
     # One GPU in about a day: the paper's architecture and data, its smallest sizes (9.4M-85M),
     # 1e4 steps of 32 × 512 tokens. C4 is read with HF datasets: point data.path at a local
     # save_to_disk copy (nothing is downloaded unless data.hf_name is left to the hub).
+    # Depth at the paper's fixed width 512, width at its fixed depth 6, head dim 64 throughout.
     "gpu": ScaleSpec(
-        base={"model": _PAPER_MODEL, "data": _C4,
-              "train": _train(10_000, 32, 512, 100, 500, 8, 1000),
-              "optim": {"warmup_steps": 500, "weight_decay": 0.1, "independent_wd": False,
-                        "z_loss": 0.0, "min_lr": 1e-5}},
+        base=_base(10_000, _train(10_000, 32, 512, 100, 500, 8, 1000), _PAPER_MODEL, _C4),
         lrs=half_decades(1e-4, 1.0), sizes=[size(512, 3, 64), size(640, 4, 64),
                                             size(768, 6, 64)],
         extra_size=size(768, 9, 64), held_out=size(768, 12, 64),
-        widths=[size(512, 3, 64), size(768, 3, 64), size(1024, 3, 64)],
-        depths=[size(512, 3, 64), size(512, 6, 64), size(512, 12, 64)], warmups=(500, 2000),
-        kappa_lr=1e-2, kappas=[1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4], eps_lr=1e-2,
-        epsilons=[1e-15, 1e-8, 1e-6, 1e-4]),
+        widths=[size(512, 6, 64), size(768, 6, 64), size(1024, 6, 64)],
+        depths=[size(512, 3, 64), size(512, 6, 64), size(512, 12, 64)],
+        warmups=(warmup(10_000), 4 * warmup(10_000)), kappa_size=size(512, 3, 64),
+        kappa_lr=1e-2, kappas=[1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4], eps_lr=0.3,
+        epsilons=[1e-15, 1e-8, 1e-6, 1e-4], seeds=2),
     # The paper's grids (9.4M ... 1.2B non-embedding params, 1e5 steps of 256 × 512, C4, bf16)
-    # for a cluster.
+    # for a cluster; one seed, as the paper ran (verdicts then say there is no interval).
     "paper": ScaleSpec(
-        base={"model": _PAPER_MODEL, "data": _C4,
-              "train": _train(100_000, 256, 512, 100, 5000, 8, 5000),
-              "optim": {"warmup_steps": 5000, "weight_decay": 0.1, "independent_wd": False,
-                        "z_loss": 0.0, "min_lr": 1e-5}},
+        base=_base(100_000, _train(100_000, 256, 512, 100, 5000, 8, 5000), _PAPER_MODEL, _C4),
         lrs=half_decades(1e-4, 1.0),
         sizes=[size(512, 3, 64), size(640, 4, 64), size(768, 6, 64), size(768, 12, 64),
                size(1024, 12, 64), size(1024, 24, 64), size(2048, 12, 64), size(2048, 24, 64)],
-        extra_size=None, held_out=size(4096, 24, 128), widths=[size(1024, 6, 64), size(2048, 6, 64),
-                                              size(4096, 6, 64)],
-        depths=[size(1024, 6, 64), size(1024, 24, 64), size(1024, 96, 64)],
-        warmups=(5000, 10_000), kappa_lr=1e-2, kappas=[1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4],
-        eps_lr=0.3, epsilons=[1e-15, 1e-8, 1e-6]),
+        extra_size=None, held_out=size(4096, 24, 128),
+        widths=[size(512, 6, 64), size(1024, 6, 64), size(2048, 6, 64), size(4096, 6, 64)],
+        depths=[size(512, 3, 64), size(512, 6, 64), size(512, 12, 64), size(512, 24, 64)],
+        warmups=(warmup(100_000), 4 * warmup(100_000)), kappa_size=size(512, 3, 64),
+        kappa_lr=1e-2, kappas=[1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4],
+        eps_lr=0.3, epsilons=[1e-15, 1e-8, 1e-6], seeds=1, eps_size=size(4096, 24, 128)),
 }
 
 
@@ -196,8 +231,9 @@ def part_config(result: Result, part: Part, scale: str, overrides: Sequence[str]
     Hydra overrides (`sweep.axes=...` replaces the part's axes)."""
     spec = SPECS[scale]
     node = merge(spec.base, part.overrides)
-    node = merge(node, {"sweep": {"name": f"{result.name}-{part.name}",
-                                  "target_params": [spec.target_params]}})
+    node = merge({"sweep": {"seeds": spec.seeds}}, node,
+                 {"sweep": {"name": f"{result.name}-{part.name}",
+                            "target_params": [spec.target_params]}})
     name = f"{result.name}_{part.name}_{scale}"
     ConfigStore.instance().store(group="repro", name=name, node=node, package="_global_")
     rest, axes = split_axes_override(list(overrides))
@@ -233,6 +269,28 @@ def plan(result: Result, scale: str, overrides: Sequence[str] = ()) -> Plan:
     configs = {p.name: part_config(result, p, scale, overrides)
                for p in result.parts(SPECS[scale])}
     return Plan(result, scale, configs, {k: expand_grid(c) for k, c in configs.items()})
+
+
+def write_plan(p: Plan) -> Path:
+    """`<result dir>/plan.json`: per part, its sweep settings and the resolved config of every run
+    it trains (model, optim, train and data keys), so the setup can be held against the paper
+    without training anything."""
+    parts = {}
+    for name, cfg in p.configs.items():
+        runs = [{"swept": values, "run_dir": run.out_dir,
+                 **{k: v for k, v in to_plain(run).items() if k in RUN_SECTIONS}}
+                for values, run in p.points[name]]
+        parts[name] = {"sweep": OmegaConf.to_container(cfg.sweep, resolve=True,
+                                                       enum_to_str=True), "runs": runs}
+    out = p.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(json.dumps({"result": p.result.name, "scale": p.scale,
+                                               "claim": p.result.claim, "parts": parts},
+                                              indent=1, default=_jsonable) + "\n")
+    return out / "plan.json"
+
+
+RUN_SECTIONS = ("model", "optim", "train", "data")
 
 
 def unique_points(points: Sequence[Point]) -> List[Point]:
@@ -278,13 +336,18 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     fig.savefig(out / "figure.pdf")
     plt.close(fig)
     unfinished = sum(len(t) - len(done[k]) for k, t in tables.items())
+    spread = {k: s for k, s in ((k, seed_spread(t)) for k, t in done.items()) if s == s}
     (out / "verdict.json").write_text(json.dumps(
         {**asdict(v), "wall_s": round(wall_s, 1), "train_s": round(training_time(done), 1),
-         "unfinished_runs": unfinished, "runs": sum(len(t) for t in tables.values())},
+         "unfinished_runs": unfinished, "runs": sum(len(t) for t in tables.values()),
+         "seed_spread": spread},
         indent=2, default=_jsonable, ensure_ascii=False) + "\n")
     lines = [f"# {p.result.name} ({p.scale})\n", f"**Claim.** {p.result.claim}\n",
              f"**Verdict: {v.reproduced}.** {v.why}\n", "| statistic | value |", "|---|---|"]
     lines += [f"| {cell(k)} | {cell(_fmt(val))} |" for k, val in measured.items()]
+    if spread:
+        lines += ["", "Seed spread of LR sensitivity (median over series of its standard deviation "
+                  "over seeds): " + ", ".join(f"{k} {s:.4f}" for k, s in spread.items())]
     lines += ["", "![figure](figure.png)\n", "Per-part sweep reports: " + ", ".join(
         f"[{k}]({k}/analysis/report.md)" for k in p.configs), ""]
     if unfinished:
@@ -292,6 +355,17 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     (out / "report.md").write_text("\n".join(lines))
     print(f"{p.result.name} ({p.scale}): {v.line()}\n  -> {out / 'report.md'}")
     return v
+
+
+def seed_spread(df: pd.DataFrame) -> float:
+    """The median over series of LR sensitivity's standard deviation over seeds: how much a
+    change of seed alone moves the statistic the verdicts compare (NaN for one seed)."""
+    from sweeps.panels import SEED, seed_mean, series_stats
+    if SEED not in df.columns or df[SEED].nunique() < 2 or "final_eval_ce" not in df.columns:
+        return float("nan")
+    toggles = [k for k in series_keys(df) if k not in SIZE_KEYS and k != SEED]
+    sd = seed_mean(series_stats(df, toggles), toggles)["lr_sensitivity_sd"]
+    return float(sd.median()) if sd.notna().any() else float("nan")
 
 
 def training_time(tables: Tables) -> float:
@@ -354,6 +428,7 @@ def main(result: Result, argv: Optional[Sequence[str]] = None) -> Optional[Verdi
         p = plan(result, scale, rest)
         print(f"# {result.name} ({scale}): {result.claim}")
         print_plan(f"{result.name} ({scale})", unique_points(p.all_points()))
+        print(f"plan: {write_plan(p)}")
         if not dry:
             out[0] = execute(p)
 

@@ -1,11 +1,18 @@
-"""Statistics and figure panels the paper's figures share (LR curves, LR sensitivity, logits).
+"""Statistics and figure panels the paper's figures share (LR curves, LR sensitivity, logits),
+and the noise-aware comparisons every verdict uses.
 
 Every loss drawn is the loss LR sensitivity counts: min(final eval loss, loss at init), with
 diverged or NaN runs at the loss at init, marked ×.
+
+Seeds (`sweep.seeds`): statistics are computed per seed (`series_stats` keeps a `train.seed`
+column), effects are paired by seed and summarised by their mean and a bootstrap interval over
+seeds (`Effect`). A verdict says "true" or "false" only where the interval excludes no effect;
+with one seed there is no interval, and such a comparison is inconclusive.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -21,6 +28,10 @@ from analysis.sensitivity import best_lr_interp, capped_losses, lr_sensitivity
 from proxies.config import DEFAULT_LR_RANGE
 
 SHAPE = ["model.d_model", "model.n_layers"]  # a model size, whatever its toggles add
+SEED = "train.seed"  # a column only when the sweep ran several seeds (sweep.seeds)
+CONFIDENCE = 0.95  # of every bootstrap interval; fixed before any data
+BOOTSTRAP_RESAMPLES = 4000
+Reproduced = str  # "true" | "false" | "inconclusive" (sweeps.core.Reproduced)
 
 
 def counted_loss(g: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
@@ -31,11 +42,26 @@ def counted_loss(g: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
     return loss, div
 
 
+def with_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with a `train.seed` column (0 where the sweep ran one seed)."""
+    return df if SEED in df.columns else df.assign(**{SEED: 0})
+
+
+def seed_mean_curve(g: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(LRs, counted loss averaged over seeds, diverged in any seed) of one series' rows."""
+    g = with_seed(g).sort_values("optim.lr")
+    loss, div = counted_loss(g)
+    per = pd.DataFrame({"lr": g["optim.lr"].to_numpy(float), "loss": loss, "div": div})
+    agg = per.groupby("lr", sort=True).agg(loss=("loss", "mean"), div=("div", "any"))
+    return agg.index.to_numpy(float), agg["loss"].to_numpy(float), agg["div"].to_numpy(bool)
+
+
 def series_stats(df: pd.DataFrame, by: Sequence[str],
                  lr_range: Tuple[float, float] = DEFAULT_LR_RANGE) -> pd.DataFrame:
-    """Per (size, *by): params, LRs, best LR (grid and interpolated), best loss, LR sensitivity.
-    Sorted by `by` then size."""
-    keys = list(dict.fromkeys(list(by) + SHAPE))
+    """Per (size, *by, seed): params, LRs, best LR (grid and interpolated), best loss, LR
+    sensitivity. Sorted by `by`, size, then seed; `seed_mean` averages over seeds."""
+    df = with_seed(df)
+    keys = list(dict.fromkeys(list(by) + SHAPE + [SEED]))
     rows = []
     for vals, g in df.groupby(keys, sort=True, dropna=False):
         g = g.sort_values("optim.lr")
@@ -51,7 +77,129 @@ def series_stats(df: pd.DataFrame, by: Sequence[str],
                      "best_loss": finite[i] if i is not None else np.nan,
                      "lr_sensitivity": lr_sensitivity(lrs, loss, float(g["loss_at_init"].max()),
                                                       lr_range)})
-    return pd.DataFrame(rows).sort_values(list(by) + ["n_params_nonembed"], ignore_index=True)
+    return pd.DataFrame(rows).sort_values(list(dict.fromkeys(list(by) + ["n_params_nonembed",
+                                                                          SEED])),
+                                          ignore_index=True)
+
+
+def seed_mean(stats: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """`series_stats` averaged over seeds per (size, *by); `seeds` counts them and
+    `lr_sensitivity_sd` is their spread (NaN for one seed)."""
+    keys = list(dict.fromkeys(list(by) + SHAPE))
+    num = [c for c in stats.columns if c not in keys + [SEED] and
+           pd.api.types.is_numeric_dtype(stats[c])]
+    g = stats.groupby(keys, sort=True, dropna=False)
+    out = g[num].mean().reset_index()
+    out["seeds"] = g[SEED].nunique().to_numpy()
+    out["lr_sensitivity_sd"] = g["lr_sensitivity"].std(ddof=1).to_numpy()
+    return out.sort_values(list(dict.fromkeys(list(by) + ["n_params_nonembed"])),
+                           ignore_index=True)
+
+
+# ---------------------------------------------------------------- effects with their noise
+
+@dataclass(frozen=True)
+class Effect:
+    """A statistic's mean over seeds and its bootstrap interval (NaN bounds for one seed)."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def above_zero(self) -> bool:
+        """The interval lies above 0 (needs two seeds or more)."""
+        return self.n >= 2 and self.lo > 0
+
+    @property
+    def below_zero(self) -> bool:
+        return self.n >= 2 and self.hi < 0
+
+    def __str__(self) -> str:
+        if self.n < 2:
+            return f"{self.mean:+.3f} (1 seed, no interval)"
+        return f"{self.mean:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}]"
+
+
+def bootstrap(values: Sequence[float], stat: Callable[[np.ndarray], float] = np.mean,
+              confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES) -> Effect:
+    """`stat` of `values` (one per seed) with a percentile bootstrap interval over seeds; the
+    resampling RNG is fixed, so the same numbers give the same interval."""
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    if len(v) == 0:
+        return Effect(float("nan"), float("nan"), float("nan"), 0)
+    if len(v) == 1:
+        return Effect(float(stat(v)), float("nan"), float("nan"), 1)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(v), size=(resamples, len(v)))
+    boots = np.array([stat(v[i]) for i in idx])
+    a = (1 - confidence) / 2
+    return Effect(float(stat(v)), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)),
+                  len(v))
+
+
+def paired_effects(stats: pd.DataFrame, by: str, a: Any, b: Any,
+                   column: str = "lr_sensitivity") -> Dict[str, Effect]:
+    """Per model shape (d, L), in size order: `column` under `a` minus under `b`, paired by seed
+    (positive: `b` lowers it). Shapes, not param counts, pair the runs: a toggle such as
+    qk-layernorm adds a few parameters."""
+    stats = with_seed(stats)
+    out = {}
+    order = stats.groupby(SHAPE)["n_params_nonembed"].min().sort_values()
+    for shape in order.index:
+        g = stats[(stats[SHAPE[0]] == shape[0]) & (stats[SHAPE[1]] == shape[1])]
+        va = g[g[by] == a].set_index(SEED)[column]
+        vb = g[g[by] == b].set_index(SEED)[column]
+        seeds = va.index.intersection(vb.index)
+        if len(seeds):
+            out[size_label(order[shape])] = bootstrap((va[seeds] - vb[seeds]).to_numpy(float))
+    return out
+
+
+def fmt_effects(effects: Dict[str, Effect]) -> str:
+    return "; ".join(f"{k}: {e}" for k, e in effects.items())
+
+
+# LR-sensitivity differences smaller than this (nats) are no effect: below what the final eval
+# loss resolves between runs (the laptop seed spread of LR sensitivity is ~1e-2).
+RESOLUTION = 1e-3
+
+
+def every_size_verdict(effects: Dict[str, Effect], subject: str,
+                       effect: str = "lowers LR sensitivity",
+                       resolution: float = RESOLUTION) -> Tuple[Reproduced, str]:
+    """(reproduced, why) for "`subject` `effect` at every size" from per-size effects (positive
+    = the claimed direction): true when every interval lies above `resolution`, false when one
+    lies below −`resolution` (that size contradicts "every"), otherwise inconclusive with the
+    intervals."""
+    if not effects:
+        return "inconclusive", "no size has finished runs of both settings"
+    shown = fmt_effects(effects)
+    above = {k: e.n >= 2 and e.lo > resolution for k, e in effects.items()}
+    below = {k: e.n >= 2 and e.hi < -resolution for k, e in effects.items()}
+    if any(below.values()):
+        against = [k for k, b in below.items() if b]
+        return "false", (f"{subject} does the opposite at {', '.join(against)} (interval below "
+                         f"0): {shown}")
+    if all(above.values()):
+        return "true", f"{subject} {effect} at every size, every interval above 0: {shown}"
+    n = min(e.n for e in effects.values())
+    why = ("one seed gives no interval" if n < 2 else
+           f"an interval reaches within {resolution:g} of 0")
+    return "inconclusive", f"{subject} {effect}? {why}: {shown}"
+
+
+def trend_effect(stats: pd.DataFrame, column: str = "lr_sensitivity") -> Effect:
+    """Slope of `column` per decade of non-embedding params (least squares), per seed, with its
+    interval: does the statistic rise with size?"""
+    stats = with_seed(stats)
+    slopes = []
+    for _, g in stats.groupby(SEED):
+        g = g.dropna(subset=[column])
+        if g["n_params_nonembed"].nunique() >= 2:
+            slopes.append(float(np.polyfit(np.log10(g["n_params_nonembed"]), g[column], 1)[0]))
+    return bootstrap(slopes)
 
 
 def colours(values: Sequence[Any], cmap: str = "viridis") -> Dict[Any, Any]:
@@ -67,11 +215,10 @@ def lr_loss_panel(ax: plt.Axes, df: pd.DataFrame, title: str, by: str = "n_param
     """Final loss vs LR (log x), a line per value of `by` coloured small to large."""
     col = colours(df[by].dropna().unique(), cmap)
     for v, g in df.groupby(by, sort=True):
-        g = g.sort_values("optim.lr")
-        loss, div = counted_loss(g)
-        ax.plot(g["optim.lr"], loss, "o-", ms=3.5, color=col[v], label=label(v))
+        lrs, loss, div = seed_mean_curve(g)
+        ax.plot(lrs, loss, "o-", ms=3.5, color=col[v], label=label(v))
         if div.any():
-            ax.plot(g["optim.lr"][div], loss[div], "x", ms=9, mew=2, color=col[v])
+            ax.plot(lrs[div], loss[div], "x", ms=9, mew=2, color=col[v])
     log_axes(ax)
     ax.set_xlabel("learning rate")
     ax.set_title(title, fontsize=10)
@@ -81,10 +228,15 @@ def lr_loss_panel(ax: plt.Axes, df: pd.DataFrame, title: str, by: str = "n_param
 def sensitivity_panel(ax: plt.Axes, stats: pd.DataFrame, by: str,
                       label: Callable[[Any], str], styles: Optional[Dict[Any, dict]] = None,
                       x: str = "n_params_nonembed") -> None:
-    """LR sensitivity vs non-embedding params (log x), a line per value of `by`."""
+    """LR sensitivity vs non-embedding params (log x), a line per value of `by`: the mean over
+    seeds, with ± one seed standard deviation as error bars when there are several."""
+    if SEED in stats.columns and stats[SEED].nunique() > 1:
+        stats = seed_mean(stats, [by])
     for v, g in stats.groupby(by, sort=True):
         g = g.sort_values(x)
-        ax.plot(g[x], g["lr_sensitivity"], "o-", label=label(v), **(styles or {}).get(v, {}))
+        sd = g["lr_sensitivity_sd"] if "lr_sensitivity_sd" in g.columns else None
+        ax.errorbar(g[x], g["lr_sensitivity"], yerr=sd, fmt="o-", capsize=3, label=label(v),
+                    **(styles or {}).get(v, {}))
     log_axes(ax)
     ax.set_xlabel("non-embedding params")
     ax.set_ylabel("LR sensitivity")
@@ -98,9 +250,9 @@ def logit_vs_lr_panel(ax: plt.Axes, df: pd.DataFrame, by: str, label: Callable[[
     styles = ["-", "--", ":", "-."]
     for j, (v, gv) in enumerate(df.groupby(by, sort=True)):
         for n, g in gv.groupby("n_params_nonembed", sort=True):
-            g = g.sort_values("optim.lr")
-            ax.plot(g["optim.lr"], g[column], styles[j % 4], marker="o", ms=3, color=col[n],
-                    label=f"{size_label(n)}, {label(v)}")
+            per_lr = g.groupby("optim.lr", sort=True)[column].median()  # over seeds
+            ax.plot(per_lr.index, per_lr.to_numpy(), styles[j % 4], marker="o", ms=3,
+                    color=col[n], label=f"{size_label(n)}, {label(v)}")
     log_axes(ax, x=True, y=True)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("max attention logit")
@@ -112,8 +264,9 @@ def lr_colour_norm(lrs: Sequence[float]) -> LogNorm:
 
 
 def compare_sensitivity(stats: pd.DataFrame, by: str, a: Any, b: Any) -> Dict[str, Any]:
-    """Per model shape (d, L), in size order: (LR sensitivity under `a`, under `b`). Shapes,
-    not param counts, pair the runs: a toggle such as qk-layernorm adds a few parameters."""
+    """Per model shape (d, L), in size order: (LR sensitivity under `a`, under `b`), means over
+    seeds (`paired_effects` gives their difference with its interval)."""
+    stats = seed_mean(stats, [by])
     rows = {}
     order = stats.groupby(SHAPE)["n_params_nonembed"].min().sort_values()
     for shape in order.index:
@@ -160,21 +313,6 @@ def curves_panel(ax: plt.Axes, df: pd.DataFrame, metric: str, style_by: Optional
         ax.legend(fontsize=7)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3, lw=0.5)
-
-
-def sensitivity_verdict(pairs: Dict[str, Tuple[float, float]], subject: str
-                        ) -> Tuple[str, str]:
-    """(reproduced, why) for "`subject` lowers LR sensitivity at every size", from per-size
-    (without, with) pairs."""
-    lower = [b < a for a, b in pairs.values()]
-    if not lower:
-        return "inconclusive", "no size has finished runs of both settings"
-    if all(lower):
-        return "true", f"{subject} lowers LR sensitivity at every size ({fmt_pairs(pairs)})"
-    if not any(lower):
-        return "false", f"{subject} lowers LR sensitivity at no size ({fmt_pairs(pairs)})"
-    return "inconclusive", (f"{subject} lowers LR sensitivity at {sum(lower)}/{len(lower)} "
-                            f"sizes ({fmt_pairs(pairs)})")
 
 
 def comparison_figure(df: pd.DataFrame, key: str, values: Sequence[Any],

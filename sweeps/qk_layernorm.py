@@ -1,62 +1,181 @@
-"""qk-layernorm (paper Fig. 1): without it attention logits grow with LR and size and the loss
-degrades at high LR; with it LR sensitivity is lower at every size."""
+"""qk-layernorm (paper Fig. 1-2): qk-layernorm off vs on, from the §2.1 baseline, across sizes.
+
+The paper's statements (§3.1.1), judged separately:
+
+(a) "Without qk-layernorm, the learning rate at which models diverge becomes smaller with
+    increasing model size."
+(b) "By contrast, models with qk-layernorm exhibit considerably lower LR sensitivity and train to
+    low loss at high learning rates." (Fig. 1: "Qk-layernorm reduces LR sensitivity".)
+(c) "Both with and without qk-layernorm, LR sensitivity increases with scale."
+
+Setup: the scale's baseline is the paper's §2.1 default ("We use pre-normalization Transformers
+with qk-layernorm", z-loss 1e-4, independent decay 1e-4); this part only toggles
+`model.qk_layernorm` ("applies LayerNorm to the queries and keys before computing the attention
+logits"), so its "on" arm is the baseline's own runs. LR sensitivity over [3e-4, 3e-1], the
+paper's range ("we use the learning rate range 3e-4 to 3e-1").
+
+Verdict: (b) is the figure's main claim and decides "false" and "inconclusive"; "true" also needs
+(a) true (a main claim seen with (a) not seen is "inconclusive"). (c) is reported, not judged:
+the paper's own Fig. 1 shows it, but at a proxy scale a grid of two or three sizes over less than
+a decade of params rarely resolves a slope, and the figure's claim does not rest on it.
+
+The rule pattern (`outcome`, `overall`) is shared by the other paper sweeps of this set.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Dict, List, Sequence, Tuple
+
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from analysis.dashboard import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
-from sweeps.core import Part, Result, ScaleSpec, Tables, main
+from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 
 QK = "model.qk_layernorm"
-CLAIM = ("without qk-layernorm, attention logits grow with LR and size and loss degrades at "
-         "high LR; qk-layernorm lowers LR sensitivity at every size")
+CLAIM = ("without qk-layernorm the highest LR that trains falls as size grows; qk-layernorm "
+         "lowers LR sensitivity at every size (and LR sensitivity rises with size in both arms)")
+
+# A run "trains" when its counted loss has covered at least this share of the way from the loss
+# at init ℓ0 down to the best loss of its series ℓ*: a diverged or collapsed run sits near ℓ0,
+# a trained one near ℓ*, and halfway separates the two whatever the scale of the loss.
+TRAINED_SHARE = 0.5
+# Bounds within this of 0 are 0: a least-squares slope through equal values comes out ±1e-17.
+FLOAT_NOISE = 1e-12
 
 
-def parts(s: ScaleSpec):
+def parts(s: ScaleSpec) -> List[Part]:
     return [Part("main", {"sweep": {"lrs": s.lrs, "sizes": s.sizes,
                                     "axes": {"model": {"qk_layernorm": [False, True]}}}})]
 
 
-def qk_label(v) -> str:
+def qk_label(v: Any) -> str:
     return "qk-layernorm" if bool(v) else "no qk-layernorm"
 
 
-def judge(t: Tables, s: ScaleSpec):
+# --------------------------------------------------------- the verdict pattern of this set
+
+def outcome(e: P.Effect, claimed: int = +1) -> Reproduced:
+    """A one-statistic verdict from its interval over seeds: "true" when the interval lies on the
+    claimed side of 0 (`claimed` = +1: above, -1: below), "false" when no part of it does (it
+    lies on the other side or at 0: no resample shows the claimed direction), "inconclusive"
+    otherwise and with fewer than two seeds."""
+    if e.n < 2 or not np.isfinite([e.lo, e.hi]).all():
+        return "inconclusive"
+    lo, hi = (e.lo, e.hi) if claimed > 0 else (-e.hi, -e.lo)
+    if lo > FLOAT_NOISE:
+        return "true"
+    return "false" if hi <= FLOAT_NOISE else "inconclusive"
+
+
+def overall(main_claim: Reproduced, required: Sequence[Reproduced]) -> Reproduced:
+    """A figure's verdict: its main claim decides "false" and "inconclusive"; "true" needs every
+    required part true as well (a main claim shown while a required part is not is
+    "inconclusive": the figure is only partly reproduced)."""
+    if main_claim != "true":
+        return main_claim
+    return "true" if all(r == "true" for r in required) else "inconclusive"
+
+
+def trend_words(e: P.Effect, what: str = "LR sensitivity") -> str:
+    """How `what` moves with size (a `P.trend_effect`), or why the grid cannot tell."""
+    if e.n == 0 or not np.isfinite(e.mean):
+        return f"the grid cannot show how {what} moves with size (fewer than two sizes)"
+    r = outcome(e)
+    word = ("falls" if e.below_zero else
+            {"true": "rises", "false": "does not rise"}.get(r, "may or may not rise"))
+    return f"{what} {word} with size ({e} per decade of params)"
+
+
+# --------------------------------------------------------------- (a) the highest LR that trains
+
+def top_trained_lr(g: pd.DataFrame) -> float:
+    """Highest LR of one series (one size, one seed) whose run trains (see TRAINED_SHARE); NaN
+    when none does."""
+    g = g.sort_values("optim.lr")
+    loss, div = P.counted_loss(g)
+    l0, best = float(g["loss_at_init"].max()), float(np.nanmin(loss))
+    trained = ~div & (loss <= l0 - TRAINED_SHARE * (l0 - best))
+    lrs = g["optim.lr"].to_numpy(float)[trained]
+    return float(lrs.max()) if len(lrs) else float("nan")
+
+
+def top_trained_lrs(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (size, seed): non-embedding params, the highest LR that trains, its log10."""
+    df = P.with_seed(df)
+    rows = [{P.SHAPE[0]: k[0], P.SHAPE[1]: k[1], P.SEED: k[2],
+             "n_params_nonembed": float(g["n_params_nonembed"].max()),
+             "top_lr": top_trained_lr(g)}
+            for k, g in df.groupby(P.SHAPE + [P.SEED], sort=True)]
+    out = pd.DataFrame(rows, columns=P.SHAPE + [P.SEED, "n_params_nonembed", "top_lr"])
+    out["log10_top_lr"] = np.log10(out["top_lr"])
+    return out.sort_values(["n_params_nonembed", P.SEED], ignore_index=True)
+
+
+def judge_top_lr(off: pd.DataFrame) -> Tuple[Reproduced, str, P.Effect, Dict[str, float]]:
+    """(a): the slope of log10(highest LR that trains) per decade of params, without qk-LN,
+    per seed; the claim is a negative slope. Censored grids say so: when every size trains at
+    the grid's highest LR the grid cannot show where divergence starts."""
+    top = top_trained_lrs(off)
+    by_size = {P.size_label(n): float(f"{10 ** g['log10_top_lr'].mean():.3g}")
+               for n, g in top.groupby("n_params_nonembed", sort=True)}
+    slope = P.trend_effect(top, "log10_top_lr")
+    grid_top = float(off["optim.lr"].max())
+    if len(top) and (top["top_lr"] >= grid_top).all():
+        return "inconclusive", (f"without qk-LN every size trains at the grid's highest LR "
+                                f"{grid_top:g}: the grid cannot show where divergence starts"
+                                ), slope, by_size
+    r = outcome(slope, claimed=-1)
+    word = {"true": "falls", "false": "does not fall"}.get(r, "may or may not fall")
+    return r, (f"without qk-LN the highest LR that trains {word} with size (slope {slope} "
+               "decades of LR per decade of params)"), slope, by_size
+
+
+# ------------------------------------------------------------------------------- the verdict
+
+def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     df = t["main"]
     stats = P.series_stats(df, [QK])
-    pairs = P.compare_sensitivity(stats, QK, False, True)
+    on = stats[stats[QK].astype(bool)]
+    off = stats[~stats[QK].astype(bool)]
+    effects = P.paired_effects(stats, QK, False, True)  # off − on: > 0 when qk-LN lowers it
+    b, b_why = P.every_size_verdict(effects, "qk-layernorm")
+    a, a_why, slope, top_by_size = judge_top_lr(df[~df[QK].astype(bool)])
+    trend_off, trend_on = P.trend_effect(off), P.trend_effect(on)
+    verdict = overall(b, [a])
+    measured = {
+        "(b) LR sensitivity off − on per size, mean [95% interval] over seeds":
+            P.fmt_effects(effects),
+        "(b) LR sensitivity off → on per size (seed means)":
+            P.fmt_pairs(P.compare_sensitivity(stats, QK, False, True)),
+        "(a) highest LR that trains without qk-LN, per size (geometric seed mean)": top_by_size,
+        "(a) its slope, decades of LR per decade of params": str(slope),
+        "(c) LR sensitivity slope per decade of params, no qk-LN": str(trend_off),
+        "(c) same with qk-LN": str(trend_on),
+        "max attention logit at the highest LR without qk-LN, per size (median over seeds)":
+            top_lr_logits(df),
+        "verdict rule": "(b) decides false/inconclusive; true needs (a) true; (c) reported",
+    }
+    why = (f"(b) {b}: {b_why}; (a) {a}: {a_why}; (c) reported: no qk-LN "
+           f"{trend_words(trend_off)}, with qk-LN {trend_words(trend_on)}")
+    return verdict, why, measured
+
+
+def top_lr_logits(df: pd.DataFrame) -> Dict[str, float]:
+    """Max attention logit of the no-qk-LN runs at the grid's highest LR, per size."""
     off = df[~df[QK].astype(bool)]
-    top_lr = off["optim.lr"].max()
-    at_top = off[off["optim.lr"] == top_lr].sort_values("n_params_nonembed")
-    largest = off[off["n_params_nonembed"] == off["n_params_nonembed"].max()]
-    by_lr = largest.sort_values("optim.lr")["max_attn_logit"].to_list()
-    grows_size = P.monotone_increasing(at_top["max_attn_logit"].to_list())
-    grows_lr = len(by_lr) > 1 and np.nanmax(by_lr) > 10 * by_lr[0] and by_lr[-1] > by_lr[0]
-    lower = [b < a for a, b in pairs.values()]
-    measured = {"LR sensitivity off → on, per size": P.fmt_pairs(pairs),
-                f"max attention logit at LR {top_lr:g}, no qk-LN, by size":
-                    [round(x, 1) for x in at_top["max_attn_logit"]],
-                "max attention logit vs LR, largest size, no qk-LN": [round(x, 1) for x in by_lr]}
-    if lower and all(lower) and grows_size and grows_lr:
-        return "true", (f"qk-layernorm lowers LR sensitivity at all {len(pairs)} sizes "
-                        f"({P.fmt_pairs(pairs)}), and without it the max attention logit grows "
-                        "with LR and with size"), measured
-    if lower and not any(lower):
-        return "false", (f"qk-layernorm does not lower LR sensitivity at any size "
-                         f"({P.fmt_pairs(pairs)})"), measured
-    return "inconclusive", (f"LR sensitivity lower with qk-layernorm at {sum(lower)}/{len(lower)} "
-                            f"sizes; logit growth with size {'seen' if grows_size else 'not seen'}"
-                            f", with LR {'seen' if grows_lr else 'not seen'}"), measured
+    top = off[off["optim.lr"] == off["optim.lr"].max()]
+    return {P.size_label(n): round(float(g["max_attn_logit"].median()), 1)
+            for n, g in top.groupby("n_params_nonembed", sort=True)}
 
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     df = t["main"]
     fig, (ax,) = P.comparison_figure(df, QK, [False, True], qk_label,
-                                     "qk-layernorm: LR vs final loss, LR sensitivity, attention "
-                                     "logits", extra=1)
+                                     "qk-layernorm (paper Fig. 1-2): LR vs final loss, LR "
+                                     "sensitivity, attention logits", extra=1)
     P.logit_vs_lr_panel(ax, df, QK, lambda v: "qk-LN" if bool(v) else "no qk-LN")
     ax.set_title("max attention logit (solid: no qk-LN)", fontsize=10)
     fig.tight_layout()

@@ -144,3 +144,38 @@ def test_a_vmapped_group_records_each_members_dynamics(make_cfg):
         np.testing.assert_allclose([ra[k] for k in keys], [rb[k] for k in keys],
                                    rtol=2e-3, atol=1e-5)
     assert read_dynamics(Path(group[0].out_dir)) != a  # the members' own records
+
+
+def test_summary_keeps_each_verdicts_step_0_null(make_cfg):
+    """The numbers sweeps/dynamics.py judges against (analysis.dynamics_report.summarize's
+    `_init` keys, R's lead and E's gain) against a brute-force reading of stats.jsonl."""
+    from analysis.dynamics_report import summarize
+    cfg = make_cfg(*DYN, "model.mlp=swiglu", "model.norm=rmsnorm", out="null")
+    train(cfg)
+    run = Path(cfg.out_dir)
+    rows = read_dynamics(run)
+    first, last = rows[0], rows[-1]
+    assert first["step"] == 0
+    s = summarize(run)
+    assert s["first_step"] == 0 and s["n_probes"] == len(rows)
+    L = cfg.model.n_layers
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    assert s["swiglu_coincidence_init"] == pytest.approx(
+        med([first[f"swiglu/block_{i}/coincidence"] for i in range(L)]))
+    assert s["resid_kurtosis_median_init"] == pytest.approx(
+        med([first[f"act/block_{i}/resid_out/kurtosis"] for i in range(L)]))
+    projections = sorted({k[3:-len("/pearson_E")] for k in first if k.startswith("ec/")
+                          and k.endswith("/pearson_E")})
+    lead = lambda r: med([r[f"ec/{p}/top_overlap_R"] - r[f"ec/{p}/top_overlap_E"]  # noqa: E731
+                          for p in projections])
+    assert s["ec_top_lead_init"] == pytest.approx(lead(first))
+    assert s["ec_top_lead"] == pytest.approx(lead(last))
+    assert s["ec_pearson_E_gain"] == pytest.approx(
+        med([last[f"ec/{p}/pearson_E"] - first[f"ec/{p}/pearson_E"] for p in projections]),
+        abs=1e-6)
+    norms = sorted({k[5:-len("/compression")] for k in first if k.startswith("norm/")
+                    and k.endswith("/compression")})
+    assert s["compression_median_init"] == pytest.approx(
+        med([first[f"norm/{n}/compression"] for n in norms]))
+    assert s["reamplification_max_init"] == pytest.approx(
+        max(first[f"norm/{n}/reamplification"] for n in norms))

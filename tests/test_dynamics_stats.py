@@ -245,6 +245,31 @@ def test_swiglu_coincident_outliers_vs_independent_ones():
     assert int(s["top_k"]) == 4  # round(1e-3 · 4096)
 
 
+def test_swiglu_coincidence_of_independent_factors_is_far_above_k_over_nh_squared():
+    # The null the dynamics verdict uses (sweeps/dynamics.py): at init gate and up are
+    # independent, yet h = swish(g)·u makes coincident outliers likely by construction (a top
+    # |h| needs large factors), so (k/NH)² is a baseline no SwiGLU can fall to. The model at
+    # init, like a permutation of up against gate, measures the construction's own level.
+    rng = np.random.default_rng(3)
+    N, H = 512, 256
+    k = N * H // 100  # the top 1%: enough coincidences to measure their share
+    g = rng.standard_normal((N, H)).astype(np.float32)
+    u = rng.standard_normal((N, H)).astype(np.float32)
+    at_init = float(dyn.swiglu_coincidence(g, u, top_k=k)["coincidence"])
+    chance = float(dyn.swiglu_coincidence(g, u, top_k=k)["chance"])
+    permuted = [float(dyn.swiglu_coincidence(g, rng.permutation(u.ravel()).reshape(N, H),
+                                             top_k=k)["coincidence"]) for _ in range(5)]
+    assert at_init > 100 * chance  # the old rule (10 × chance) holds by construction
+    assert abs(at_init - np.mean(permuted)) < 3 * np.std(permuted) + 0.01
+    # Planted coincident outliers (trained-like) rise above both.
+    cells = rng.choice(N * H, k // 2, replace=False)
+    g2, u2 = g.ravel().copy(), u.ravel().copy()
+    g2[cells], u2[cells] = 6.0, 6.0
+    trained = float(dyn.swiglu_coincidence(g2.reshape(N, H), u2.reshape(N, H),
+                                           top_k=k)["coincidence"])
+    assert trained > at_init + 0.2
+
+
 # --- jit and vmap --------------------------------------------------------------------------------
 
 def test_every_statistic_compiles_under_jit_and_vmaps_over_a_leading_axis():

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -86,14 +85,16 @@ def test_every_script_reuses_every_run_and_one_rerun_returns_its_verdict(
 
 
 def test_scripts_share_runs_with_each_other(root, all_printed):
-    """The qk-layernorm-off series and warmup's short-warmup series are the same runs."""
+    """The paper's baseline is one set of runs: qk-layernorm's "on" arm and warmup's short arm
+    (the baseline's own 5% warm-up) are the same runs, every seed of them."""
     qk = pd.read_csv(root / "repro" / "qk_layernorm-tiny" / "main" / "results.csv")
     wu = pd.read_csv(root / "repro" / "warmup-tiny" / "main" / "results.csv")
     base = root / "repro" / "x" / "main"
-    qk_off = {os.path.normpath(base / r) for r in qk[~qk["model.qk_layernorm"]]["run_dir"]}
+    qk_on = {os.path.normpath(base / r) for r in qk[qk["model.qk_layernorm"]]["run_dir"]}
     short = {os.path.normpath(base / r)
              for r in wu[wu["optim.warmup_steps"] == SPECS["tiny"].warmups[0]]["run_dir"]}
-    assert qk_off == short and len(qk_off) == 4
+    seeds, sizes, lrs = SPECS["tiny"].seeds, len(SPECS["tiny"].sizes), len(SPECS["tiny"].lrs)
+    assert qk_on == short and len(qk_on) == seeds * sizes * lrs
 
 
 def test_paper_scale_dry_run_plans_the_papers_grid():
@@ -143,133 +144,6 @@ def test_half_decades_is_the_papers_lr_grid():
     assert half_decades(3e-4, 3e-1) == SPECS["laptop"].lrs
 
 
-def _table(rows):
-    df = pd.DataFrame(rows)
-    df["status"] = "done"
-    df["diverged"] = df.get("diverged", False)
-    df["loss_at_init"] = 6.0
-    return df
-
-
-def test_qk_layernorm_verdict_follows_the_numbers():
-    from sweeps.qk_layernorm import judge
-    rows = []
-    for d, L, n in ((64, 2, 1e5), (128, 4, 8e5)):
-        for qk in (False, True):
-            for lr, base in ((1e-3, 3.0), (1e-2, 2.5), (1e-1, 2.6)):
-                loss = base + (0.0 if qk else 0.8 * (lr == 1e-1))
-                logit = 5.0 if qk else lr * n / 10
-                rows.append({"model.d_model": d, "model.n_layers": L, "model.qk_layernorm": qk,
-                             "optim.lr": lr, "n_params_nonembed": n, "final_eval_ce": loss,
-                             "max_attn_logit": logit})
-    reproduced, why, measured = judge({"main": _table(rows)}, SPECS["tiny"])
-    assert reproduced == "true", why
-    same = [{**r, "final_eval_ce": 3.0} for r in rows]  # flat curves: nothing to lower
-    assert judge({"main": _table(same)}, SPECS["tiny"])[0] == "false"
-
-
-def test_kappa_verdict_finds_onset_and_bigram_crossing():
-    from sweeps.kappa import judge
-    kappas = [1.0, 10.0, 100.0, 1e3, 1e4]
-    losses = [2.30, 2.30, 2.31, 2.45, 2.95]
-    k = _table([{"model.attn_kappa": kv, "optim.lr": 3e-3, "final_eval_ce": lv,
-                 "max_attn_logit": kv, "n_params_nonembed": 1e6, "model.d_model": 128,
-                 "model.n_layers": 4} for kv, lv in zip(kappas, losses)])
-    b = _table([{"optim.lr": 3e-3, "final_eval_ce": 2.9, "n_params_nonembed": 0.0,
-                 "model.d_model": 128, "model.n_layers": 0}])
-    reproduced, why, measured = judge({"kappa": k, "bigram": b}, SPECS["tiny"])
-    assert reproduced == "true", why
-    assert measured["first κ worse than bigram"] == 1e4
-    assert np.isclose(measured["first κ with loss > κ=1 + 0.05"], 1e3)
-
-
-def _lr_rows(settings, sizes, loss):
-    """Rows of a synthetic sweep: every (setting dict, size, LR) with loss(setting, n, lr)."""
-    rows = []
-    for st in settings:
-        for d, L, n in sizes:
-            for lr in (1e-3, 1e-2, 1e-1):
-                rows.append({**st, "model.d_model": d, "model.n_layers": L, "optim.lr": lr,
-                             "n_params_nonembed": n, "final_eval_ce": loss(st, n, lr)})
-    return _table(rows)
-
-
-SIZES = ((64, 2, 1e5), (128, 4, 8e5))
-
-
-def test_warmup_verdict_needs_a_larger_gain_for_larger_models():
-    from sweeps.warmup import judge
-    short, long = SPECS["tiny"].warmups
-
-    def loss(st, n, lr, bigger_gain):
-        penalty = 1.0 if lr == 1e-1 else 0.0
-        gain = 0.3 if (bigger_gain and n > 1e5) else 0.2
-        return 2.5 + penalty - (gain if st["optim.warmup_steps"] == long and penalty else 0)
-    settings = [{"optim.warmup_steps": short}, {"optim.warmup_steps": long}]
-    t = _lr_rows(settings, SIZES, lambda st, n, lr: loss(st, n, lr, True))
-    assert judge({"main": t}, SPECS["tiny"])[0] == "true"
-    t = _lr_rows(settings, SIZES, lambda st, n, lr: loss(st, n, lr, False))
-    assert judge({"main": t}, SPECS["tiny"])[0] == "inconclusive"  # lower, but not more for larger
-
-
-def test_mup_verdict_compares_best_lr_drift_across_widths():
-    from sweeps.mup import judge
-
-    def loss(st, n, lr):  # SP's best LR falls with width, μP's stays at 1e-2
-        best = 1e-2 if st["model.parametrization"] == "mup" else (1e-2 if n < 1e5 else 1e-3)
-        return 2.5 + abs(np.log10(lr / best))
-    widths = ((64, 2, 9e4), (256, 2, 1.5e6))
-    t = _lr_rows([{"model.parametrization": "sp"}, {"model.parametrization": "mup"}], widths,
-                 loss)
-    reproduced, why, measured = judge({"main": t}, SPECS["tiny"])
-    assert reproduced == "true", why
-    assert measured["best-LR drift across widths, decades (SP / μP)"] == [1.0, 0.0]
-
-
-def test_depth_width_verdict_compares_slopes_per_decade():
-    from sweeps.depth_width import judge
-    s = SPECS["tiny"]  # widths d16 L1 -> d32 L1, depths d16 L1 -> d16 L2
-    shapes = ((16, 1, 3e3), (32, 1, 1.2e4), (16, 2, 6e3))
-
-    def loss(st, n, lr):
-        deep = n == 6e3
-        return 2.5 + (lr == 1e-1) * (1.0 if deep else 0.2)
-    t = _lr_rows([{}], shapes, loss)
-    assert judge({"main": t}, s)[0] == "true"
-
-
-def test_adam_eps_verdict_wants_falling_gradients_and_an_update_collapse():
-    from sweeps.adam_eps import judge
-    sc = []
-    for d, L, n in SIZES:
-        for lr in (1e-3, 1e-2):
-            sc.append({"model.d_model": d, "model.n_layers": L, "n_params_nonembed": n,
-                       "optim.lr": lr, "final_eval_ce": 2.5,
-                       "grad_rms_median": 1e-3 * (n / 1e5) ** -0.5 * (lr / 1e-3) ** -0.3})
-    ep = [{"optim.eps": e, "optim.lr": 1e-2, "n_params_nonembed": 8e5, "model.d_model": 128,
-           "model.n_layers": 4, "final_eval_ce": 2.5, "grad_rms_median": 1e-4,
-           "update_rms_median": 0.3 / (1 + e / 1e-4)} for e in (1e-8, 1e-4, 1e-2)]
-    reproduced, why, _ = judge({"scaling": _table(sc), "eps": _table(ep)}, SPECS["tiny"])
-    assert reproduced == "true", why
-    for r in ep:
-        r["update_rms_median"] = 0.3  # no collapse
-    assert judge({"scaling": _table(sc), "eps": _table(ep)}, SPECS["tiny"])[0] == "inconclusive"
-
-
-def test_logit_prediction_verdict_checks_the_held_out_size_and_the_flag():
-    from sweeps.logit_prediction import judge
-    rows = []
-    for lr, a in ((1e-2, 0.5), (1e-1, 4.0)):
-        for d, n in ((16, 1e5), (32, 4e5), (48, 1.6e6), (64, 6.4e6), (96, 2.56e7)):
-            x = np.log(n)
-            rows.append({"model.d_model": d, "model.n_layers": 2, "optim.lr": lr,
-                         "n_params_nonembed": n, "final_eval_ce": 3.0,
-                         "max_attn_logit": a * (x - 10) ** 2 + 5})
-    reproduced, why, measured = judge({"main": _table(rows)}, SPECS["tiny"])
-    assert reproduced == "true", why  # an exact quadratic is predicted exactly
-    assert measured["1e4 flag right"] == "2/2"
-
-
 def test_the_dynamics_script_judges_each_finding_per_recipe(sweeps_runs):
     root, printed = sweeps_runs.result("dynamics")  # python -m sweeps.dynamics scale=tiny
     out = root / "repro" / "dynamics-tiny"
@@ -281,4 +155,65 @@ def test_the_dynamics_script_judges_each_finding_per_recipe(sweeps_runs):
             value = saved["measured"][f"{recipe}: {finding}"]
             assert value.split(":")[0] in ("true", "false", "inconclusive"), value
     assert "RMSNorm + SwiGLU: SwiGLU coincidence" in saved["measured"]
-    assert len(list((root / "runs").glob("*/dynamics/report.md"))) == 2
+    from sweeps.dynamics import MIN_SEEDS
+    assert len(list((root / "runs").glob("*/dynamics/report.md"))) == 2 * max(
+        MIN_SEEDS, SPECS["tiny"].seeds)  # two recipes
+
+
+def test_docs_figures_are_the_result_dirs_figures(root, all_printed, tmp_path):
+    from sweeps.docs import main as docs
+    docs(["scale=tiny", f"sweep.root={root}", "--out", str(tmp_path)])
+    for name in RESULTS:
+        made = (root / "repro" / f"{name}-tiny" / "figure.png").read_bytes()
+        assert (tmp_path / "repro" / f"{name}.png").read_bytes() == made
+
+
+# What each result's runs may change from the §2.1 baseline (sweeps.core.baseline), per part:
+# {key: the values the part must hold}; every other baseline key must equal the baseline.
+# From the paper's "Each figure's setup" (the run's own size, LR and seed vary everywhere).
+BASELINE_KEYS = ("model.qk_layernorm", "optim.z_loss", "optim.independent_wd",
+                 "optim.weight_decay", "optim.warmup_steps", "optim.min_lr", "optim.b1",
+                 "optim.b2", "optim.eps", "optim.grad_clip")
+VARIES = {
+    "qk_layernorm": {"main": {"model.qk_layernorm": {False, True}}},
+    "warmup": {"main": {"optim.warmup_steps": None}},
+    "weight_decay": {"coupled": {"optim.independent_wd": {False}, "optim.weight_decay": {0.1}},
+                     "independent": {}},
+    "default_vs_none": {"main": {"model.qk_layernorm": {False, True},
+                                 "optim.z_loss": {0.0, 1e-4},
+                                 "optim.independent_wd": {False, True},
+                                 "optim.weight_decay": {0.1, 1e-4}}},
+    "adam_eps": {"scaling": {}, "eps": {"optim.eps": None}},
+    "kappa": {"kappa": {}, "bigram": {}},
+    "logit_prediction": {"main": {"model.qk_layernorm": {False}}},
+    "mup": {"main": {}, "no_qk_layernorm": {"model.qk_layernorm": {False}}},
+    "depth_width": {"main": {}, "no_qk_layernorm": {"model.qk_layernorm": {False}}},
+    "z_loss": {"main": {"optim.z_loss": {0.0, 1e-4}, "optim.weight_decay": {0.0}},
+               "late": {"optim.z_loss": {0.0, 1e-4}, "optim.weight_decay": {0.0},
+                        "optim.warmup_steps": None}},
+}
+
+
+def select(run: dict, key: str):
+    section, name = key.split(".")
+    return run[section][name]
+
+
+@pytest.mark.parametrize("scale", ["tiny", "laptop", "gpu", "paper"])
+def test_plan_json_holds_the_papers_baseline_and_each_figures_variation(scale, tmp_path):
+    from sweeps.core import baseline, write_plan
+    for result in results():
+        saved = json.loads(write_plan(plan(result, scale, [f"sweep.root={tmp_path}"])
+                                      ).read_text())
+        assert saved["scale"] == scale and set(saved["parts"]) == set(VARIES[result.name])
+        for part, spec in saved["parts"].items():
+            varies = VARIES[result.name][part]
+            runs = spec["runs"]
+            assert runs and len({r["train"]["seed"] for r in runs}) == SPECS[scale].seeds
+            for key in BASELINE_KEYS:
+                values = {select(r, key) for r in runs}
+                if key in varies:
+                    assert varies[key] is None or values == varies[key], (result.name, key)
+                    continue
+                base = {select(baseline(r["train"]["steps"]), key) for r in runs}
+                assert values == base, (result.name, part, key, values, base)

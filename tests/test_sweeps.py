@@ -133,7 +133,8 @@ def test_gpu_and_paper_dry_runs_print_the_grid_and_cost_without_training(tmp_pat
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
         assert "to train)" in out and "FLOPs" in out and "H100" in out
-    assert not any(tmp_path.iterdir())
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert written == {f"repro/qk_layernorm-{s}/plan.json" for s in dry}  # the plan, no runs
     _, err = bad.communicate(timeout=300)
     assert bad.returncode == 2 and err.strip().splitlines() == [
         "error: scale='huge' is not one of tiny, laptop, gpu, paper; pick one of those"]

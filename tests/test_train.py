@@ -40,7 +40,7 @@ def test_run_writes_config_metrics_summary_and_checkpoints(make_cfg):
                 "act/max_median_ratio/layer_1", "grad_rms/block_0/attn/query/kernel",
                 "update_rms/unembed/embedding", "param_rms/embed/embedding"):
         assert key in log_row, key
-    assert "eval/ce" in rows[2] and "train/loss" not in rows[2]  # eval-only step 6
+    assert "eval/ce" in rows[3] and "train/loss" not in rows[3]  # eval-only step 6
     for key in ("final_eval_ce", "final_train_ce", "loss_at_init", "diverged", "steps_done",
                 "n_params", "n_params_nonembed", "max_attn_logit", "tokens_per_s", "wall_s"):
         assert key in summary, key

@@ -73,21 +73,8 @@ def paths(df: pd.DataFrame, s: ScaleSpec) -> Dict[str, pd.DataFrame]:
 
 # --------------------------------------------------------------------------- rules
 
-def outcome(e: P.Effect) -> Reproduced:
-    """"true" when the interval lies above 0, "false" when it lies at or below 0, else (or with
-    fewer than two seeds) "inconclusive"."""
-    if e.n < 2 or not np.isfinite([e.lo, e.hi]).all():
-        return "inconclusive"
-    if e.lo > 0:
-        return "true"
-    return "false" if e.hi <= 0 else "inconclusive"
 
 
-def all_of(verdicts: Sequence[Reproduced]) -> Reproduced:
-    """A conjunction: true when every part is, false when any part is, else inconclusive."""
-    if any(v == "false" for v in verdicts):
-        return "false"
-    return "true" if verdicts and all(v == "true" for v in verdicts) else "inconclusive"
 
 
 def slopes_per_seed(stats: pd.DataFrame, column: str = "lr_sensitivity") -> pd.Series:
@@ -108,10 +95,10 @@ def judge_rates(st: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str,
     diff = (sl["depth"] - sl["width"]).dropna()
     eff = {"depth − width": P.bootstrap(diff.to_numpy(float)),
            **{k: P.trend_effect(v) for k, v in st.items()}}
-    raises, faster = outcome(eff["depth"]), outcome(eff["depth − width"])
+    raises, faster = P.above(eff["depth"]), P.above(eff["depth − width"])
     verb = {"true": "raises", "false": "does not raise", "inconclusive": "may raise"}
     than = {"true": "faster than", "false": "not faster than", "inconclusive": "maybe faster than"}
-    return all_of([raises, faster]), (
+    return P.all_of([raises, faster]), (
         f"depth {verb[raises]} LR sensitivity ({eff['depth']} per decade of params), "
         f"{than[faster]} width ({eff['width']}): paired difference depth − width "
         f"{eff['depth − width']}"), eff
@@ -129,7 +116,7 @@ def lower_loss_at_largest(st: Dict[str, pd.DataFrame]) -> str:
         return "no finished largest size on one path"
     seeds = w.index.intersection(d.index)
     e = P.bootstrap((w.loc[seeds, "best_loss"] - d.loc[seeds, "best_loss"]).to_numpy(float))
-    r = outcome(e)  # true: the width path's loss is higher, so depth is lower
+    r = P.above(e)  # true: the width path's loss is higher, so depth is lower
     who = {"true": "depth", "false": "width"}
     nw, nd = float(w["n_params_nonembed"].iloc[0]), float(d["n_params_nonembed"].iloc[0])
     sizes = (f"width path {P.size_label(nw)} vs depth path {P.size_label(nd)}"
@@ -178,9 +165,9 @@ def judge_e2(off: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str, P
     if all(v.empty for v in off.values()):
         return "inconclusive", "no finished runs without qk-layernorm", {}
     eff = {k: P.bootstrap(logit_slopes(v)) for k, v in off.items()}
-    rs = {k: outcome(e) for k, e in eff.items()}
+    rs = {k: P.above(e) for k, e in eff.items()}
     words = {"true": "grows", "false": "does not grow", "inconclusive": "grows?"}
-    return all_of(list(rs.values())), "; ".join(
+    return P.all_of(list(rs.values())), "; ".join(
         f"{k} path: max attention logit {words[rs[k]]} with size, {e} decades per decade of "
         "params (mean over LRs)" for k, e in eff.items()), eff
 

@@ -122,30 +122,10 @@ def summaries(t: Tables) -> Dict[str, List[Dict[str, Any]]]:
 
 # ----------------------------------------------------------------- rules on intervals
 
-def above(e: P.Effect, bound: float) -> Reproduced:
-    """"true" when the interval over seeds lies above `bound`, "false" when it lies at or below
-    it, "inconclusive" when it straddles it or with fewer than two seeds."""
-    if e.n < 2 or not np.isfinite([e.lo, e.hi]).all():
-        return "inconclusive"
-    if e.lo > bound:
-        return "true"
-    return "false" if e.hi <= bound else "inconclusive"
 
 
-def within(e: P.Effect, margin: float) -> Reproduced:
-    """"true" when the interval lies inside (−margin, margin), "false" when wholly outside."""
-    if e.n < 2 or not np.isfinite([e.lo, e.hi]).all():
-        return "inconclusive"
-    if -margin < e.lo and e.hi < margin:
-        return "true"
-    return "false" if e.lo >= margin or e.hi <= -margin else "inconclusive"
 
 
-def all_of(verdicts: Sequence[Reproduced]) -> Reproduced:
-    """A conjunction: true when every part is, false when any part is, else inconclusive."""
-    if any(v == "false" for v in verdicts):
-        return "false"
-    return "true" if verdicts and all(v == "true" for v in verdicts) else "inconclusive"
 
 
 def per_seed(sums: Sequence[Dict[str, Any]], f: Callable[[Dict[str, Any]], Any]) -> P.Effect:
@@ -174,7 +154,7 @@ def heavy_tails(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]:
     while the residual stream turns heavy-tailed (its kurtosis gains more than that)."""
     w = per_seed(sums, lambda s: s["weight_kurtosis_median"] - s["weight_kurtosis_median_init"])
     r = per_seed(sums, lambda s: s["resid_kurtosis_median"] - s["resid_kurtosis_median_init"])
-    verdict = all_of([within(w, LOGISTIC_EXCESS), above(r, LOGISTIC_EXCESS)])
+    verdict = P.all_of([P.within(w, LOGISTIC_EXCESS), P.above(r, LOGISTIC_EXCESS)])
     return verdict, (f"kurtosis change from step 0: weight matrices {w} (near-Gaussian: within "
                      f"±{LOGISTIC_EXCESS}), residual stream {r} (heavy-tailed: above "
                      f"{LOGISTIC_EXCESS}); medians over tensors")
@@ -188,7 +168,7 @@ def outliers_follow_r(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]:
     lead = per_seed(sums, lambda s: s["ec_top_lead"])
     lead0 = per_seed(sums, lambda s: s["ec_top_lead_init"])
     gain = per_seed(sums, lambda s: s["ec_pearson_E_gain"])
-    r_leads, contender = above(lead, 0.0), above(gain, 0.0)
+    r_leads, contender = P.above(lead, 0.0), P.above(gain, 0.0)
     verdict = ("false" if r_leads == "false" else
                "true" if r_leads == "true" and contender == "true" else "inconclusive")
     return verdict, (f"R's lead among C's top entries (top-|R| − top-E overlap, median over "
@@ -203,7 +183,7 @@ def norm_compression(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]:
     a = per_seed(sums, lambda s: math.log(s["reamplification_max"] /
                                           s["reamplification_max_init"]))
     bound = math.log1p(NORM_CHANGE)
-    return all_of([above(c, bound), above(a, bound)]), (
+    return P.all_of([P.above(c, bound), P.above(a, bound)]), (
         f"log change from step 0 of the median compression {c} and of the largest "
         f"re-amplification {a} (counts: above log {1 + NORM_CHANGE:g} = {bound:.3f})")
 
@@ -215,7 +195,7 @@ def swiglu_coincidence(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]
     d = per_seed(sums, lambda s: s["swiglu_coincidence"] - s["swiglu_coincidence_init"])
     co = per_seed(sums, lambda s: s["swiglu_coincidence"])
     co0 = per_seed(sums, lambda s: s["swiglu_coincidence_init"])
-    return above(d, 0.0), (f"coincidence (median over layers) {co} at the end vs {co0} at step "
+    return P.above(d, 0.0), (f"coincidence (median over layers) {co} at the end vs {co0} at step "
                            f"0 (the null); change {d}")
 
 
@@ -229,7 +209,7 @@ def emergence_law(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]:
            f"{FIT_R2}); {n} probe steps")
     if n < MIN_FIT_POINTS:
         return "inconclusive", f"{why}: a 5-parameter fit needs {MIN_FIT_POINTS} or more"
-    return all_of([above(g, math.log(R_GROWTH)), above(r2, FIT_R2)]), why
+    return P.all_of([P.above(g, math.log(R_GROWTH)), P.above(r2, FIT_R2)]), why
 
 
 FINDINGS: Dict[str, Callable[[Sequence[Dict[str, Any]]], Tuple[Reproduced, str]]] = {
@@ -260,7 +240,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[str, str, Dict[str, Any]]:
     measured: Dict[str, Any] = {k: f"{v}: {why}" for k, (v, why) in findings.items()}
     measured["verdict rule"] = ("every finding of every recipe true: true; any false: false; "
                                 "else inconclusive")
-    overall = all_of([v for v, _ in findings.values()])
+    overall = P.all_of([v for v, _ in findings.values()])
     n_true = sum(v == "true" for v, _ in findings.values())
     by = {o: [k for k, (v, _) in findings.items() if v == o] for o in ("false", "inconclusive")}
     why = f"{n_true} of {len(findings)} findings reproduced" + "".join(

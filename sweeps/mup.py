@@ -101,31 +101,10 @@ def colour(v: Parametrization | str) -> str:
 
 # --------------------------------------------------------------------- rules on intervals
 
-def within(e: P.Effect, margin: float) -> Reproduced:
-    """An equivalence test: "true" when the interval lies inside (−margin, margin), "false" when
-    it lies wholly outside, "inconclusive" otherwise or with fewer than two seeds."""
-    if e.n < 2 or not np.isfinite([e.lo, e.hi]).all():
-        return "inconclusive"
-    if -margin < e.lo and e.hi < margin:
-        return "true"
-    return "false" if e.lo >= margin or e.hi <= -margin else "inconclusive"
 
 
-def below(e: P.Effect, bound: float) -> Reproduced:
-    """"true" when the interval lies below `bound`, "false" when it lies at or above it,
-    "inconclusive" when it straddles it or with fewer than two seeds."""
-    if e.n < 2 or not np.isfinite([e.lo, e.hi]).all():
-        return "inconclusive"
-    if e.hi < bound:
-        return "true"
-    return "false" if e.lo >= bound else "inconclusive"
 
 
-def all_of(verdicts: Sequence[Reproduced]) -> Reproduced:
-    """A conjunction: true when every part is, false when any part is, else inconclusive."""
-    if any(v == "false" for v in verdicts):
-        return "false"
-    return "true" if verdicts and all(v == "true" for v in verdicts) else "inconclusive"
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -156,7 +135,7 @@ def improvement(stats: pd.DataFrame, column: str, base_width: int) -> P.Effect:
 
 def judge_best_lr(stats: pd.DataFrame) -> Tuple[Reproduced, str, P.Effect, P.Effect]:
     mup, sp = P.bootstrap(drift_slopes(stats, MUP)), P.bootstrap(drift_slopes(stats, SP))
-    r = within(mup, DRIFT_MARGIN)
+    r = P.within(mup, DRIFT_MARGIN)
     word = {"true": "stays put", "false": "moves"}.get(r, "may or may not stay put")
     return r, (f"under μP (simple) the best LR {word}: {mup} decades per doubling of width "
                f"(put: within ±{DRIFT_MARGIN:.2f}; SP {sp})"), mup, sp
@@ -166,8 +145,8 @@ def judge_not_improved(stats: pd.DataFrame, base_width: int
                        ) -> Tuple[Reproduced, str, Dict[str, P.Effect]]:
     eff = {"LR sensitivity": improvement(stats, "lr_sensitivity", base_width),
            "best loss": improvement(stats, "best_loss", base_width)}
-    rs = {k: below(e, NEGLIGIBLE) for k, e in eff.items()}
-    r = all_of(list(rs.values()))
+    rs = {k: P.below(e, NEGLIGIBLE) for k, e in eff.items()}
+    r = P.all_of(list(rs.values()))
     words = {"true": "not improved", "false": "improved", "inconclusive": "improved?"}
     why = "; ".join(f"{k} {words[rs[k]]} (SP − μP {e})" for k, e in eff.items())
     return r, f"{why} (improved: above {NEGLIGIBLE})", eff
@@ -210,7 +189,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
         "Fig. E.4, no qk-layernorm (second part, not the verdict)": f"{e4}: {e4_why}",
         "verdict rule": "true when (A) and (B) are true, false when either is false",
     }
-    return all_of([a, b]), f"(A) {a}: {a_why}. (B) {b}: {b_why}", measured
+    return P.all_of([a, b]), f"(A) {a}: {a_why}. (B) {b}: {b_why}", measured
 
 
 # -------------------------------------------------------------------------------- the figure

@@ -157,6 +157,59 @@ def paired_effects(stats: pd.DataFrame, by: str, a: Any, b: Any,
     return out
 
 
+# ------------------------------------------------------- reading one interval into a verdict
+# Every rule reads an `Effect` the same way: with fewer than two seeds (no interval) it says
+# "inconclusive"; otherwise "true" when the whole interval is on the claimed side of the bound,
+# "false" when none of it is, "inconclusive" when it straddles the bound.
+
+def _interval(e: Effect) -> bool:
+    return e.n >= 2 and bool(np.isfinite([e.lo, e.hi]).all())
+
+
+def above(e: Effect, bound: float = 0.0) -> Reproduced:
+    """The claim "the statistic lies above `bound`"."""
+    if not _interval(e):
+        return "inconclusive"
+    if e.lo > bound:
+        return "true"
+    return "false" if e.hi <= bound else "inconclusive"
+
+
+def below(e: Effect, bound: float = 0.0) -> Reproduced:
+    """The claim "the statistic lies below `bound`"."""
+    if not _interval(e):
+        return "inconclusive"
+    if e.hi < bound:
+        return "true"
+    return "false" if e.lo >= bound else "inconclusive"
+
+
+def within(e: Effect, margin: float) -> Reproduced:
+    """An equivalence claim: the statistic lies inside (−margin, margin); "false" when the
+    interval lies wholly outside."""
+    if not _interval(e):
+        return "inconclusive"
+    if -margin < e.lo and e.hi < margin:
+        return "true"
+    return "false" if e.lo >= margin or e.hi <= -margin else "inconclusive"
+
+
+def all_of(verdicts: Sequence[Reproduced]) -> Reproduced:
+    """A conjunction: true when every part is, false when any part is, else inconclusive."""
+    if any(v == "false" for v in verdicts):
+        return "false"
+    return "true" if verdicts and all(v == "true" for v in verdicts) else "inconclusive"
+
+
+def overall(main_claim: Reproduced, required: Sequence[Reproduced]) -> Reproduced:
+    """A figure's verdict: its main claim decides "false" and "inconclusive"; "true" needs every
+    required part true as well (a main claim shown while a required part is not is
+    "inconclusive": the figure is only partly reproduced)."""
+    if main_claim != "true":
+        return main_claim
+    return "true" if all(r == "true" for r in required) else "inconclusive"
+
+
 def fmt_effects(effects: Dict[str, Effect]) -> str:
     return "; ".join(f"{k}: {e}" for k, e in effects.items())
 

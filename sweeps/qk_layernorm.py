@@ -24,7 +24,7 @@ The rule pattern (`outcome`, `overall`) is shared by the other paper sweeps of t
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -58,25 +58,14 @@ def qk_label(v: Any) -> str:
 # --------------------------------------------------------- the verdict pattern of this set
 
 def outcome(e: P.Effect, claimed: int = +1) -> Reproduced:
-    """A one-statistic verdict from its interval over seeds: "true" when the interval lies on the
-    claimed side of 0 (`claimed` = +1: above, -1: below), "false" when no part of it does (it
-    lies on the other side or at 0: no resample shows the claimed direction), "inconclusive"
-    otherwise and with fewer than two seeds."""
-    if e.n < 2 or not np.isfinite([e.lo, e.hi]).all():
-        return "inconclusive"
-    lo, hi = (e.lo, e.hi) if claimed > 0 else (-e.hi, -e.lo)
-    if lo > FLOAT_NOISE:
-        return "true"
-    return "false" if hi <= FLOAT_NOISE else "inconclusive"
+    """A one-statistic verdict: "true" when the interval lies on the claimed side of 0
+    (`claimed` = +1: above, -1: below), "false" when no part of it does (at 0 included: no
+    resample shows the claimed direction), "inconclusive" otherwise and with fewer than two
+    seeds; bounds within FLOAT_NOISE of 0 count as 0."""
+    return P.above(e, FLOAT_NOISE) if claimed > 0 else P.below(e, -FLOAT_NOISE)
 
 
-def overall(main_claim: Reproduced, required: Sequence[Reproduced]) -> Reproduced:
-    """A figure's verdict: its main claim decides "false" and "inconclusive"; "true" needs every
-    required part true as well (a main claim shown while a required part is not is
-    "inconclusive": the figure is only partly reproduced)."""
-    if main_claim != "true":
-        return main_claim
-    return "true" if all(r == "true" for r in required) else "inconclusive"
+overall = P.overall  # the figure-level combination, shared with warmup and z_loss
 
 
 def trend_words(e: P.Effect, what: str = "LR sensitivity") -> str:

@@ -61,14 +61,14 @@ def eff(*values: float) -> P.Effect:
                                          ((0.3, -0.3, 0.0), "inconclusive"),
                                          ((0.01,), "inconclusive")])
 def test_within_is_an_equivalence_test(values, want):
-    assert MU.within(eff(*values), 0.15) == want
+    assert P.within(eff(*values), 0.15) == want
 
 
 @pytest.mark.parametrize("values,want", [((-0.05, -0.04, 0.0), "true"),
                                          ((0.05, 0.06, 0.04), "false"),
                                          ((-0.05, 0.05, 0.0), "inconclusive")])
 def test_below_a_negligible_improvement(values, want):
-    assert MU.below(eff(*values), 0.01) == want
+    assert P.below(eff(*values), 0.01) == want
 
 
 @pytest.mark.parametrize("verdicts,want", [(["true", "true"], "true"),
@@ -77,7 +77,7 @@ def test_below_a_negligible_improvement(values, want):
                                            (["true", "inconclusive"], "inconclusive"),
                                            ([], "inconclusive")])
 def test_a_conjunction(verdicts, want):
-    assert MU.all_of(verdicts) == want == DW.all_of(verdicts)
+    assert P.all_of(verdicts) == want == P.all_of(verdicts)
 
 
 # ------------------------------------------------------------------------------ μParam

@@ -1,6 +1,7 @@
 """Analysis numerics against hand-computed answers."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -114,7 +115,8 @@ def test_analysis_cli_on_a_missing_dir_is_one_line(tmp_path):
     import subprocess
     import sys
     res = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "nope")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})  # stderr lines counted
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
 
 
@@ -257,6 +259,6 @@ def test_analysis_cli_refuses_a_directory_without_a_sweep(tmp_path):
     import sys
     (tmp_path / "notes").mkdir()
     res = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path)], capture_output=True,
-                         text=True)
+                         text=True, timeout=300)
     assert res.returncode == 2 and "holds no sweep" in res.stderr
     assert not (tmp_path / "analysis").exists()

@@ -186,7 +186,7 @@ def test_without_credentials_one_line_and_nothing_written(tmp_path):
                   "runpy.run_module('analysis.dashboard', run_name='__main__')\n")
     res = subprocess.run([sys.executable, "-c", no_network, str(sweep), "--workspace",
                           "--entity", "e", "--project", "p"],
-                         capture_output=True, text=True, env=env, cwd=REPO)
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "wandb login" in lines[0] and "--dry-run" in lines[0]

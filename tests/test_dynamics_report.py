@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -91,7 +92,8 @@ def test_cli_refuses_a_run_without_records(run_dir, tmp_path):
         shutil.copy(run_dir / name, bare / name)
     before = sorted(p.name for p in bare.rglob("*"))
     proc = subprocess.run([sys.executable, "-m", "analysis.dynamics", str(bare)],
-                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                          timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: no dynamics records in {bare}; train with dynamics.enabled=true"]

@@ -309,7 +309,7 @@ def test_kill_9_then_the_rerun_is_exact(moment, tmp_path, corpus_dir, cache_dir)
     whole = run_cli(*[a.replace(f"out_dir={out}", f"out_dir={ref}") for a in args], cwd=tmp_path)
     wait_for_rows(moment)
     proc.kill()
-    proc.communicate()
+    proc.communicate(timeout=300)
     done = run_cli(*args, cwd=tmp_path)
     assert done.wait(timeout=300) == 0
     assert whole.wait(timeout=300) == 0

@@ -25,7 +25,7 @@ def build_wheel(tmp_path: Path) -> Path:
         else:
             shutil.copy2(p, src / name)
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q",
-                          "-w", str(out)], capture_output=True, text=True)
+                          "-w", str(out)], capture_output=True, text=True, timeout=900)
     if res.returncode and "No matching distribution found for setuptools" in res.stderr:
         pytest.skip("no index to fetch the build backend (setuptools) from")
     assert res.returncode == 0, res.stderr[-2000:]

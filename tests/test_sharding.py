@@ -66,6 +66,7 @@ def test_on_8_forced_cpu_devices_sharded_runs_match_one_device():
     change, all against one device."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                           "tests/sharding"], cwd=ROOT, env=env, capture_output=True, text=True)
+                           "tests/sharding"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout

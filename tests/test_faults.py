@@ -167,9 +167,11 @@ def test_the_command_exits_with_its_code_and_one_line(signame, code, tmp_path, c
     deadline = time.time() + 120
     while time.time() < deadline and len(read_metrics(out / R.METRICS)) < 5:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be signalled"
     proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
+    assert not (out / R.SUMMARY).exists()  # stopped unfinished, as signalled
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and signame in lines[0] and "rerun" in lines[0], err
     rows = read_metrics(out / R.METRICS)
@@ -308,6 +310,7 @@ def test_kill_9_then_the_rerun_is_exact(moment, tmp_path, corpus_dir, cache_dir)
     ref = tmp_path / "ref"
     whole = run_cli(*[a.replace(f"out_dir={out}", f"out_dir={ref}") for a in args], cwd=tmp_path)
     wait_for_rows(moment)
+    assert proc.poll() is None, "the run ended before it could be killed"
     proc.kill()
     proc.communicate(timeout=300)
     done = run_cli(*args, cwd=tmp_path)

@@ -21,12 +21,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PORT_TAKEN = "address already in use"  # the coordinator lost its port to another process
+
+
 def run_two_processes(out: Path, corpus: Path, cache: Path, *stop_after: str) -> None:
-    port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(pid), port, str(out), str(corpus),
-                               str(cache), *stop_after], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    """The two workers on a free port; a port taken between `free_port` and the coordinator's
+    bind (a race with whatever else runs on the machine) is retried on a new one."""
+    for _ in range(3):
+        port = str(free_port())
+        procs = [subprocess.Popen([sys.executable, str(WORKER), str(pid), port, str(out),
+                                   str(corpus), str(cache), *stop_after],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for pid in (0, 1)]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        if not any(p.returncode and PORT_TAKEN in text.lower()
+                   for p, text in zip(procs, outputs)):
+            break
     for p, text in zip(procs, outputs):
         assert p.returncode == 0, text[-3000:]
 

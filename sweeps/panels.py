@@ -335,9 +335,6 @@ def fmt_pairs(pairs: Dict[str, Tuple[float, float]]) -> str:
     return "; ".join(f"{k}: {a:.3f} → {b:.3f}" for k, (a, b) in pairs.items())
 
 
-def monotone_increasing(values: List[float]) -> bool:
-    v = [x for x in values if np.isfinite(x)]
-    return len(v) >= 2 and all(b > a for a, b in zip(v, v[1:]))
 
 
 def curve(row: pd.Series, metric: str) -> pd.Series:
@@ -346,26 +343,6 @@ def curve(row: pd.Series, metric: str) -> pd.Series:
     return m[metric].dropna() if metric in m.columns else pd.Series(dtype=float)
 
 
-def curves_panel(ax: plt.Axes, df: pd.DataFrame, metric: str, style_by: Optional[str] = None,
-                 style_label: Callable[[Any], str] = str) -> None:
-    """`metric` vs step, colour by LR (log colour bar), line style by `style_by`."""
-    norm = lr_norm(df["optim.lr"])
-    styles = ["-", "--", ":", "-."]
-    values = sorted(df[style_by].unique()) if style_by else [None]
-    for _, r in df.sort_values("optim.lr").iterrows():
-        c = curve(r, metric)
-        if c.empty:
-            continue
-        j = values.index(r[style_by]) if style_by else 0
-        ax.plot(c.index, c.values, styles[j % 4], color=lr_colour(norm, r["optim.lr"]),
-                lw=1.3, alpha=0.9)
-    lr_colourbar(ax.figure, ax, norm)
-    if style_by:
-        for j, v in enumerate(values):
-            ax.plot([], [], styles[j % 4], color="gray", label=style_label(v))
-        ax.legend(fontsize=7)
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3, lw=0.5)
 
 
 def comparison_figure(df: pd.DataFrame, key: str, values: Sequence[Any],

@@ -346,6 +346,10 @@ class SweepConfig:
     # auto = on accelerators (small models leave them idle), off on CPU (no gain there).
     vmap: VmapMode = VmapMode.auto
     group_size: int = 8  # most runs per vmapped group (memory grows with it)
+    # Local worker processes that train the groups side by side, each pinned to its share of
+    # the cores (one core: single-threaded XLA). 0 = auto: one per core on a CPU backend when
+    # there are at least two groups per worker to train; 1 = in this process. CPU only.
+    workers: int = 0
 
 
 # Defaults of `python -m analysis` and the sweeps/ scripts: the sweep's, defined once above.
@@ -424,6 +428,7 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_choices(cfg, Config, "")
     if getattr(cfg, "sweep", None) is not None:
         _check_choices(cfg.sweep, SweepConfig, "sweep.")
+        _positive("sweep.workers", cfg.sweep.workers, allow_zero=True)
     for k in ("d_model", "n_heads", "mup_base_width"):
         _positive(f"model.{k}", getattr(m, k))
     _positive("model.n_layers", m.n_layers, allow_zero=True)  # 0 layers: a bigram model

@@ -13,15 +13,20 @@ launcher config the sweep was started with (`proxies/configs/hydra/launcher/`):
     slurm_local  submitit's local executor (the SLURM path without a cluster)
     ray          ray.init(**ray.init), ray.remote(**ray.remote)
 
+Without a launcher, a CPU sweep runs its groups in `sweep.workers` local processes the same way
+(`CoreWorkers`), each pinned to its share of the cores.
+
 A failed job is reported in one line; rerunning the same command retries what is missing.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 import traceback
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -206,6 +211,75 @@ def joblib_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
     return kw
 
 
+# A worker with one core runs XLA single-threaded: on 2 cores, two such runs side by side beat
+# the same two multi-threaded runs one after another (benchmarks/sweep_workers.py). Single- and
+# multi-threaded XLA sum in different orders, so their float32 results differ in the last bits;
+# results do not depend on the number of workers.
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def pin_worker(cores: Any) -> None:
+    """A CoreWorkers process's start: take the next share of cores, single-threaded XLA on one
+    (before JAX starts its backend, which reads XLA_FLAGS once)."""
+    mine = cores.get()
+    if hasattr(os, "sched_setaffinity"):  # Linux; elsewhere the OS places the worker
+        os.sched_setaffinity(0, mine)
+    if len(mine) == 1:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}".strip()
+
+
+def available_cores() -> List[int]:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def core_shares(n_workers: int) -> List[List[int]]:
+    """This process's cores dealt out to n_workers workers (n_workers <= cores)."""
+    cores = available_cores()
+    return [cores[i::n_workers] for i in range(n_workers)]
+
+
+class CoreWorkers:
+    """sweep.workers=N on CPU: N local worker processes that live for the whole sweep (each
+    loads the dataset and compiles a structure once), each pinned to its share of the cores."""
+
+    def __init__(self, n_workers: int, n_jobs: int):
+        """The cores dealt out as to n_workers workers (so a run gets the same share of cores,
+        and the same XLA threading, however few jobs are left), of whom at most n_jobs start."""
+        ctx = multiprocessing.get_context("spawn")  # no copy of this process's JAX state
+        cores = ctx.Queue()
+        self.shares = core_shares(n_workers)[:max(1, min(n_workers, n_jobs))]
+        for share in self.shares:
+            cores.put(share)
+        self.pool = ProcessPoolExecutor(len(self.shares), mp_context=ctx, initializer=pin_worker,
+                                        initargs=(cores,))
+        self.futures: Dict[Future, Path] = {}
+
+    def describe(self) -> str:
+        shares = ", ".join("+".join(map(str, s)) for s in self.shares)
+        return f"{len(self.shares)} local workers on cores {shares}"
+
+    def submit(self, specs: List[Path]) -> None:
+        self.futures = {self.pool.submit(job_outcome, str(p)): p for p in specs}
+
+    def wait(self) -> Iterator[Tuple[Path, Optional[str]]]:
+        for f in as_completed(self.futures):
+            try:
+                _, error = f.result()
+            except Exception as e:  # the worker died (killed, out of memory)
+                error = first_line(e)
+            yield self.futures[f], error
+        self.pool.shutdown(wait=True)
+
+    def stop(self) -> str:
+        for proc in list(getattr(self.pool, "_processes", {}).values()):
+            proc.terminate()  # the executor has no public kill; its runs resume from checkpoints
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        return "its workers were stopped (their runs resume from their last checkpoints)"
+
+
 class SubmititJobs:
     """hydra/launcher=slurm | slurm_local: one submitit job per group (a job array on SLURM)."""
 
@@ -337,7 +411,7 @@ class RayJobs:
         return f"its {len(self.refs)} Ray tasks were cancelled (their runs resume from checkpoints)"
 
 
-Engine = JoblibJobs | SubmititJobs | RayJobs
+Engine = JoblibJobs | SubmititJobs | RayJobs | CoreWorkers
 
 
 def make_engine(name: LauncherName, settings: Dict[str, Any]) -> Engine:
@@ -360,14 +434,22 @@ def make_engine(name: LauncherName, settings: Dict[str, Any]) -> Engine:
 
 def dispatch(launcher: Launcher, groups: List[List[Point]], sweep_dir: Path, sweep_name: str,
              on_done: Optional[OnDone] = None) -> List[str]:
-    """Run each group as a job and wait for all. Returns one line per failed job.
-    A signal stops the wait: jobs are cancelled, or left running on SLURM (`SweepStopped`)."""
+    """Run each group as a job of the launcher and wait for all. Returns one line per failed
+    job. A signal stops the wait: jobs are cancelled, or left running on SLURM (`SweepStopped`)."""
     if not groups:
         return []
     engine = make_engine(launcher.name, launcher_settings(launcher, sweep_dir, sweep_name))
+    return run_jobs(engine, f"hydra/launcher={launcher.name}", groups, sweep_dir, on_done)
+
+
+def run_jobs(engine: Engine, via: str, groups: List[List[Point]], sweep_dir: Path,
+             on_done: Optional[OnDone] = None) -> List[str]:
+    """`dispatch` on an engine in hand (CoreWorkers included)."""
+    if not groups:
+        return []
     specs = {write_spec(sweep_dir, g): g for g in groups}
-    print(f"dispatching {len(specs)} jobs ({sum(map(len, groups))} runs) with hydra/launcher="
-          f"{launcher.name} ({engine.describe()}); job specs in {sweep_dir / JOBS}/")
+    print(f"dispatching {len(specs)} jobs ({sum(map(len, groups))} runs) with {via} "
+          f"({engine.describe()}); job specs in {sweep_dir / JOBS}/")
     failures: List[str] = []
     with stop_requests():  # not armed: SIGTERM/SIGUSR1 raise Stopped, Ctrl-C KeyboardInterrupt
         try:

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from proxies.config import Config, ModelConfig, Parametrization, Schedule, unhandled
+from proxies.config import (Config, ModelConfig, Parametrization, Schedule, divergence_patience,
+                            unhandled)
 from proxies.model import mlp_hidden, width_mult
 
 Hparams = Dict[str, jax.Array]
@@ -27,6 +28,10 @@ HPARAM_KEYS = ("lr", "min_lr", "warmup_steps", "weight_decay", "eps", "b1", "b2"
 def hparams_from_config(cfg: Config) -> Hparams:
     """The scalar hyperparameters of a run, as float32 arrays (the train step's third argument)."""
     hp = {k: jnp.asarray(float(getattr(cfg.optim, k)), jnp.float32) for k in HPARAM_KEYS}
+    # The run's length and divergence patience are arguments too, not constants of the compiled
+    # step: runs of one structure share a compiled step whatever their length.
+    hp["total_steps"] = jnp.asarray(float(cfg.train.steps), jnp.float32)
+    hp["patience"] = jnp.asarray(divergence_patience(cfg.train), jnp.int32)
     # The divergence limit (2 × loss at init unless train.divergence_loss): the loop sets it once
     # the loss at init is known (proxies/runner.py: Runner.set_limits).
     hp["loss_limit"] = jnp.asarray(jnp.inf, jnp.float32)
@@ -116,7 +121,7 @@ def _chunked_bwd(readout: Readout, res: tuple, g: tuple) -> tuple:
 _chunked_log_z_and_target.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def learning_rate(step: jax.Array, hp: Hparams, total_steps: int,
+def learning_rate(step: jax.Array, hp: Hparams, total_steps: jax.Array | int,
                   schedule: Schedule | str) -> jax.Array:
     """LR used for update number `step` (0-based): linear warmup to hp['lr'], then decay to
     min_lr."""

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from proxies.config import Config, InjectKind, SpikeAction, divergence_patience, unhandled
+from proxies.config import Config, InjectKind, SpikeAction, unhandled
 from proxies.model import readout, readout_table
 from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, clip_by_global_norm,
                            cross_entropy_with_z_loss, decay_mask, hparams_from_config,
@@ -101,7 +101,7 @@ def loss_and_aux(model: nn.Module, params: Any, inputs_BxL: jax.Array, targets_B
 
 
 def diverged(loss: jax.Array, limit: jax.Array, over_limit: jax.Array, skipped: jax.Array,
-             patience: int) -> Tuple[jax.Array, jax.Array]:
+             patience: jax.Array | int) -> Tuple[jax.Array, jax.Array]:
     """(diverged, the new count of updates in a row above the limit): a non-finite loss at once,
     a loss above the limit once more than `patience` updates in a row; a skipped update neither
     counts nor breaks the stretch."""
@@ -112,10 +112,9 @@ def diverged(loss: jax.Array, limit: jax.Array, over_limit: jax.Array, skipped: 
 
 def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> Callable:
     """Un-jitted pure step; callers jit (or vmap then jit) it."""
-    total_steps, schedule = cfg.train.steps, cfg.optim.schedule
+    schedule = cfg.optim.schedule
     sigma, min_samples = cfg.train.spike.sigma, cfg.train.spike.min_samples
     skips_spikes, inject = _skips_spikes(cfg), _grad_injection(cfg)
-    patience = divergence_patience(cfg.train)
     ce_chunk = ce_chunk_for(cfg.train.ce_chunk, model.vocab_size)
 
     def train_step(state: TrainState, batch_BxLp1: jax.Array,
@@ -128,7 +127,7 @@ def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads, grad_norm = clip_by_global_norm(inject(grads, state.step), hp["grad_clip"])
         spike, loss_z, grad_z = detect(state.spike, loss, grad_norm, sigma, min_samples)
-        lr_t = learning_rate(state.step, hp, total_steps, schedule)
+        lr_t = learning_rate(state.step, hp, hp["total_steps"], schedule)
         updates, opt_state = _tx(cfg, state.params, hp, lr_t).update(
             grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -137,7 +136,8 @@ def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> 
             keep_old = lambda new, old: jnp.where(skip, old, new)  # noqa: E731
             params = jax.tree_util.tree_map(keep_old, params, state.params)
             opt_state = jax.tree_util.tree_map(keep_old, opt_state, state.opt_state)
-        gone, over_limit = diverged(loss, hp["loss_limit"], state.over_limit, skip, patience)
+        gone, over_limit = diverged(loss, hp["loss_limit"], state.over_limit, skip,
+                                    hp["patience"])
         metrics = {"loss": loss, "ce": aux["ce"], "z_loss": aux["z_loss"], "lr": lr_t,
                    "grad_norm": grad_norm, "spike": spike, "skipped": skip,
                    "loss_zscore": loss_z, "grad_zscore": grad_z, "diverged": gone}

@@ -33,7 +33,8 @@ from proxies.cli import one_line_errors, run_cli
 from proxies.config import (Config, ConfigError, DataSource, MlpKind, PosEmb,  # noqa: F401
                             SweepConfig, SweepRoot, VmapMode, config_hash, register_configs,
                             to_plain, unhandled, validate)
-from proxies.launch import JobsFailed, Launcher, dispatch, from_hydra
+from proxies.launch import (CoreWorkers, JobsFailed, Launcher, available_cores, dispatch,
+                            from_hydra, run_jobs)
 from proxies.model import mlp_hidden
 from proxies.results import TABLE, update_table
 from proxies.rundir import SUMMARY, RunDir, atomic_write_text, read_summary_file, take_lock
@@ -355,18 +356,41 @@ def train_missing(cfg: DictConfig, points: List[Point], out: Path,
     groups = plan_groups(todo, use_vmap(cfg), cfg.sweep.group_size)
     if len(groups) < len(todo):
         print(f"vmapped: {len(groups)} groups of up to {cfg.sweep.group_size} runs")
-    if launcher is None or not launcher.dispatches:
+    dispatched = launcher is not None and launcher.dispatches
+    # Decided on the whole grid, not on what is left: a rerun resumes its runs the way they
+    # started (a worker's single-threaded XLA rounds differently from this process's).
+    whole = plan_groups(points, use_vmap(cfg), cfg.sweep.group_size)
+    workers = 1 if dispatched else n_workers(cfg.sweep.workers, len(whole))
+    if not dispatched and (workers == 1 or not groups):
         train_in_process(groups, out, len(todo))
         return []
     bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, disable=not todo)
+    done = lambda group, error: bar.update(len(group))  # noqa: E731
     try:
-        failures = dispatch(launcher, groups, out, cfg.sweep.name,
-                            on_done=lambda group, error: bar.update(len(group)))
+        if dispatched:
+            failures = dispatch(launcher, groups, out, cfg.sweep.name, on_done=done)
+        else:  # the longest groups first, so no worker is left with one at the end
+            groups = sorted(groups, key=lambda g: -sum(run_flops(run) for _, run in g))
+            failures = run_jobs(CoreWorkers(workers, len(groups)), f"sweep.workers={workers}",
+                                groups, out, on_done=done)
     finally:
         bar.close()
     for line in failures:
         print(line, file=sys.stderr)
     return failures
+
+
+def n_workers(setting: int, n_groups: int) -> int:
+    """Worker processes for `sweep.workers` (0 = auto) and this many groups to train."""
+    if setting > 1 and jax.default_backend() != "cpu":
+        raise ConfigError(f"sweep.workers={setting} runs CPU worker processes, and this backend "
+                          f"is {jax.default_backend()}; leave sweep.workers=0 (auto)")
+    if jax.process_count() > 1:  # a multi-host sweep: every process trains every group
+        return 1
+    cores = len(available_cores())
+    if setting == 0:
+        setting = cores if jax.default_backend() == "cpu" and n_groups >= 2 * cores else 1
+    return max(1, min(setting, n_groups, cores))  # a worker holds at least one core
 
 
 def train_in_process(groups: List[List[Point]], out: Path, n_runs: int) -> None:

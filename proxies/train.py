@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,17 @@ def group_key(cfg: DictConfig) -> str:
     compiled step, one data order and one init, and so train together under jax.vmap."""
     ident = identity(cfg)
     ident["optim"] = {k: v for k, v in ident["optim"].items() if k not in HPARAM_KEYS}
+    return json.dumps(ident, sort_keys=True)
+
+
+def compile_key(cfg: DictConfig) -> str:
+    """What shapes a group's compiled programs: its group key less what the step takes as an
+    argument (the run's length, the divergence limit and patience) or never sees (the seed, the
+    loop's schedule of logs, evals and checkpoints)."""
+    ident = json.loads(group_key(cfg))
+    for k in ("steps", "divergence_loss", "divergence_patience", "seed", "log_every",
+              "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
+        ident["train"].pop(k, None)
     return json.dumps(ident, sort_keys=True)
 
 
@@ -139,6 +151,7 @@ class Member:
     last_loss: float = math.nan
     outcome: Outcome = "running"
     logit_alerted: bool = False
+    started_threads: Optional[str] = None  # xla_cpu_threads of the run's first process
 
     @property
     def active(self) -> bool:
@@ -175,6 +188,15 @@ class Member:
         self.run.release()
 
 
+def xla_cpu_threads() -> Optional[str]:
+    """'one' in a sweep worker that runs XLA's CPU kernels single-threaded, 'all' otherwise;
+    None off the CPU. The two sum in different orders, so a run resumed the other way matches
+    an uninterrupted run to float32 rounding only."""
+    if jax.default_backend() != "cpu":
+        return None
+    return "one" if "xla_cpu_multi_thread_eigen=false" in os.environ.get("XLA_FLAGS", "") else "all"
+
+
 def open_member(cfg: DictConfig, swept: Optional[Dict[str, Any]], ds: Dataset,
                 n_params: tuple, say: Say) -> tuple[Member, Optional[Dict[str, Any]]]:
     """Take the run directory (checked, locked, config written); its summary if complete."""
@@ -189,17 +211,26 @@ def open_member(cfg: DictConfig, swept: Optional[Dict[str, Any]], ds: Dataset,
                 "vocab_size": ds.vocab_size, "n_params": n_params[0],
                 "n_params_nonembed": n_params[1], "data": ds.description,
                 "jax": jax.__version__, "backend": jax.default_backend(),
-                "swept": dict(swept or {})}
+                "xla_cpu_threads": xla_cpu_threads(), "swept": dict(swept or {})}
+        started = _previous_meta(run).get("xla_cpu_threads", meta["xla_cpu_threads"])
         run.write_config({**resolved, "run": meta})
         summary = run.read_summary(say)
     except BaseException:
         run.release()
         raise
-    member = Member(cfg, run, {**resolved, "run": meta})
+    member = Member(cfg, run, {**resolved, "run": meta}, started_threads=started)
     if summary is not None:
         say(f"{run}: already complete ({summary.get('steps_done')} steps); nothing to do")
         run.release()
     return member, summary
+
+
+def _previous_meta(run: RunDir) -> Dict[str, Any]:
+    """The run block of an earlier process's config.yaml (empty for a new run)."""
+    try:
+        return run.read_config().get("run") or {}
+    except (FileNotFoundError, OSError, ValueError):
+        return {}
 
 
 def restore_member(m: Member, state0: Any, rng: jax.Array, say: Say) -> None:
@@ -207,6 +238,11 @@ def restore_member(m: Member, state0: Any, rng: jax.Array, say: Say) -> None:
     tc = m.cfg.train
     m.ckpt = Checkpointer(m.run.checkpoints, tc.keep_checkpoints, m.run.damaged)
     m.start, m.state, m.rng = m.ckpt.restore_newest(state0, rng, say)
+    now = m.meta["run"]["xla_cpu_threads"]
+    if m.start and m.started_threads != now:
+        say(f"{m.run}: started with XLA on {m.started_threads} core(s) per run, resumes on "
+            f"{now}: from step {m.start} it matches an uninterrupted run to float32 rounding, not "
+            "bit for bit (resume it the way it started: the same sweep command)")
     if m.start:
         m.run.repair_records(m.start, say)
     else:
@@ -543,7 +579,7 @@ def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[D
     layout = group_layout(c0.mesh, len(ms)) if vmapped else run_layout(c0.mesh, tc.batch_size)
     runner = Runner([m.state for m in ms], [hparams_from_config(m.cfg) for m in ms], vmapped,
                     layout)
-    fns = runner.compile(group_key(c0), model, c0, runner.place_batch(batches(start + 1)))
+    fns = runner.compile(compile_key(c0), model, c0, runner.place_batch(batches(start + 1)))
     evals = [runner.place_batch(b) for b in eval_batches(ds, tc.eval_batches, tc.batch_size,
                                                          tc.seq_len, tc.seed)]
     for m in ms:

@@ -74,9 +74,9 @@ def make_cfg(tmp_path, corpus_dir, cache_dir):
 
 def sweeps_tiny_args(root: Path, corpus: Path, cache: Path) -> List[str]:
     """`python -m sweeps.<name>` arguments: the tiny scale, writing under `root`."""
-    return ["scale=tiny", f"sweep.root={root}", f"sweep.run_root={root / 'runs'}",
-            "data.source=text", f"data.path={corpus}", f"data.cache_dir={cache}",
-            "wandb.mode=disabled"]
+    return ["scale=tiny", "sweep.workers=1", f"sweep.root={root}",
+            f"sweep.run_root={root / 'runs'}", "data.source=text", f"data.path={corpus}",
+            f"data.cache_dir={cache}", "wandb.mode=disabled"]
 
 
 class Background:

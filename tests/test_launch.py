@@ -9,7 +9,9 @@ by the reference, spares most of it).
 """
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,9 +20,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from proxies.config import Config, ConfigError, SweepRoot, config_hash
-from proxies.launch import JobsFailed, Launcher, LauncherName, run_group_job, write_spec
+from proxies.launch import (SINGLE_THREAD_XLA, JobsFailed, Launcher, LauncherName, core_shares,
+                            run_group_job, write_spec)
 from proxies.rundir import take_lock
-from proxies.sweep import expand_grid, main, plan_groups, run_sweep, sweep_dir, write_manifest
+from proxies.sweep import (expand_grid, main, n_workers, plan_groups, run_sweep, sweep_dir,
+                           write_manifest)
 from proxies.train import CONFIG_DIR
 
 try:  # now, not in a test: importing submitit reconfigures logging, closing pytest's handlers
@@ -101,6 +105,37 @@ def test_joblib_from_the_command_line_matches_the_in_process_sweep(
     pd.testing.assert_frame_equal(outcomes(out), reference, check_exact=True)
     assert (out / "analysis" / "report.md").exists()  # analysed once every job was done
     assert len(list((out / "jobs").glob("*.json"))) == 2
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_local_workers_give_one_single_threaded_process_results_exactly(
+        tmp_path, corpus_dir, cache_dir, reference, capsys):
+    """sweep.workers=2: two processes, one core and single-threaded XLA each. The table equals
+    the same grid's in one single-threaded process exactly (whatever the worker count, each run
+    computes the same), and the in-process (multi-threaded) sweep's to float32 rounding."""
+    out, _ = run_sweep(grid_cfg(tmp_path / "w2", corpus_dir, cache_dir, "sweep.workers=2"))
+    assert "with sweep.workers=2 (2 local workers on cores 0, 1)" in capsys.readouterr().out
+    one = tmp_path / "w1"
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}"}
+    subprocess.run([sys.executable, "-m", "proxies.sweep", *grid_args(one, corpus_dir, cache_dir),
+                    "sweep.workers=1"], env=env, check=True, capture_output=True, timeout=600)
+    (single,) = (one / "sweeps").iterdir()
+    pd.testing.assert_frame_equal(outcomes(out), outcomes(single), check_exact=True)
+    pd.testing.assert_frame_equal(outcomes(out), reference, rtol=1e-5)
+    assert run_sweep(grid_cfg(tmp_path / "w2", corpus_dir, cache_dir, "sweep.workers=2"))[1][
+        "status"].eq("done").all()  # a rerun finds every run done
+
+
+def test_auto_workers_are_one_per_core_on_cpu_with_two_groups_per_worker(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert [n_workers(0, g) for g in (1, 7, 8, 100)] == [1, 1, 4, 4]
+    assert [n_workers(w, 3) for w in (1, 2, 6)] == [1, 2, 3]  # never more than the groups
+    assert n_workers(6, 100) == 4  # nor than the cores
+    assert core_shares(2) == [[0, 2], [1, 3]]
+    monkeypatch.setattr("jax.default_backend", lambda: "gpu")
+    assert n_workers(0, 100) == 1
+    with pytest.raises(ConfigError, match="sweep.workers=2 runs CPU worker processes"):
+        n_workers(2, 100)
 
 
 def test_submitit_local_executor_matches_the_in_process_sweep(

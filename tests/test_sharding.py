@@ -64,7 +64,8 @@ def test_multi_host_start_up_follows_slurm_and_explicit_settings(monkeypatch):
 def test_on_8_forced_cpu_devices_sharded_runs_match_one_device():
     """tests/sharding/: data-parallel, FSDP, a sharded vmapped group, resume across a mesh
     change, all against one device."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags.strip()}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                            "tests/sharding"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1200)

@@ -99,7 +99,7 @@ def test_log_skip_and_rollback_on_injected_spikes(make_cfg):
     assert all(max(e["loss_zscore"], e["grad_zscore"]) > 6 for e in ev)
     assert summaries["log"]["spikes"] == 2 and summaries["log"]["rollbacks"] == 0
     garbage = losses(runs["log"])[16]
-    assert garbage > 1.5 * base[16]  # the garbage batch's loss is in the records
+    assert garbage > base[16] + 1.0  # the garbage batch's loss is in the records
 
     assert [e["action"] for e in events(runs["skip"])] == ["skip", "skip"]
     assert summaries["skip"]["spikes"] == 2
@@ -111,7 +111,7 @@ def test_log_skip_and_rollback_on_injected_spikes(make_cfg):
     assert s["rollbacks"] == 1 and s["spikes"] == 1 and s["steps_done"] == 24
     rb = losses(runs["rollback"])
     assert sorted(rb) == sorted(base) and all(rb[k] == base[k] for k in rb if k <= 14)
-    assert max(v for k, v in rb.items() if k >= 10) < 0.8 * garbage  # no spike left on its path
+    assert max(v for k, v in rb.items() if k >= 10) < garbage - 1.0  # no spike left on its path
     # Updates from the spike on read the batches 3 positions later.
     b = Batches(None, runs["rollback"], ev)
     assert [b.position(u) for u in (14, 15, 16)] == [13, 17, 18]

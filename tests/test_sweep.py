@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from analysis import lr_sensitivity
 from proxies.config import ConfigError
+from proxies.launch import available_cores
 from proxies.sweep import SweepRoot, expand_grid, run_sweep, sweep_dir
 from proxies.rundir import read_metrics
 from proxies.train import run_name, train
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 def sweep_cfg(tmp_path, corpus_dir, cache_dir, *overrides):
     base = [
         "sweep.name=t", f"sweep.root={tmp_path / 'sweeps'}", f"sweep.run_root={tmp_path / 'runs'}",
-        "sweep.lrs=[1e-3,1e-2]",
+        "sweep.lrs=[1e-3,1e-2]", "sweep.workers=1",  # in this process (test_launch.py: workers)
         "sweep.analysis=false",
         "model.d_model=32", "model.n_layers=1", "model.n_heads=2",
         "train.steps=6", "train.batch_size=4", "train.seq_len=16", "train.log_every=3",
@@ -97,9 +98,14 @@ def test_unknown_axis_key_is_a_config_error(tmp_path, corpus_dir, cache_dir):
         expand_grid(cfg)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, corpus_dir,
-                                                                 cache_dir):
-    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+                                                                 cache_dir, workers):
+    """In this process, and with two workers: a rerun with one run left still hands it to a
+    worker, so it resumes exactly as it started (single-threaded XLA)."""
+    if workers > len(available_cores()):
+        pytest.skip("needs two cores")
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, f"sweep.workers={workers}")
     cfg.sweep.axes = {"model": {"qk_layernorm": [False, True]}}
     out, df = run_sweep(cfg)
     assert len(df) == 4 and set(df["status"]) <= {"done", "diverged"}

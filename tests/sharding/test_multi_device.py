@@ -39,15 +39,6 @@ def assert_same(a: dict, b: dict) -> None:
         np.testing.assert_allclose(a[k], b[k], rtol=RTOL, err_msg=str(k))
 
 
-@pytest.fixture(scope="module")
-def one_device(tmp_path_factory, corpus_dir, cache_dir):
-    from tests.conftest import tiny_cfg
-
-    out = tmp_path_factory.mktemp("one")
-    train(tiny_cfg(out, corpus_dir, cache_dir, *SMALL, "mesh.data=1"))
-    return series(out)
-
-
 # data=8 alone and fsdp=8 alone: test_a_run_resumes_on_another_mesh trains on each of them.
 @pytest.mark.parametrize("data,fsdp", [(2, 4)], ids=["data2-fsdp4"])
 def test_a_sharded_run_trains_like_one_device(make_cfg, one_device, data, fsdp):

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_cfg
+from tests.conftest import tiny_cfg
 
 from analysis import dynamics as adyn
 from analysis.dynamics_report import FAMILIES, summarize, write_report

@@ -19,7 +19,7 @@ from proxies.results import run_row
 from proxies.rundir import RunDirError, read_metrics, take_lock
 from proxies.stopping import EXIT_INTERRUPTED, EXIT_PREEMPTED, Stopped
 from proxies.train import Batches, train
-from conftest import tiny_cfg
+from tests.conftest import tiny_cfg
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import sweeps_tiny_args
+from tests.conftest import sweeps_tiny_args
 from sweeps import RESULTS
 from sweeps.all import results
 from sweeps.core import SPECS, half_decades, main, plan

@@ -27,6 +27,7 @@ import os
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -39,6 +40,7 @@ from proxies.stopping import Stopped, stop_requests
 
 JOBS = "jobs"  # <sweep_dir>/jobs/<group id>.json (spec) and <group id>.error (why it failed)
 POLL_S = 1.0  # how often the coordinator looks at its jobs (and at signals)
+STOP_GRACE_S = 120.0  # how long stopped CoreWorkers get to save their runs' steps
 
 Point = Tuple[Dict[str, Any], DictConfig]  # as in proxies.sweep: (swept values, run config)
 OnDone = Callable[[List[Point], Optional[str]], None]  # a finished job's group and its error
@@ -274,8 +276,12 @@ class CoreWorkers:
         self.pool.shutdown(wait=True)
 
     def stop(self) -> str:
-        for proc in list(getattr(self.pool, "_processes", {}).values()):
-            proc.terminate()  # the executor has no public kill; its runs resume from checkpoints
+        procs = list(getattr(self.pool, "_processes", {}).values())  # the executor has no kill
+        for proc in procs:
+            proc.terminate()  # SIGTERM: each worker's run saves its step and its job returns
+        wait_futures([f for f in self.futures if f.running()], timeout=STOP_GRACE_S)
+        for proc in procs:
+            proc.kill()  # a worker that handled SIGTERM would otherwise wait for more work
         self.pool.shutdown(wait=False, cancel_futures=True)
         return "its workers were stopped (their runs resume from their last checkpoints)"
 

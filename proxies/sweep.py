@@ -381,7 +381,7 @@ def train_missing(cfg: DictConfig, points: List[Point], out: Path,
 
 
 def n_workers(setting: int, n_groups: int) -> int:
-    """Worker processes for `sweep.workers` (0 = auto) and this many groups to train."""
+    """Worker processes for `sweep.workers` (0 = auto) and a grid of this many groups."""
     if setting > 1 and jax.default_backend() != "cpu":
         raise ConfigError(f"sweep.workers={setting} runs CPU worker processes, and this backend "
                           f"is {jax.default_backend()}; leave sweep.workers=0 (auto)")

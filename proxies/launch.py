@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import time
 import traceback
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from proxies.config import Choice, Config, ConfigError, choice_message, to_plain, unhandled
 from proxies.rundir import SUMMARY, atomic_write_text, read_summary_file
-from proxies.stopping import Stopped, stop_requests
+from proxies.stopping import StopRequest, Stopped, stop_requests
 
 JOBS = "jobs"  # <sweep_dir>/jobs/<group id>.json (spec) and <group id>.error (why it failed)
 POLL_S = 1.0  # how often the coordinator looks at its jobs (and at signals)
@@ -191,9 +191,10 @@ class JoblibJobs:
         self.results = Parallel(**self.settings, return_as="generator_unordered")(
             delayed(job_outcome)(str(p)) for p in specs)
 
-    def wait(self) -> Iterator[Tuple[Path, Optional[str]]]:
+    def wait(self, stop: StopRequest) -> Iterator[Tuple[Path, Optional[str]]]:
         assert self.results is not None
-        for spec, error in self.results:
+        for spec, error in self.results:  # joblib's generator blocks: a signal is seen per job
+            stop.check()
             yield Path(spec), error
 
     def stop(self) -> str:
@@ -266,13 +267,17 @@ class CoreWorkers:
     def submit(self, specs: List[Path]) -> None:
         self.futures = {self.pool.submit(job_outcome, str(p)): p for p in specs}
 
-    def wait(self) -> Iterator[Tuple[Path, Optional[str]]]:
-        for f in as_completed(self.futures):
-            try:
-                _, error = f.result()
-            except Exception as e:  # the worker died (killed, out of memory)
-                error = first_line(e)
-            yield self.futures[f], error
+    def wait(self, stop: StopRequest) -> Iterator[Tuple[Path, Optional[str]]]:
+        pending = set(self.futures)
+        while pending:
+            done, pending = wait_futures(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            for f in done:
+                try:
+                    _, error = f.result()
+                except Exception as e:  # the worker died (killed, out of memory)
+                    error = first_line(e)
+                yield self.futures[f], error
+            stop.check()
         self.pool.shutdown(wait=True)
 
     def stop(self) -> str:
@@ -305,9 +310,10 @@ class SubmititJobs:
         ids = ", ".join(j.job_id for j in jobs)
         print(f"submitted {len(jobs)} {self.cluster} jobs: {ids}")
 
-    def wait(self) -> Iterator[Tuple[Path, Optional[str]]]:
+    def wait(self, stop: StopRequest) -> Iterator[Tuple[Path, Optional[str]]]:
         pending = dict(self.jobs)
         while pending:
+            stop.check()
             finished = [p for p, j in pending.items() if j.done()]
             for spec in finished:
                 job = pending.pop(spec)
@@ -390,10 +396,11 @@ class RayJobs:
         task = self.ray.remote(run_group_job).options(**self.remote)
         self.refs = {task.remote(str(p)): p for p in specs}
 
-    def wait(self) -> Iterator[Tuple[Path, Optional[str]]]:
+    def wait(self, stop: StopRequest) -> Iterator[Tuple[Path, Optional[str]]]:
         pending = dict(self.refs)
         try:
             while pending:
+                stop.check()
                 done, _ = self.ray.wait(list(pending), num_returns=1, timeout=POLL_S)
                 for ref in done:
                     spec = pending.pop(ref)
@@ -457,10 +464,10 @@ def run_jobs(engine: Engine, via: str, groups: List[List[Point]], sweep_dir: Pat
     print(f"dispatching {len(specs)} jobs ({sum(map(len, groups))} runs) with {via} "
           f"({engine.describe()}); job specs in {sweep_dir / JOBS}/")
     failures: List[str] = []
-    with stop_requests():  # not armed: SIGTERM/SIGUSR1 raise Stopped, Ctrl-C KeyboardInterrupt
+    with stop_requests() as stop:  # not armed: a signal raises Stopped (Ctrl-C KeyboardInterrupt)
         try:
             engine.submit(list(specs))
-            for spec, error in engine.wait():
+            for spec, error in engine.wait(stop):
                 error = job_error(spec, specs[spec], error)
                 if error is not None:
                     failures.append(failure_line(spec, specs[spec], error))

@@ -46,12 +46,22 @@ class StopRequest:
     def handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if not self.armed:
+            # Set before raising: an exception raised inside a callback Python calls for us
+            # (JAX's garbage-collection hook) is printed and dropped, and the flag still stops
+            # the next loop or poll (`check`).
+            self.requested = self.requested or name
             if name == "SIGINT":
                 raise KeyboardInterrupt
             raise Stopped(name)
         if self.requested == "SIGINT" and name == "SIGINT":
             raise KeyboardInterrupt  # asked twice: stop now
         self.requested = self.requested or name
+
+    def check(self) -> None:
+        """Raise `Stopped` if a signal has arrived: for waits that poll, so a signal whose
+        exception was dropped still ends them."""
+        if self.requested is not None:
+            raise Stopped(self.requested)
 
     @contextlib.contextmanager
     def armed_loop(self) -> Iterator["StopRequest"]:

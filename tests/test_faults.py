@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,47 @@ def test_sigterm_during_start_up_stops_before_training(make_cfg, monkeypatch):
         train(cfg)
     assert not (Path(cfg.out_dir) / R.LOCK).exists() or take_lock(
         Path(cfg.out_dir) / R.LOCK, "held", "fix")  # the lock was released
+
+
+def test_a_signal_whose_exception_was_dropped_still_stops_the_run(make_cfg, reference,
+                                                                  monkeypatch):
+    """Python prints and drops an exception raised in a callback it calls (JAX's garbage-collection
+    hook): the handler's flag must still stop the run at its first step, saved and resumable."""
+    import proxies.train as T
+    orig = T.restore_member
+
+    def restore(*a, **k):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Stopped:
+            pass  # dropped, as in a gc callback
+        return orig(*a, **k)
+    monkeypatch.setattr(T, "restore_member", restore)
+    cfg = make_cfg()
+    with pytest.raises(Stopped):
+        train(cfg)
+    monkeypatch.undo()
+    train(cfg)
+    assert records(cfg) == reference[0]
+
+
+def test_a_dropped_signal_still_ends_the_coordinators_wait():
+    from concurrent.futures import Future
+
+    from proxies.launch import CoreWorkers
+    from proxies.stopping import stop_requests
+
+    engine = CoreWorkers.__new__(CoreWorkers)
+    job: Future = Future()
+    engine.futures = {job: Path("job.json")}
+    threading.Timer(5, job.set_result, [("job.json", None)]).start()  # a job done in 5 s
+    with stop_requests() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Stopped:
+            pass  # dropped
+        with pytest.raises(Stopped):
+            next(engine.wait(stop))
 
 
 def run_cli(*args, cwd):

@@ -7,6 +7,8 @@
         # A/B of config values, interleaved in one process: medians of alternating windows
     python benchmarks/step_speed.py --no-table --ab model.attn_impl=explicit,auto --fuse-on-cpu
         # fused (jax.nn.dot_product_attention) vs explicit attention, which auto skips on CPU
+    python benchmarks/step_speed.py --no-table --profile laptop
+        # where a step's time goes: XLA kernel time per model site, forward and backward
 
 Prints one row per configuration; medians over --repeats timed windows after a warm-up.
 """
@@ -14,10 +16,15 @@ Prints one row per configuration; medians over --repeats timed windows after a w
 from __future__ import annotations
 
 import argparse
+import collections
+import gzip
+import json
+import re
 import resource
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Dict, List, Sequence
 
 import jax
@@ -115,6 +122,46 @@ def ab(key: str, values: List[str], size: tuple, batch: int, seq: int, steps: in
               f"x{mc / base_cpu:.3f}   compile {runs[v][4]:.1f} s  XLA temp {temp_mb:.0f} MB")
 
 
+def kernel_sites(hlo_text: str) -> Dict[str, str]:
+    """Each compiled instruction's model site: its op_name with the block number and autodiff's
+    wrappers taken out, prefixed fwd or bwd (autodiff's transpose) or step (optimizer, loss)."""
+    sites = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r'\s+(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]+)"', line)
+        if not m:
+            continue
+        op = m.group(2).split("/", 1)[-1]
+        where = "bwd" if "transpose(jvp(" in op else "fwd" if "jvp(" in op else "step"
+        op = re.sub(r"transpose\(jvp\((\w+)\)\)|jvp\((\w+)\)", r"\1\2", op)
+        sites[m.group(1)] = f"{where} {re.sub(r'block_[0-9]+', 'block_N', op)}"
+    return sites
+
+
+def profile(size: tuple, batch: int, seq: int, steps: int, dtype: str, top: int) -> None:
+    """XLA's kernel time per model site over `steps` steps (jax.profiler's trace), largest
+    first: which ops a step's time goes to, and how much of the wall time is kernels at all."""
+    name, d, n_layers, n_heads, vocab = size
+    step, state, hp, batches, _ = setup(d, n_layers, n_heads, vocab, batch, seq, dtype)
+    sites = kernel_sites(step.as_text())
+    with tempfile.TemporaryDirectory() as trace_dir:
+        t = time.perf_counter()
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            state, _, _ = timed_window(step, state, hp, batches, steps)
+        wall = (time.perf_counter() - t) / steps
+        trace = next(Path(trace_dir).rglob("perfetto_trace.json.gz"))
+        events = json.load(gzip.open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    per_site: Dict[str, float] = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in sites:
+            per_site[sites[e["name"]]] += e["dur"] / 1e3 / steps
+    total = sum(per_site.values())
+    print(f"\nprofile, {name}, batch {batch} x {seq}, {dtype}: {wall * 1e3:.1f} ms/step wall "
+          f"(under the profiler), {total:.1f} ms/step in XLA kernels (summed over threads)")
+    for site, ms in sorted(per_site.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {ms:7.2f} ms  {ms / total * 100:4.1f}%  {site}")
+
+
 def probe_overhead(steps: int, log_every: int) -> None:
     """Whole training loop (laptop preset, stdlib bytes) with probes on vs off."""
     from proxies.train import train
@@ -170,6 +217,9 @@ def main() -> None:
     ap.add_argument("--ab-size", action="append", default=[],
                     help="substring of a size's name for --ab (default: the laptop preset)")
     ap.add_argument("--ab-repeats", type=int, default=21)
+    ap.add_argument("--profile", action="append", default=[], metavar="SIZE",
+                    help="XLA kernel time per model site for a size (substring of its name)")
+    ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--fuse-on-cpu", action="store_true",
                     help="let model.attn_impl=auto take the fused path on CPU too")
     args = ap.parse_args()
@@ -190,6 +240,9 @@ def main() -> None:
             size = next(sz for sz in SIZES if want in sz[0])
             ab(key, values.split(","), size, args.batch, args.seq, args.steps, args.ab_repeats,
                args.dtype)
+    for want in args.profile:
+        size = next(sz for sz in SIZES if want in sz[0])
+        profile(size, args.batch, args.seq, args.steps, args.dtype, args.profile_top)
     if args.probe_overhead:
         probe_overhead(args.overhead_steps, args.log_every)
     if args.dynamics_overhead:

@@ -217,7 +217,8 @@ def joblib_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
 # A worker with one core runs XLA single-threaded: on 2 cores, two such runs side by side beat
 # the same two multi-threaded runs one after another (benchmarks/sweep_workers.py). Single- and
 # multi-threaded XLA sum in different orders, so their float32 results differ in the last bits;
-# results do not depend on the number of workers.
+# results do not depend on the number of workers. Keep it last in XLA_FLAGS: XLA's parser
+# ignores whatever follows the bare `intra_op_parallelism_threads=1`.
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 

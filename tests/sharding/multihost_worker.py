@@ -2,11 +2,13 @@
 test_multi_host.py: python multihost_worker.py PROCESS_ID PORT OUT_DIR CORPUS CACHE [STOP_AFTER]."""
 
 import os
+import re
 import sys
 from pathlib import Path
 
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
-                                    "--xla_force_host_platform_device_count=4"]).strip()
+# First: XLA ignores flags after a bare `intra_op_parallelism_threads=1` (proxies/launch.py).
+_others = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {_others}".strip()
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import jax  # noqa: E402

@@ -359,9 +359,12 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
 
 def seed_spread(df: pd.DataFrame) -> float:
     """The median over series of LR sensitivity's standard deviation over seeds: how much a
-    change of seed alone moves the statistic the verdicts compare (NaN for one seed)."""
+    change of seed alone moves the statistic the verdicts compare (NaN for one seed, and for a
+    part with one LR, whose LR sensitivity is 0 by construction)."""
     from sweeps.panels import SEED, seed_mean, series_stats
     if SEED not in df.columns or df[SEED].nunique() < 2 or "final_eval_ce" not in df.columns:
+        return float("nan")
+    if df.groupby(series_keys(df), dropna=False)["optim.lr"].nunique().max() < 2:
         return float("nan")
     toggles = [k for k in series_keys(df) if k not in SIZE_KEYS and k != SEED]
     sd = seed_mean(series_stats(df, toggles), toggles)["lr_sensitivity_sd"]

@@ -357,3 +357,13 @@ def test_default_vs_none_every_outcome(none_minus_default, expected):
     df = table(rows(R, False, extra=none), rows(R, True, extra=default))
     reproduced, why, _ = st.judge({"main": df}, LAPTOP)
     assert reproduced == expected, why
+
+
+def test_seed_spread_is_the_seeds_sd_of_lr_sensitivity_and_none_for_one_lr():
+    from sweeps.core import seed_spread
+    # Seed 1's LR sensitivity is 0.03 above seeds 0 and 2's at every size: sd over 3 seeds 0.0173.
+    df = table(rows(QK, True, extra=raise_sens([0.03] * 3, lambda s: float(s == 1))))
+    assert seed_spread(df) == pytest.approx(np.std([0.0, 0.03, 0.0], ddof=1), rel=1e-6)
+    assert seed_spread(table(rows(QK, True))) == pytest.approx(0.0, abs=1e-12)
+    one_lr = table(rows(QK, True, lrs=[TOP], extra=lambda i, s, lr: 0.1 * s))
+    assert np.isnan(seed_spread(one_lr))  # LR sensitivity over one LR is 0 by construction

@@ -225,15 +225,18 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         ax.axvline(ref, color="gray", ls=":", lw=1)
         ax.annotate(text, (ref, 0.5), xycoords=("data", "axes fraction"), fontsize=7,
                     rotation=90, ha="right", va="center")
-    for (lo, hi), c in ((st["onset"], "C1"), (st["cross"], "C0")):
-        if np.isfinite(lo):
-            ax.axvspan(lo, hi if np.isfinite(hi) else lo, color=c, alpha=0.25)
+    for (lo, hi), c, ls, name in ((st["onset"], "C1", "-", "measured onset"),
+                                  (st["cross"], "C0", "--", "measured bigram crossing")):
+        if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+            ax.axvspan(lo, hi, color=c, alpha=0.25, label=f"{name} (bracket)")
+        elif np.isfinite(lo):  # a bracket of one grid point: a line, which a zero-width span is not
+            ax.axvline(lo, color=c, ls=ls, lw=2, alpha=0.8, label=name)
     log_axes(ax)
     ax.set_xlabel("κ (planted max attention logit)")
     ax.set_ylabel("final eval loss")
     ax.set_title(f"κ experiment, {P.size_label(float(t['kappa']['n_params_nonembed'].max()))} "
-                 f"params, LR {s.kappa_lr:g} (grey: ×{NEAR:.3g} bands; orange/blue: measured "
-                 "onset / crossing)", fontsize=8)
+                 f"params, LR {s.kappa_lr:g} (grey: ×{NEAR:.3g} bands around the paper's "
+                 "values)", fontsize=8)
     ax.legend(fontsize=7)
     ax = axs[1]
     logits = P.with_seed(t["kappa"]).groupby(K)["max_attn_logit"].mean()

@@ -39,7 +39,7 @@ from proxies.model import mlp_hidden
 from proxies.results import TABLE, update_table
 from proxies.rundir import SUMMARY, RunDir, atomic_write_text, read_summary_file, take_lock
 from proxies.sharding import initialize_distributed
-from proxies.stopping import Stopped, stop_requests
+from proxies.stopping import stop_requests
 from proxies.tracking import log_sweep
 from proxies.train import CONFIG_DIR, group_key, run_name, train_group
 
@@ -406,8 +406,7 @@ def train_in_process(groups: List[List[Point]], out: Path, n_runs: int) -> None:
                 train_group([run for _, run in g], swept=[v for v, _ in g], vmap=len(g) > 1)
                 update_table(out)
                 bar.update(len(g))
-                if stop.requested:  # arrived as the group finished its last step
-                    raise Stopped(stop.requested)
+                stop.check()  # a signal that arrived as the group finished its last step
         finally:
             bar.close()
             update_table(out)  # what finished is in the table, whatever stopped the sweep

@@ -6,25 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
-from analysis.report import analyze
+from analysis.report import analyze, print_report
 from proxies.config import DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
-
-
-def print_report(rep, report_md: Path) -> None:
-    with pd.option_context("display.width", 160, "display.max_columns", 30):
-        fmt = lambda x: f"{x:.4g}"  # noqa: E731
-        if not rep.series.empty:
-            print(rep.series.to_string(index=False, float_format=fmt))
-        if not rep.predictions.empty:
-            cols = [c for c in rep.predictions.columns if not c.startswith("coef")]
-            print("\nattention-logit growth, extrapolated:")
-            print(rep.predictions[cols].to_string(index=False, float_format=fmt))
-    for n in rep.notes:
-        print(f"note: {n}")
-    print(f"report: {report_md}")
 
 
 def main(argv=None) -> None:

@@ -6,8 +6,9 @@ The report follows the analysis report (analysis/report.py): LR vs final loss pe
 setting, LR sensitivity vs params, max attention logit per layer over training, log Z over
 training, gradient and update RMS vs ε, loss curves, each with the text of its analysis table.
 A paper script's result directory (`runs/repro/<result>-<scale>/`) gets the paper figure's
-panels instead, declared as `DASHBOARD` in its `sweeps/<result>.py`; one of its parts' sweep
-directories gets its sweep report with that figure first.
+panels instead, declared as `DASHBOARD` in its `sweeps/<result>.py` and recorded in the
+result's plan.json; one of its parts' sweep directories gets its sweep report with that figure
+first.
 
 Every panel shows the runs of a run set bound to the sweep: W&B group `wandb_group(sweep_dir)`,
 or one of the run ids of its grid points (runs are shared between sweeps, and a reused run
@@ -22,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import os
-import pkgutil
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ from analysis.report import _md_table, attn_predictions, eps_table, select, seri
 from proxies import metric_names as M
 from proxies.config import DEFAULT_TARGETS, DEFAULT_THRESHOLD, WandbConfig
 from proxies.rundir import CONFIG, METRICS, atomic_write_text, read_config_file
+from proxies.tracking import run_id, series_name
 
 STEP = "Step"  # W&B's name for the x axis of history panels
 REPORT_JSON = "wandb_report.json"
@@ -53,10 +53,7 @@ INSTALL_HINT = ("wandb-workspaces is not installed; pip install -e '.[dashboards
                 "(or pip install wandb-workspaces)")
 LOGIN_HINT = ("not logged in to W&B: run `wandb login` or set WANDB_API_KEY, or pass --dry-run "
               "to write the dashboard definitions without W&B")
-# sweeps/ modules that are not a paper result
-NON_RESULT_MODULES = ("core", "panels", "all", "docs")
 GREY = "#9e9e9e"  # a run with no value to colour by
-SIZE_LETTERS = {"model.d_model": "d", "model.n_layers": "L", "model.n_heads": "H"}
 SWEEP_RECORD = "sweep"  # job_type of a sweep's own W&B record (results table, analysis files)
 
 
@@ -98,6 +95,18 @@ class PanelSpec:
     def ys(self) -> Tuple[str, ...]:
         return (self.y,) if isinstance(self.y, str) else tuple(self.y)
 
+    def to_json(self) -> Dict[str, Any]:
+        """As a paper result's plan.json records it (sweeps/core.py: write_plan)."""
+        d = asdict(self)
+        d["where"] = {k: plain(v) for k, v in self.where.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "PanelSpec":
+        y = d["y"]
+        return cls(**{**d, "y": y if isinstance(y, str) else tuple(y),
+                      "split": tuple(d.get("split", ()))})
+
 
 def lr_vs_loss(title: str = "LR vs final eval loss", split: Tuple[str, ...] = (),
                where: Optional[Mapping[str, Any]] = None, part: str = "") -> PanelSpec:
@@ -116,47 +125,48 @@ def sensitivity_vs_params(title: str = "LR sensitivity vs non-embedding params",
 
 # ----------------------------------------------- W&B names the logging side and panels share
 
+PLAN = "plan.json"  # a paper result's record of its parts and panels (sweeps/core.py)
+
+
+def read_plan(result_dir: Path) -> Optional[Dict[str, Any]]:
+    try:
+        plan = json.loads((result_dir / PLAN).read_text())
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) and {"result", "scale", "parts"} <= plan.keys() else None
+
+
 def paper_result_of(sweep_dir: Path) -> Optional[Tuple[str, str]]:
-    """(result, scale) when `sweep_dir` is a paper script's result directory
-    `<root>/repro/<result>-<scale>/` (sweeps/core.py: result_dir), else None."""
-    result, _, scale = sweep_dir.name.rpartition("-")
-    if result in paper_modules() and scale in ("tiny", "laptop", "gpu", "paper"):
-        return result, scale
-    return None
+    """(result, scale) when `sweep_dir` is a paper script's result directory (it holds the
+    plan.json the script writes), else None."""
+    plan = read_plan(sweep_dir)
+    return (str(plan["result"]), str(plan["scale"])) if plan else None
 
 
 def paper_part_of(sweep_dir: Path) -> Optional[Tuple[str, str, str]]:
-    """(result, scale, part) when `sweep_dir` is a part of a paper result: the sweep name in its
-    sweep.yaml is `<result>-<part>` (sweeps/core.py: part_config) inside `<result>-<scale>/`."""
-    parent = paper_result_of(sweep_dir.parent)
-    if parent is None or sweep_name(sweep_dir) != f"{parent[0]}-{sweep_dir.name}":
+    """(result, scale, part) when `sweep_dir` is one of the parts its parent's plan.json
+    lists."""
+    plan = read_plan(sweep_dir.parent)
+    if plan is None or sweep_dir.name not in plan["parts"]:
         return None
-    return parent[0], parent[1], sweep_dir.name
+    return str(plan["result"]), str(plan["scale"]), sweep_dir.name
 
 
 def wandb_group(sweep_dir: Path) -> str:
-    """The W&B group of a sweep's runs: the sweep directory's name; a paper part's directory
-    name (`main`, `eps`) is not unique, so it is prefixed by its result directory's
-    (`qk_layernorm-laptop-main`)."""
+    """The W&B group of a sweep's runs, as the sweep recorded it (`wandb.group` in sweep.yaml:
+    the sweep directory's name, or a paper part's `<result dir>-<part>`). A sweep recorded
+    before the group was, falls back to those names."""
     sweep_dir = Path(os.path.normpath(Path(sweep_dir).absolute()))
+    try:
+        recorded = yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        recorded = {}
+    group = (recorded.get("wandb") or {}).get("group")
+    if group:
+        return str(group)
     if paper_part_of(sweep_dir):
         return f"{sweep_dir.parent.name}-{sweep_dir.name}"
     return sweep_dir.name
-
-
-def series_name(swept: Mapping[str, Any]) -> str:
-    """A grid point's series (its swept values but the LR), the W&B job_type its run logs:
-    `d64L2H2 qk_layernorm=False`; `base` when only the LR was swept. The same words as
-    proxies/sweep.py's series_label, which sets the job_type; the two must agree."""
-    size = "".join(f"{SIZE_LETTERS[k]}{v}" for k, v in swept.items() if k in SIZE_LETTERS)
-    toggles = " ".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items()
-                       if k != "optim.lr" and k not in SIZE_LETTERS)
-    return " ".join(p for p in (size, toggles) if p) or "base"
-
-
-def run_id(run_dir: str) -> str:
-    """A run's W&B id: its run directory's name (proxies/tracking.py: Tracker)."""
-    return Path(os.path.normpath(run_dir)).name
 
 
 def js_number(x: float) -> str:
@@ -212,12 +222,6 @@ def load_view(sweep_dir: Path) -> SweepView:
     df["series"] = df["run_dir"].map(lambda r: series_name(swept.get(r, {})))
     df["size"] = 12.0 * df["model.n_layers"].astype(float) * df["model.d_model"].astype(float) ** 2
     return SweepView(sweep_dir, wandb_group(sweep_dir), df)
-
-
-def paper_modules() -> List[str]:
-    import sweeps
-    return [m.name for m in pkgutil.iter_modules(sweeps.__path__)
-            if m.name not in NON_RESULT_MODULES]
 
 
 def is_sweep_dir(d: Path) -> bool:
@@ -427,17 +431,14 @@ def sweep_report(view: SweepView) -> ReportPlan:
                       [intro, *sweep_sections(view, text)])
 
 
-def paper_specs(result: str, scale: str) -> List[PanelSpec]:
-    """The `DASHBOARD` of sweeps/<result>.py: a list, or a function of the scale's ScaleSpec."""
-    module = importlib.import_module(f"sweeps.{result}")
-    decl = getattr(module, "DASHBOARD", None)
-    if decl is None:
-        raise DashboardError(f"sweeps/{result}.py declares no DASHBOARD panels; add them "
-                             "(a list of analysis.dashboard.PanelSpec)")
-    if callable(decl):
-        from sweeps.core import SPECS
-        return list(decl(SPECS[scale]))
-    return list(decl)
+def paper_specs(result_dir: Path) -> List[PanelSpec]:
+    """The panels a paper script recorded in its result's plan.json (its `DASHBOARD`)."""
+    plan = read_plan(result_dir) or {}
+    if "dashboard" not in plan:
+        raise DashboardError(f"{result_dir / PLAN} records no dashboard panels (written before "
+                             f"they were); rerun python -m sweeps.{plan.get('result', '<result>')} "
+                             f"scale={plan.get('scale', '<scale>')} --dry-run to record them")
+    return [PanelSpec.from_json(d) for d in plan["dashboard"]]
 
 
 def part_views(result_dir: Path) -> Dict[str, SweepView]:
@@ -460,7 +461,7 @@ def verdict_text(result_dir: Path) -> str:
 def paper_section(result: str, scale: str, result_dir: Path,
                   views: Mapping[str, SweepView]) -> Section:
     return Section(f"Paper figure: {result} ({scale})", verdict_text(result_dir),
-                   grids_for(paper_specs(result, scale), views))
+                   grids_for(paper_specs(result_dir), views))
 
 
 def paper_report(result_dir: Path, result: str, scale: str,

@@ -31,7 +31,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from analysis.dynamics import EmergenceFit, fit_emergence  # noqa: E402
+from analysis.emergence import EmergenceFit, fit_emergence  # noqa: E402
 from proxies.rundir import (  # noqa: E402
     CONFIG, DYNAMICS, METRICS, hist_files, read_config_file, read_dynamics, read_metrics)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -282,3 +283,31 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
     preds.to_csv(out / "attn_predictions.csv", index=False)
     eps_tab.to_csv(out / "eps_crossover.csv", index=False)
     return Report(tab, preds, eps_tab, notes, figs)
+
+
+def print_report(rep, report_md: Path) -> None:
+    with pd.option_context("display.width", 160, "display.max_columns", 30):
+        fmt = lambda x: f"{x:.4g}"  # noqa: E731
+        if not rep.series.empty:
+            print(rep.series.to_string(index=False, float_format=fmt))
+        if not rep.predictions.empty:
+            cols = [c for c in rep.predictions.columns if not c.startswith("coef")]
+            print("\nattention-logit growth, extrapolated:")
+            print(rep.predictions[cols].to_string(index=False, float_format=fmt))
+    for n in rep.notes:
+        print(f"note: {n}")
+    print(f"report: {report_md}")
+
+
+def run_sensitivity(table: pd.DataFrame) -> Dict[str, float]:
+    """LR sensitivity of each finished run's series, by the table's run_dir (what the sweep's
+    W&B record writes into each run's summary)."""
+    done = finished(table)
+    if done.empty or done["optim.lr"].nunique() < 2:
+        return {}
+    keys = series_keys(table)
+    sens = series_table(table)[keys + ["lr_sensitivity"]]
+    merged = done.merge(sens, on=keys, how="inner") if keys else done.assign(
+        lr_sensitivity=sens["lr_sensitivity"].iloc[0])
+    return {str(r): float(s) for r, s in zip(merged["run_dir"], merged["lr_sensitivity"])
+            if s is not None and math.isfinite(s)}

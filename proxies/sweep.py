@@ -26,9 +26,6 @@ import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from analysis.__main__ import print_report
-from analysis.dashboard import series_name, wandb_group
-from analysis.report import analyze
 from proxies.cli import one_line_errors, run_cli
 from proxies.config import (Config, ConfigError, DataSource, MlpKind, PosEmb,  # noqa: F401
                             SweepConfig, SweepRoot, VmapMode, config_hash, register_configs,
@@ -40,7 +37,7 @@ from proxies.results import TABLE, update_table
 from proxies.rundir import SUMMARY, RunDir, atomic_write_text, read_summary_file, take_lock
 from proxies.sharding import initialize_distributed
 from proxies.stopping import stop_requests
-from proxies.tracking import log_sweep
+from proxies.tracking import series_name
 from proxies.train import CONFIG_DIR, group_key, run_name, train_group
 
 SWEEP_LOCK = ".sweep.lock"
@@ -298,12 +295,15 @@ def print_plan(name: str, points: List[Point], table: bool = True) -> Dict[str, 
 
 def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None,
               launcher: Optional[Launcher] = None) -> Tuple[Path, pd.DataFrame]:
-    """Train every missing run of the grid, write the sweep directory, analyse it. With a
-    launcher (`hydra/launcher=...`) the groups run as its jobs (proxies/launch.py); a failed job
-    leaves the table written and raises `JobsFailed`, without the analysis."""
+    """Train every missing run of the grid and write the sweep directory: sweep.yaml (the
+    resolved config, its W&B group included), runs.json and the results table. With a launcher
+    (`hydra/launcher=...`) the groups run as its jobs (proxies/launch.py); a failed job leaves
+    the table written and raises `JobsFailed`. The analysis reads the directory afterwards
+    (`python -m analysis`; `python -m proxies.sweep` runs it as its end-of-job callback)."""
     points = expand_grid(cfg) if points is None else points
     out = sweep_dir(cfg, points)
-    label_runs(points, out, cfg)
+    cfg.wandb.group = cfg.wandb.group or out.name
+    label_runs(points, cfg)
     if cfg.sweep.dry_run:
         print_plan(f"sweep {cfg.sweep.name} (dry run, nothing trained)", points)
         return out, pd.DataFrame()
@@ -322,20 +322,14 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None,
         raise JobsFailed(f"{len(failures)} job(s) failed; table {out / TABLE} holds what "
                          "finished, no analysis")
     print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {out / TABLE}")
-    if cfg.sweep.analysis:
-        rep = analyze(out, list(cfg.sweep.target_params), cfg.sweep.threshold,
-                      tuple(cfg.sweep.lr_range), hold_out=list(cfg.sweep.hold_out))
-        print_report(rep, out / "analysis" / "report.md")
-    log_sweep(out, wandb_group(out), base_config(cfg).wandb, df)
     return out, df
 
 
-def label_runs(points: List[Point], out: Path, cfg: DictConfig) -> None:
-    """W&B names of each run: group = the sweep directory's (analysis.dashboard.wandb_group),
-    job type = its series (the dashboards group by both), a
-    readable name with the LR, the experiment's name as a tag, the analysis threshold as the
-    attention-logit alert. None of it is in a run's identity."""
-    group = wandb_group(out)
+def label_runs(points: List[Point], cfg: DictConfig) -> None:
+    """W&B names of each run: group = the sweep's (`wandb.group`), job type = its series (the
+    dashboards group by both), a readable name with the LR, the experiment's name as a tag, the
+    analysis threshold as the attention-logit alert. None of it is in a run's identity."""
+    group = cfg.wandb.group
     for values, run in points:
         w = run.wandb
         w.group = w.group or group
@@ -442,13 +436,15 @@ def apply_axes_replacement(cfg: DictConfig, value: Any) -> None:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> Optional[Path]:
+    """The sweep directory, for the end-of-job callbacks in configs/sweep.yaml (the analysis)."""
     with one_line_errors():
         initialize_distributed(cfg.mesh)  # a multi-host sweep (groups share all the hosts)
         if _AXES_REPLACEMENT:
             apply_axes_replacement(cfg, _AXES_REPLACEMENT[0])
         try:
-            run_sweep(cfg, launcher=from_hydra())
+            out, _ = run_sweep(cfg, launcher=from_hydra())
+            return None if cfg.sweep.dry_run else out
         except JobsFailed as e:  # each failed job has had its line already
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

@@ -7,11 +7,10 @@ is imported only when used.
 from __future__ import annotations
 
 import json
-import math
 import netrc
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 from proxies.config import WandbConfig, WandbMode, unhandled
 from proxies.metric_names import STEP
@@ -41,6 +40,23 @@ def wandb_mode(cfg: WandbConfig) -> tuple[str, Optional[str]]:
         return "online", None
     return "disabled", ("W&B disabled (no credentials); local records only. "
                         "Set wandb.mode=offline to also write W&B files.")
+
+
+SIZE_LETTERS = {"model.d_model": "d", "model.n_layers": "L", "model.n_heads": "H"}
+
+
+def series_name(swept: Mapping[str, Any]) -> str:
+    """A grid point's series (its swept values but the LR), the W&B job_type its run logs and
+    the dashboards group by: `d64L2H2 qk_layernorm=False`; `base` when only the LR was swept."""
+    size = "".join(f"{SIZE_LETTERS[k]}{v}" for k, v in swept.items() if k in SIZE_LETTERS)
+    toggles = " ".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items()
+                       if k != "optim.lr" and k not in SIZE_LETTERS)
+    return " ".join(p for p in (size, toggles) if p) or "base"
+
+
+def run_id(run_dir: str | Path) -> str:
+    """A run's W&B id: its run directory's name (a resumed run continues its W&B run)."""
+    return Path(os.path.normpath(run_dir)).name
 
 
 def swept_config(swept: Dict[str, Any]) -> Dict[str, Any]:
@@ -88,26 +104,12 @@ class Tracker:
             self._wandb = None
 
 
-def series_sensitivity(table: "pd.DataFrame") -> Dict[str, float]:
-    """LR sensitivity of each run's series, by the table's run_dir (finished series only)."""
-    from analysis.load import finished, series_keys
-    from analysis.report import series_table
-
-    done = finished(table)
-    if done.empty or done["optim.lr"].nunique() < 2:
-        return {}
-    keys = series_keys(table)
-    sens = series_table(table)[keys + ["lr_sensitivity"]]
-    merged = done.merge(sens, on=keys, how="inner") if keys else done.assign(
-        lr_sensitivity=sens["lr_sensitivity"].iloc[0])
-    return {str(r): float(s) for r, s in zip(merged["run_dir"], merged["lr_sensitivity"])
-            if s is not None and math.isfinite(s)}
-
-
-def log_sweep(sweep_dir: Path, group: str, wandb_cfg: WandbConfig, table: "pd.DataFrame") -> bool:
+def log_sweep(sweep_dir: Path, group: str, wandb_cfg: WandbConfig, table: "pd.DataFrame",
+              sensitivity: Mapping[str, float]) -> bool:
     """The sweep-level W&B record: the results table, the analysis folder (report.md and
-    figures) as an artifact, and each run's series LR sensitivity in its W&B summary. Logged
-    once per state of the table: again only when a rerun finished more runs. True if logged."""
+    figures) as an artifact, and each run's series LR sensitivity (by the table's run_dir) in
+    its W&B summary. Logged once per state of the table: again only when a rerun finished more
+    runs. True if logged."""
     mode, _ = wandb_mode(wandb_cfg)
     if mode == "disabled":
         return False
@@ -131,11 +133,11 @@ def log_sweep(sweep_dir: Path, group: str, wandb_cfg: WandbConfig, table: "pd.Da
                 artifact.add_file(str(f))
         run.log_artifact(artifact)
     run.finish()
-    for run_dir, sensitivity in series_sensitivity(table).items():
+    for run_dir, value in sensitivity.items():
         path = sweep_dir / run_dir  # the table's run_dir is relative to the sweep dir
         r = wandb.init(project=wandb_cfg.project, id=path.name, resume="allow", mode=mode,
                        dir=str(path), settings=wandb.Settings(silent=True))
-        r.summary["lr_sensitivity"] = sensitivity
+        r.summary["lr_sensitivity"] = value
         r.finish()
     analysis.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"state": state}) + "\n")

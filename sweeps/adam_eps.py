@@ -330,7 +330,7 @@ DASHBOARD = [
     PanelSpec("final eval loss vs ε", "summary:final_eval_ce", x="config:optim.eps", log_x=True,
               part="eps")]
 
-RESULT = Result("adam_eps", CLAIM, parts, judge, figure)
+RESULT = Result("adam_eps", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

@@ -21,7 +21,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, get_args
+from typing import (Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union,
+                    get_args)
 
 from omegaconf import OmegaConf
 
@@ -34,7 +35,9 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from analysis.dashboard import PanelSpec  # noqa: E402
 from analysis.load import SIZE_KEYS, load_sweep, series_keys  # noqa: E402
+from analysis.sweep_end import after_sweep  # noqa: E402
 from proxies.cli import run_cli  # noqa: E402
 from proxies.config import DEFAULT_TARGETS, ConfigError, to_plain  # noqa: E402
 from proxies.sweep import (Point, apply_axes_replacement, expand_grid, print_plan,  # noqa: E402
@@ -214,6 +217,11 @@ class Result:
     parts: Callable[[ScaleSpec], List[Part]]
     judge: Callable[[Tables, ScaleSpec], Tuple[Reproduced, str, Dict[str, Any]]]
     figure: Callable[[Tables, ScaleSpec], plt.Figure]
+    # W&B panels of the paper figure (python -m analysis.dashboard reads them from plan.json)
+    dashboard: Union[Sequence[PanelSpec], Callable[[ScaleSpec], Sequence[PanelSpec]]]
+
+    def panels(self, spec: ScaleSpec) -> List[PanelSpec]:
+        return list(self.dashboard(spec) if callable(self.dashboard) else self.dashboard)
 
 
 def merge(*trees: Dict[str, Any]) -> Dict[str, Any]:
@@ -241,6 +249,8 @@ def part_config(result: Result, part: Part, scale: str, overrides: Sequence[str]
         cfg = compose("sweep", overrides=[f"+repro={name}", *rest])
     apply_axes_replacement(cfg, axes)
     cfg.sweep.dir = str(result_dir(cfg, result, scale) / part.name)
+    # The parts of every result are called main, eps, ...: their W&B group names the result too.
+    cfg.wandb.group = cfg.wandb.group or f"{result_dir(cfg, result, scale).name}-{part.name}"
     return cfg
 
 
@@ -284,8 +294,10 @@ def write_plan(p: Plan) -> Path:
                                                        enum_to_str=True), "runs": runs}
     out = p.out
     out.mkdir(parents=True, exist_ok=True)
+    panels = [s.to_json() for s in p.result.panels(SPECS[p.scale])]
     (out / "plan.json").write_text(json.dumps({"result": p.result.name, "scale": p.scale,
-                                               "claim": p.result.claim, "parts": parts},
+                                               "claim": p.result.claim, "parts": parts,
+                                               "dashboard": panels},
                                               indent=1, default=_jsonable) + "\n")
     return out / "plan.json"
 
@@ -307,7 +319,8 @@ def execute(p: Plan) -> Verdict:
     """Train what is missing, then analyse each part, judge, draw and write the result dir."""
     t0 = time.time()
     for name, cfg in p.configs.items():
-        run_sweep(cfg, p.points[name])
+        out, _ = run_sweep(cfg, p.points[name])
+        after_sweep(out)  # the part's own report and W&B record
     return conclude(p, load_tables(p), time.time() - t0)
 
 

@@ -71,7 +71,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
 # The figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
 DASHBOARD = [lr_vs_loss(split=(R,)), sensitivity_vs_params()]
 
-RESULT = Result("default_vs_none", CLAIM, parts, judge, figure)
+RESULT = Result("default_vs_none", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

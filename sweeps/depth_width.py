@@ -268,7 +268,7 @@ def DASHBOARD(s: ScaleSpec) -> list[PanelSpec]:
             sensitivity_vs_params()]
 
 
-RESULT = Result("depth_width", CLAIM, parts, judge, figure)
+RESULT = Result("depth_width", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

@@ -259,7 +259,7 @@ DASHBOARD = [
               log_y=True, part="kappa"),
     lr_vs_loss("bigram model (0 layers): LR vs final eval loss", part="bigram")]
 
-RESULT = Result("kappa", CLAIM, parts, judge, figure)
+RESULT = Result("kappa", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

@@ -328,7 +328,7 @@ DASHBOARD = [
     PanelSpec("block 0's max attention logit over training, held-out size",
               M.per_layer(M.ATTN_MAX_LOGIT, 0), log_y=True, largest=True)]
 
-RESULT = Result("logit_prediction", CLAIM, parts, judge, figure)
+RESULT = Result("logit_prediction", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

@@ -246,7 +246,7 @@ def draw_row(axs: Sequence[plt.Axes], df: pd.DataFrame, title: str) -> None:
 DASHBOARD = [lr_vs_loss(split=(MP,)),
              sensitivity_vs_params("LR sensitivity vs width", x="config:model.d_model")]
 
-RESULT = Result("mup", CLAIM, parts, judge, figure)
+RESULT = Result("mup", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

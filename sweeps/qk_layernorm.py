@@ -176,7 +176,7 @@ DASHBOARD = [lr_vs_loss(split=(QK,)), sensitivity_vs_params(),
              PanelSpec("max attention logit vs LR", "summary:max_attn_logit", x="config:optim.lr",
                        log_x=True, log_y=True, colour="setting")]
 
-RESULT = Result("qk_layernorm", CLAIM, parts, judge, figure)
+RESULT = Result("qk_layernorm", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

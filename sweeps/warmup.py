@@ -120,7 +120,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
 # The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
 DASHBOARD = [lr_vs_loss(split=(W,)), sensitivity_vs_params()]
 
-RESULT = Result("warmup", CLAIM, parts, judge, figure)
+RESULT = Result("warmup", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

@@ -139,7 +139,7 @@ DASHBOARD = [lr_vs_loss("LR vs final eval loss, coupled λ=0.1", part="coupled")
              sensitivity_vs_params("LR sensitivity over [3e-4, 3e-1], independent",
                                    part="independent")]
 
-RESULT = Result("weight_decay", CLAIM, parts, judge, figure)
+RESULT = Result("weight_decay", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

@@ -232,7 +232,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
 DASHBOARD = [lr_vs_loss(split=(Z,), part="main"), sensitivity_vs_params(part="main"),
              PanelSpec("log Z over a long run at LR 0.1", LOG_Z, split=(Z,), part="late")]
 
-RESULT = Result("z_loss", CLAIM, parts, judge, figure)
+RESULT = Result("z_loss", CLAIM, parts, judge, figure, DASHBOARD)
 
 if __name__ == "__main__":
     main(RESULT)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -16,27 +18,62 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from proxies.config import Config
+from proxies.launch import SINGLE_THREAD_XLA
+
+# Under pytest-xdist (one test process per core) each process computes on one thread, as sweep
+# workers do: XLA's pool threads would otherwise spin for cores the other processes hold. Set
+# before JAX starts its backend; the CLI subprocesses of the tests inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}".strip()
 
 WORDS = ("the model learns attention logits grow with the learning rate while qk layernorm keeps "
          "them bounded and z loss keeps the softmax normalizer near zero so training stays "
          "stable at small scale").split()
 
 
-@pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory) -> Path:
-    """Twenty small text files of pseudo-English (about 60 KB)."""
-    d = tmp_path_factory.mktemp("corpus")
+def xdist_worker(config: pytest.Config) -> str:
+    """gw0, gw1, ... under pytest-xdist; "master" in a one-process run."""
+    return getattr(config, "workerinput", {}).get("workerid", "master")
+
+
+def write_corpus(d: Path) -> None:
+    """Twenty small text files of pseudo-English (about 60 KB) in `d`."""
     rng = random.Random(0)
     for i in range(20):
         lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15))) + "."
                  for _ in range(40)]
         (d / f"doc_{i:02d}.txt").write_text("\n".join(lines) + "\n")
+
+
+def shared_dir(request, tmp_path_factory, name: str, fill=lambda d: None) -> Path:
+    """A session directory every test process sees. Under pytest-xdist it lies beside the
+    processes' own temp dirs, so the runs they train share data paths (and so run identities)
+    with the background sweeps; it is filled beside its place and renamed in, so a process
+    never reads it half-written (the first to rename wins; the copies are identical)."""
+    if xdist_worker(request.config) == "master":
+        d = tmp_path_factory.mktemp(name)
+        fill(d)
+        return d
+    d = tmp_path_factory.getbasetemp().parent / name
+    if not d.exists():
+        tmp = d.with_name(f"{name}.{os.getpid()}.tmp")
+        tmp.mkdir()
+        fill(tmp)
+        try:
+            tmp.rename(d)
+        except OSError:
+            shutil.rmtree(tmp)
     return d
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def corpus_dir(request, tmp_path_factory) -> Path:
+    return shared_dir(request, tmp_path_factory, "corpus", write_corpus)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(request, tmp_path_factory) -> Path:
+    return shared_dir(request, tmp_path_factory, "cache")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -80,36 +117,52 @@ def sweeps_tiny_args(root: Path, corpus: Path, cache: Path) -> List[str]:
 
 
 class Background:
-    """Commands run one after another in a thread, each one's output in files;
-    `result(name)` waits for one and gives (its root, what it printed)."""
+    """Commands run one after another in a thread, each one's output and exit code in files
+    under its root. One test process runs them (`run=True`); `result(name)`, in any test
+    process, waits for the code file and gives (its root, what it printed)."""
 
-    def __init__(self, jobs: Dict[str, Tuple[Path, List[str]]]):
-        self.jobs, self.done = jobs, {name: threading.Event() for name in jobs}
-        self.codes: Dict[str, Optional[int]] = {}
+    CODE = "exit_code"
+
+    def __init__(self, jobs: Dict[str, Tuple[Path, List[str]]], run: bool):
+        self.jobs = jobs
         self.proc: Optional[subprocess.Popen] = None
         self.stopped = False
-        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-        env["PYTHONIOENCODING"] = "utf-8"
-        self.thread = threading.Thread(target=self._run, args=(env,), daemon=True)
-        self.thread.start()
+        self.thread: Optional[threading.Thread] = None
+        if run:
+            env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+            env["PYTHONIOENCODING"] = "utf-8"
+            self.thread = threading.Thread(target=self._run, args=(env,), daemon=True)
+            self.thread.start()
 
     def _run(self, env: Dict[str, str]) -> None:
         for name, (root, argv) in self.jobs.items():
+            code = "not run"
             if not self.stopped:
                 with open(root / "stdout.txt", "w") as out, open(root / "stderr.txt", "w") as err:
                     self.proc = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=err,
                                                  env=env)
-                    self.codes[name] = self.proc.wait()
-            self.done[name].set()
+                    code = str(self.proc.wait())
+            tmp = root / f"{self.CODE}.tmp"
+            tmp.write_text(code)
+            tmp.rename(root / self.CODE)  # whole, for a reader in another process
 
     def result(self, name: str, timeout: float = 1800) -> Tuple[Path, str]:
-        assert self.done[name].wait(timeout), f"{name} still running after {timeout} s"
         root = self.jobs[name][0]
+        deadline = time.monotonic() + timeout
+        while not (root / self.CODE).exists():
+            assert time.monotonic() < deadline, f"{name} still running after {timeout} s"
+            time.sleep(1)
         err = (root / "stderr.txt").read_text(encoding="utf-8", errors="replace")
-        assert self.codes.get(name) == 0, f"{self.jobs[name][1][:2]} failed:\n{err[-3000:]}"
+        code = (root / self.CODE).read_text()
+        assert code == "0", f"{self.jobs[name][1][:2]} failed ({code}):\n{err[-3000:]}"
         return root, (root / "stdout.txt").read_text(encoding="utf-8")
 
-    def stop(self) -> None:
+    def finish(self, wait_s: float) -> None:
+        """Let the commands end within `wait_s` (another test process may read them), then
+        stop what is left."""
+        if self.thread is None:
+            return
+        self.thread.join(timeout=wait_s)
         self.stopped = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -121,24 +174,32 @@ def _sweeps_in_background(request, tmp_path_factory, corpus_dir, cache_dir, comp
     """`python -m sweeps.all scale=tiny`, then `python -m sweeps.dynamics scale=tiny`
     (tests/test_sweeps.py reads what they write): the suite's longest work, one process at a
     time. When a selected test asks for `sweeps_runs`, they start with the session's first test,
-    in the background, on the second core that the mostly single-threaded in-process tests leave
-    idle; the tests wait for them with `sweeps_runs.result(name)`."""
+    in the background of one test process (gw0 under pytest-xdist) and in a directory every
+    test process sees; the tests wait for them with `sweeps_runs.result(name)`."""
     if not any("sweeps_runs" in getattr(item, "fixturenames", ())
                for item in request.session.items):
         yield None
         return
     from proxies.data import load_dataset
-    base = tmp_path_factory.mktemp("repro")
-    # The corpus's token cache, written once here, before two processes could both write it.
-    load_dataset(tiny_cfg(base / "unused", corpus_dir, cache_dir).data)
+    me = xdist_worker(request.config)
+    temp = tmp_path_factory.getbasetemp()
+    base = (temp if me == "master" else temp.parent) / "repro-background"
+    runs_here = me in ("master", "gw0")
+    if runs_here:
+        # The corpus's token cache, written once here, before two processes could both write it.
+        load_dataset(tiny_cfg(base / "unused", corpus_dir, cache_dir).data)
     jobs = {}
     for name in ("all", "dynamics"):
-        (base / name).mkdir()
+        if runs_here:
+            (base / name).mkdir(parents=True)
         jobs[name] = (base / name, ["-m", f"sweeps.{name}",
                                     *sweeps_tiny_args(base / name, corpus_dir, cache_dir)])
-    bg = Background(jobs)
+    bg = Background(jobs, run=runs_here)
     yield bg
-    bg.stop()
+    # Under xdist the reader may be another process, still waiting: finish for it, unless
+    # the session is being stopped (Ctrl-C, -x after a failure).
+    stopping = request.session.shouldstop or request.session.shouldfail
+    bg.finish(wait_s=0 if me == "master" or stopping else 1800)
 
 
 @pytest.fixture(scope="session")

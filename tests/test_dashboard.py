@@ -207,6 +207,7 @@ def test_bad_sweep_dir_is_one_line(tmp_path, capsys):
 def test_paper_script_result_gets_its_figure_panels(tmp_path):
     result = tmp_path / "runs" / "repro" / "qk_layernorm-tiny"
     fake_sweep(result / "main", tmp_path / "runs", name="qk_layernorm-main")
+    write_fake_plan(result, "qk_layernorm", "tiny", ["main"])
     (result / "report.md").write_text("# qk_layernorm (tiny)\n\n**Verdict: true.** because\n\n"
                                       "![figure](figure.png)\n")
     assert D.wandb_group(result / "main") == "qk_layernorm-tiny-main"
@@ -229,15 +230,42 @@ def test_paper_script_result_gets_its_figure_panels(tmp_path):
     assert {g["group"] for _, g, _ in all_panels(part)} == {"qk_layernorm-tiny-main"}
 
 
-def test_every_paper_script_declares_panels_of_its_parts():
+def write_fake_plan(result_dir: Path, result: str, scale: str, parts: list) -> None:
+    """The plan.json a paper script writes, with its declared panels (sweeps/core.py)."""
+    import importlib
+
     from sweeps.core import SPECS
-    for name in D.paper_modules():
-        module = __import__(f"sweeps.{name}", fromlist=["RESULT"])
-        parts = {p.name for p in module.RESULT.parts(SPECS["tiny"])}
-        specs = D.paper_specs(name, "tiny")
+    panels = importlib.import_module(f"sweeps.{result}").RESULT.panels(SPECS[scale])
+    (result_dir / "plan.json").write_text(json.dumps(
+        {"result": result, "scale": scale, "parts": {p: {} for p in parts},
+         "dashboard": [s.to_json() for s in panels]}))
+
+
+def test_a_result_recorded_before_its_panels_is_refused_in_one_line(tmp_path, capsys):
+    result = tmp_path / "runs" / "repro" / "qk_layernorm-tiny"
+    fake_sweep(result / "main", tmp_path / "runs", name="qk_layernorm-main")
+    (result / "plan.json").write_text(json.dumps(
+        {"result": "qk_layernorm", "scale": "tiny", "parts": {"main": {}}}))
+    with pytest.raises(SystemExit) as e:
+        D.main([str(result), "--dry-run"])
+    assert e.value.code == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "python -m sweeps.qk_layernorm scale=tiny --dry-run" in err
+
+
+def test_every_paper_script_declares_panels_of_its_parts():
+    import importlib
+
+    from sweeps import RESULTS
+    from sweeps.core import SPECS
+    for name in (*RESULTS, "dynamics"):
+        result = importlib.import_module(f"sweeps.{name}").RESULT
+        parts = {p.name for p in result.parts(SPECS["tiny"])}
+        specs = result.panels(SPECS["tiny"])
         assert specs, name
         for s in specs:
             assert isinstance(s, D.PanelSpec) and s.colour in ("lr", "size", "setting")
+            assert D.PanelSpec.from_json(json.loads(json.dumps(s.to_json()))) == s  # plan.json
             assert s.part in parts or (not s.part and len(parts) == 1) or s.part == "", name
             for key in (s.x, *s.ys):
                 assert key == D.STEP or ":" not in key or key.split(":")[0] in ("summary",

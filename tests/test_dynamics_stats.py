@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from analysis import dynamics as adyn
+from analysis import emergence as adyn
 from proxies import dynamics as dyn
 
 EDGES = dyn.hist_edges()

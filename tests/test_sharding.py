@@ -66,9 +66,10 @@ def test_on_8_forced_cpu_devices_sharded_runs_match_one_device():
     change, all against one device."""
     # First: XLA ignores flags after a bare `intra_op_parallelism_threads=1` (proxies/launch.py).
     flags = f"--xla_force_host_platform_device_count=8 {os.environ.get('XLA_FLAGS', '')}"
-    env = {**os.environ, "XLA_FLAGS": flags.strip()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env["XLA_FLAGS"] = flags.strip()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                           "tests/sharding"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1200)
+                           "-n", "0", "tests/sharding"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout

@@ -11,7 +11,9 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from analysis.dashboard import series_name as series_label, wandb_group
+from analysis.dashboard import wandb_group
+from analysis.sweep_end import after_sweep
+from proxies.tracking import series_name as series_label
 from proxies.sweep import run_sweep
 from proxies.train import train
 from tests.test_sweep import sweep_cfg
@@ -74,6 +76,7 @@ def test_an_offline_sweep_names_groups_and_summarises_its_runs_in_wandb(
                     "sweep.sizes=[{d_model: 32, n_layers: 1, n_heads: 2}]",
                     "wandb.project=proxies-test")
     out, table = run_sweep(cfg)
+    after_sweep(out)  # what `python -m proxies.sweep` runs at its end
     assert len(table) == 2
     for run_dir in (tmp_path / "runs").iterdir():
         first, *later = offline_runs(run_dir)
@@ -91,7 +94,8 @@ def test_an_offline_sweep_names_groups_and_summarises_its_runs_in_wandb(
     assert sweep_run["run"].job_type == "sweep" and sweep_run["run"].run_group == out.name
     assert "results/_type" in sweep_run["summary"]  # the results table (a wandb.Table)
     assert (out / "analysis" / "wandb_logged.json").exists()
-    run_sweep(cfg)  # nothing new finished: the sweep-level record is not logged again
+    run_sweep(cfg)
+    after_sweep(out)  # nothing new finished: the sweep-level record is not logged again
     assert len(offline_runs(out)) == 1
 
 

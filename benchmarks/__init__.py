@@ -1,0 +1,1 @@
+"""Speed, memory and comparison scripts (run as `python benchmarks/<name>.py`)."""

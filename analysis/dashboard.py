@@ -42,7 +42,7 @@ from analysis import figures
 from analysis.load import SIZE_KEYS, finished, load_sweep, toggle_keys
 from analysis.report import _md_table, attn_predictions, eps_table, select, series_table
 from proxies import metric_names as M
-from proxies.config import DEFAULT_TARGETS, DEFAULT_THRESHOLD, WandbConfig
+from proxies.config import LR_KEY, DEFAULT_TARGETS, DEFAULT_THRESHOLD, WandbConfig
 from proxies.rundir import CONFIG, METRICS, atomic_write_text, read_config_file
 from proxies.tracking import run_id, series_name
 
@@ -275,9 +275,9 @@ def run_colours(view: SweepView, rows: pd.DataFrame, colour_by: str) -> Dict[str
     viridis, toggle setting on tab10."""
     t = view.table
     if colour_by == "lr":
-        norm = figures.lr_norm(t["optim.lr"])
+        norm = figures.lr_norm(t[LR_KEY])
         return {r: to_hex(figures.lr_colour(norm, lr))
-                for r, lr in zip(rows["run_id"], rows["optim.lr"])}
+                for r, lr in zip(rows["run_id"], rows[LR_KEY])}
     if colour_by == "size":
         cols = figures.size_colours(t["size"])
         return {r: to_hex(cols.get(float(n), GREY)) for r, n in zip(rows["run_id"], rows["size"])}
@@ -580,7 +580,7 @@ def workspace_plan(name: str, views: Sequence[SweepView]) -> WorkspacePlan:
         groups.append(v.group)
         ids += list(v.table["run_id"])
         rcol.update(run_colours(v, v.table, "lr"))
-        for series, lr, rid in zip(v.table["series"], v.table["optim.lr"], v.table["run_id"]):
+        for series, lr, rid in zip(v.table["series"], v.table[LR_KEY], v.table["run_id"]):
             gcol.setdefault(series, {})[js_number(lr)] = rcol[rid]
     return WorkspacePlan(f"{name} (proxies)", groups, sorted(set(ids)),
                          ["JobType", "config.optim.lr"], gcol, rcol,
@@ -662,7 +662,7 @@ def build_workspace(plan: WorkspacePlan, entity: str, project: str):
                for lr, c in by_lr.items()}
     runset = ws.RunsetSettings(
         filters=run_filter(plan.groups, plan.run_ids, {}),
-        groupby=[expr.Metric("JobType"), expr.Config("optim.lr")], group_colors=colours,
+        groupby=[expr.Metric("JobType"), expr.Config(LR_KEY)], group_colors=colours,
         run_settings={r: ws.RunSettings(color=c) for r, c in plan.run_colours.items()},
         pinned_columns=["summary:final_eval_ce", "summary:max_attn_logit",
                         "summary:lr_sensitivity", "summary:diverged"])

@@ -22,7 +22,8 @@ from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
 from analysis.fits import QuadraticLogFit  # noqa: E402
 from analysis.load import load_metrics, toggle_keys  # noqa: E402
-from analysis.sensitivity import capped_losses  # noqa: E402
+from analysis.sensitivity import counted_loss  # noqa: E402
+from proxies.config import LR_KEY
 
 LINE_STYLES = ["-", "--", ":", "-."]
 
@@ -90,13 +91,6 @@ def log_axes(ax: plt.Axes, x: bool = True, y: bool = False) -> None:
     ax.grid(alpha=0.3, which="major", lw=0.5)
 
 
-def counted_loss(g: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
-    """(the loss LR sensitivity counts, diverged-or-NaN mask) of a series' rows."""
-    div = (g["diverged"].astype(bool) | g["final_eval_ce"].isna()).to_numpy()
-    losses = np.where(div, np.nan, g["final_eval_ce"].to_numpy(float))
-    return capped_losses(losses, float(g["loss_at_init"].max())), div
-
-
 def lr_curves(df: pd.DataFrame) -> plt.Figure:
     """Final eval loss vs LR: one panel per toggle setting, one line per model size."""
     keys, pans = panels(df)
@@ -105,11 +99,11 @@ def lr_curves(df: pd.DataFrame) -> plt.Figure:
     col = size_colours(df["n_params_nonembed"])
     for ax, (tvals, pdf) in zip(axs[0], pans):
         for n, g in pdf.groupby("n_params_nonembed", sort=True):
-            g = g.sort_values("optim.lr")
+            g = g.sort_values(LR_KEY)
             loss, div = counted_loss(g)
-            ax.plot(g["optim.lr"], loss, "o-", ms=3.5, color=col[float(n)], label=size_label(n))
+            ax.plot(g[LR_KEY], loss, "o-", ms=3.5, color=col[float(n)], label=size_label(n))
             if div.any():
-                ax.plot(g["optim.lr"][div], loss[div], "x", ms=9, mew=2, color=col[float(n)])
+                ax.plot(g[LR_KEY][div], loss[div], "x", ms=9, mew=2, color=col[float(n)])
         log_axes(ax)
         ax.set_xlabel("learning rate")
         ax.set_title(_label(keys, tvals), fontsize=9)
@@ -146,11 +140,11 @@ def attn_logit_fits(df: pd.DataFrame, fits: Dict[tuple, QuadraticLogFit],
     fig, axs = plt.subplots(1, len(pans), figsize=(5.0 * len(pans), 3.9), sharey=True,
                             squeeze=False)
     held_out = held_out if held_out is not None else pd.Series(False, index=df.index)
-    norm = lr_norm(df["optim.lr"])
+    norm = lr_norm(df[LR_KEY])
     n_all = df["n_params_nonembed"].dropna()
     hi = max([n_all.max()] + list(target_params)) * 1.5 if len(n_all) else 1.0
     for ax, (tvals, pdf) in zip(axs[0], pans):
-        for lr, g in pdf.groupby("optim.lr", sort=True):
+        for lr, g in pdf.groupby(LR_KEY, sort=True):
             c = lr_colour(norm, lr)
             ho = held_out.loc[g.index]
             ax.plot(g["n_params_nonembed"][~ho], g["max_attn_logit"][~ho], "o", color=c)
@@ -192,14 +186,14 @@ def training_curves(sweep_dir: Path, df: pd.DataFrame, metric: str, ylabel: str,
     keys, pans = panels(df)
     fig, axs = plt.subplots(1, len(pans), figsize=(4.6 * len(pans) + 0.8, 3.6), sharey=True,
                             squeeze=False)
-    norm = lr_norm(df["optim.lr"])
+    norm = lr_norm(df[LR_KEY])
     sizes = sorted(df["n_params_nonembed"].dropna().unique())
     for ax, (tvals, pdf) in zip(axs[0], pans):
-        for r in pdf.sort_values(["n_params_nonembed", "optim.lr"]).itertuples():
+        for r in pdf.sort_values(["n_params_nonembed", LR_KEY]).itertuples():
             m = load_metrics(sweep_dir, r.run_dir)
             if m.empty or metric not in m.columns:
                 continue
-            c = lr_colour(norm, pdf.loc[r.Index, "optim.lr"])
+            c = lr_colour(norm, pdf.loc[r.Index, LR_KEY])
             ls = LINE_STYLES[sizes.index(r.n_params_nonembed) % 4] if len(sizes) > 1 else "-"
             s = m[metric].dropna()
             ax.plot(s.index, s.values, ls, color=c, lw=1.2, alpha=0.9)
@@ -230,9 +224,9 @@ def grad_rms_vs_params(df: pd.DataFrame, eps_by: Dict[str, float]) -> plt.Figure
     keys, pans = panels(df)
     fig, axs = plt.subplots(2, len(pans), figsize=(4.4 * len(pans) + 0.8, 6.4), sharex=True,
                             sharey="row", squeeze=False)
-    norm = lr_norm(df["optim.lr"])
+    norm = lr_norm(df[LR_KEY])
     for j, (tvals, pdf) in enumerate(pans):
-        for lr, g in pdf.groupby("optim.lr", sort=True):
+        for lr, g in pdf.groupby(LR_KEY, sort=True):
             g = g.sort_values("n_params_nonembed")
             for i, col in enumerate(("grad_rms_median", "update_rms_median")):
                 if col in g.columns:

@@ -8,12 +8,12 @@ from typing import List
 import numpy as np
 import pandas as pd
 
-from proxies.results import table_from_dirs
+from proxies.config import LR_KEY, SIZE_KEYS
+from proxies.results import FINISHED, table_from_dirs
 from proxies.rundir import CONFIG, METRICS, read_config_file, read_metrics
 
-SIZE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads")
 # Run-config values analysis needs even when a sweep did not sweep them.
-CONFIG_COLUMNS = SIZE_KEYS + ("model.qk_layernorm", "optim.z_loss", "optim.eps", "optim.lr")
+CONFIG_COLUMNS = SIZE_KEYS + ("model.qk_layernorm", "optim.z_loss", "optim.eps", LR_KEY)
 
 
 def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
@@ -45,7 +45,7 @@ def load_metrics(sweep_dir: str | Path, run_dir: str) -> pd.DataFrame:
 def series_keys(df: pd.DataFrame) -> List[str]:
     """Swept keys other than the LR: each combination of them is one series."""
     # Size keys always; any other key only where it varies within the sweep.
-    return [c for c in df.columns if "." in c and c != "optim.lr" and
+    return [c for c in df.columns if "." in c and c != LR_KEY and
             (c in SIZE_KEYS or df[c].nunique(dropna=False) > 1)]
 
 
@@ -55,4 +55,5 @@ def toggle_keys(df: pd.DataFrame) -> List[str]:
 
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"].isin(["done", "diverged"])]
+    """The rows of finished runs (done or diverged)."""
+    return df[df["status"].isin(FINISHED)] if len(df) else df

@@ -15,7 +15,7 @@ from analysis import figures
 from analysis.fits import FitError, QuadraticLogFit, eps_crossover, fit_quadratic_log
 from analysis.load import SIZE_KEYS, finished, load_sweep, series_keys, toggle_keys
 from analysis.sensitivity import best_lr, lr_sensitivity
-from proxies.config import DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
+from proxies.config import LR_KEY, DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -39,11 +39,11 @@ def series_table(df: pd.DataFrame,
         done = finished(g)
         losses = done["final_eval_ce"].where(~done["diverged"].astype(bool))
         l0 = float(done["loss_at_init"].max()) if len(done) else np.nan
-        lr, loss = best_lr(done["optim.lr"], losses)
+        lr, loss = best_lr(done[LR_KEY], losses)
         out.append({**dict(zip(keys, vals)), "n_params_nonembed": g["n_params_nonembed"].max(),
                     "runs": f"{len(done)}/{len(g)}", "diverged": int(done["diverged"].sum()),
                     "best_lr": lr, "best_loss": loss,
-                    "lr_sensitivity": lr_sensitivity(done["optim.lr"], losses, l0, lr_range)
+                    "lr_sensitivity": lr_sensitivity(done[LR_KEY], losses, l0, lr_range)
                     if len(done) else np.nan})
     tab = pd.DataFrame(out)
     if len(tab) and keys:  # toggles first, then size: rows of one setting stay together
@@ -60,8 +60,8 @@ def lr_grid_note(df: pd.DataFrame, lr_range: Tuple[float, float]) -> List[str]:
         return []
     lo, hi = lr_range
     done = finished(df)
-    inside = done[(done["optim.lr"] >= lo * (1 - 1e-9)) & (done["optim.lr"] <= hi * (1 + 1e-9))]
-    grids = {vals: tuple(sorted(g["optim.lr"].unique()))
+    inside = done[(done[LR_KEY] >= lo * (1 - 1e-9)) & (done[LR_KEY] <= hi * (1 + 1e-9))]
+    grids = {vals: tuple(sorted(g[LR_KEY].unique()))
              for vals, g in inside.groupby(keys, sort=True, dropna=False)}
     if len(set(grids.values())) <= 1:
         return []
@@ -90,7 +90,7 @@ def attn_predictions(df: pd.DataFrame, targets: Sequence[float], threshold: floa
     done = finished(df).dropna(subset=["max_attn_logit", "n_params_nonembed"])
     held = held_out_mask(done["n_params_nonembed"], hold_out)
     rows, fits, skipped, exact, negative = [], {}, [], 0, 0
-    groups = done.groupby(keys + ["optim.lr"], sort=True, dropna=False)
+    groups = done.groupby(keys + [LR_KEY], sort=True, dropna=False)
     for vals, g in groups:
         vals = vals if isinstance(vals, tuple) else (vals,)
         fit_pts = g[~held.loc[g.index]]
@@ -106,7 +106,7 @@ def attn_predictions(df: pd.DataFrame, targets: Sequence[float], threshold: floa
         for t, measured in checks + [(float(t), np.nan) for t in targets]:
             pred = fit.predict(t)
             negative += pred < 0
-            rows.append({**dict(zip(keys + ["optim.lr"], vals)), "target_params": t,
+            rows.append({**dict(zip(keys + [LR_KEY], vals)), "target_params": t,
                          "held_out": np.isfinite(measured), "predicted_max_logit": pred,
                          "measured_max_logit": measured, "diverges": bool(pred > threshold),
                          "points": fit.n_points, "dof": fit.dof,
@@ -141,7 +141,7 @@ def eps_table(df: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, Dict[st
         notes.append("no gradient RMS recorded (probes off?): ε crossover skipped")
         return pd.DataFrame(), {}
     rows, eps_by, skipped, far = [], {}, [], []
-    for vals, g in done.groupby(keys + ["optim.lr"], sort=True, dropna=False):
+    for vals, g in done.groupby(keys + [LR_KEY], sort=True, dropna=False):
         vals = vals if isinstance(vals, tuple) else (vals,)
         eps = float(g["optim.eps"].iloc[0])
         label = figures._label(keys + ["lr"], vals)
@@ -155,7 +155,7 @@ def eps_table(df: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, Dict[st
         within = n_star <= EPS_EXTRAPOLATION * largest
         if not within:
             far.append(n_star)
-        rows.append({**dict(zip(keys + ["optim.lr"], vals)), "eps": eps,
+        rows.append({**dict(zip(keys + [LR_KEY], vals)), "eps": eps,
                      "smallest_grad_rms": float(g["grad_rms_median"].min()),
                      "largest_params": largest,
                      "params_where_grad_rms_reaches_eps": n_star if within else np.nan})
@@ -226,12 +226,12 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
         rep = Report(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), notes)
         (out / "report.md").write_text("# Sweep analysis\n\n" + "\n".join(f"- {n}" for n in notes))
         return rep
-    unfinished = df[~df["status"].isin(["done", "diverged"])]
+    unfinished = df.drop(finished(df).index)
     if len(unfinished):
         notes.append(f"{len(unfinished)} of {len(df)} runs unfinished (no summary yet): "
                      "left out of every figure and table below")
     done = finished(df)
-    if done["optim.lr"].nunique() < 2:
+    if done[LR_KEY].nunique() < 2:
         notes.append("a single LR: LR sensitivity is 0 by definition and says nothing")
     if done["final_eval_ce"].isna().any():
         notes.append(f"{int(done['final_eval_ce'].isna().sum())} finished runs have no final eval "
@@ -303,7 +303,7 @@ def run_sensitivity(table: pd.DataFrame) -> Dict[str, float]:
     """LR sensitivity of each finished run's series, by the table's run_dir (what the sweep's
     W&B record writes into each run's summary)."""
     done = finished(table)
-    if done.empty or done["optim.lr"].nunique() < 2:
+    if done.empty or done[LR_KEY].nunique() < 2:
         return {}
     keys = series_keys(table)
     sens = series_table(table)[keys + ["lr_sensitivity"]]

@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import TYPE_CHECKING, Sequence, Tuple
 
 import numpy as np
 
 from proxies.config import DEFAULT_LR_RANGE
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def capped_losses(final_losses: Sequence[float], loss_at_init: float) -> np.ndarray:
@@ -19,6 +22,13 @@ def capped_losses(final_losses: Sequence[float], loss_at_init: float) -> np.ndar
     figures draw)."""
     losses = np.asarray(final_losses, float)
     return np.where(np.isfinite(losses), np.minimum(losses, loss_at_init), loss_at_init)
+
+
+def counted_loss(rows: "pd.DataFrame") -> Tuple[np.ndarray, np.ndarray]:
+    """(the loss LR sensitivity counts, diverged-or-NaN mask) of a series' table rows."""
+    div = (rows["diverged"].astype(bool) | rows["final_eval_ce"].isna()).to_numpy()
+    losses = np.where(div, np.nan, rows["final_eval_ce"].to_numpy(float))
+    return capped_losses(losses, float(rows["loss_at_init"].max())), div
 
 
 def lr_sensitivity(lrs: Sequence[float], final_losses: Sequence[float], loss_at_init: float,

@@ -358,6 +358,11 @@ DEFAULT_LR_RANGE: Tuple[float, float] = (_SWEEP_DEFAULTS.lr_range[0], _SWEEP_DEF
 DEFAULT_TARGETS: Tuple[float, ...] = tuple(_SWEEP_DEFAULTS.target_params)
 DEFAULT_THRESHOLD: float = _SWEEP_DEFAULTS.threshold
 
+# Dotted config keys the sweeps, their tables and the analysis name columns by.
+LR_KEY = "optim.lr"
+SEED_KEY = "train.seed"  # swept (a table column) when sweep.seeds > 1
+SIZE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads")
+
 
 @dataclass
 class SweepRoot(Config):

@@ -35,14 +35,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from proxies.config import Choice, Config, ConfigError, choice_message, to_plain, unhandled
-from proxies.rundir import SUMMARY, atomic_write_text, read_summary_file
+from proxies.rundir import atomic_write_text, run_finished
 from proxies.stopping import StopRequest, Stopped, stop_requests
 
 JOBS = "jobs"  # <sweep_dir>/jobs/<group id>.json (spec) and <group id>.error (why it failed)
 POLL_S = 1.0  # how often the coordinator looks at its jobs (and at signals)
 STOP_GRACE_S = 120.0  # how long stopped CoreWorkers get to save their runs' steps
 
-Point = Tuple[Dict[str, Any], DictConfig]  # as in proxies.sweep: (swept values, run config)
+Point = Tuple[Dict[str, Any], DictConfig]  # a grid point: (swept values by dotted key, run config)
 OnDone = Callable[[List[Point], Optional[str]], None]  # a finished job's group and its error
 
 
@@ -489,7 +489,7 @@ def job_error(spec: Path, group: List[Point], engine_error: Optional[str]) -> Op
         except (FileNotFoundError, IndexError):
             return engine_error
         return f"{own} (traceback in {error_file(spec)})"
-    unfinished = [run for _, run in group if read_summary_file(Path(run.out_dir) / SUMMARY) is None]
+    unfinished = [run for _, run in group if not run_finished(run.out_dir)]
     if unfinished:
         return f"the job ended with {len(unfinished)} of its runs unfinished"
     return None

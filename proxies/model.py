@@ -11,7 +11,7 @@ through `jax.nn.dot_product_attention` (`model.attn_impl=auto`); probes write th
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 import flax.linen as nn
 import jax
@@ -73,6 +73,14 @@ def init_std(cfg: ModelConfig, fan_in: int, kind: str = "hidden") -> float:
         # base-width std (mup's MuReadout rescales by sqrt(m) likewise).
         std *= math.sqrt(width_mult(cfg))
     return std
+
+
+def param_policy(cfg: ModelConfig, fan_in: int, kind: str = "hidden",
+                 init_arg: str = "kernel_init") -> Dict[str, Any]:
+    """Every weight's policy: float32 storage, the compute dtype, truncated-normal init of
+    `init_std(cfg, fan_in, kind)` (keyword `init_arg`: `embedding_init` for nn.Embed)."""
+    return {"dtype": compute_dtype(cfg), "param_dtype": jnp.float32,
+            init_arg: trunc_normal(init_std(cfg, fan_in, kind))}
 
 
 def attn_logit_scale(cfg: ModelConfig) -> float:
@@ -217,8 +225,7 @@ class Attention(nn.Module):
         K = D // H
         dtype = compute_dtype(cfg)
         dense = lambda feats, axis, fan_in, name, bias=cfg.use_bias: nn.DenseGeneral(  # noqa
-            feats, axis=axis, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
-            kernel_init=trunc_normal(init_std(cfg, fan_in)), name=name)
+            feats, axis=axis, use_bias=bias, name=name, **param_policy(cfg, fan_in))
         q_BxLxHxK = dense((H, K), -1, D, "query")(x_BxLxD)
         # No key bias: q·b is the same for every key of a query, so softmax ignores it; its
         # gradient is exactly zero and Adam would only random-walk it on rounding noise.
@@ -244,9 +251,7 @@ class Attention(nn.Module):
         else:
             out_BxLxHxK = self._explicit(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dtype)
         sow_dynamics(self, "ctx", out_BxLxHxK)
-        return nn.DenseGeneral(D, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
-                               param_dtype=jnp.float32,
-                               kernel_init=trunc_normal(init_std(cfg, D)), name="out")(out_BxLxHxK)
+        return dense(D, (-2, -1), D, "out")(out_BxLxHxK)
 
     def _fused(self) -> bool:
         """Fused attention unless asked not to, or a probe reads the logits or probabilities
@@ -298,8 +303,7 @@ class Mlp(nn.Module):
         cfg = self.cfg
         D, F = cfg.d_model, mlp_hidden(cfg)
         dense = lambda feats, fan_in, name: nn.Dense(  # noqa: E731
-            feats, use_bias=cfg.use_bias, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
-            kernel_init=trunc_normal(init_std(cfg, fan_in)), name=name)
+            feats, use_bias=cfg.use_bias, name=name, **param_policy(cfg, fan_in))
         match cfg.mlp:
             case MlpKind.swiglu:
                 gate_BxLxF = dense(F, D, "gate")(x_BxLxD)
@@ -351,9 +355,8 @@ class Transformer(nn.Module):
     def __call__(self, tokens_BxL: jax.Array, hidden_only: bool = False) -> jax.Array:
         cfg = self.cfg
         D, dtype = cfg.d_model, compute_dtype(cfg)
-        embed = nn.Embed(self.vocab_size, D, dtype=dtype, param_dtype=jnp.float32,
-                         embedding_init=trunc_normal(init_std(cfg, self.vocab_size, "embed")),
-                         name="embed")
+        embed = nn.Embed(self.vocab_size, D, name="embed",
+                         **param_policy(cfg, self.vocab_size, "embed", "embedding_init"))
         x_BxLxD = embed(tokens_BxL)
         match cfg.pos_emb:
             case PosEmb.learned:
@@ -375,9 +378,8 @@ class Transformer(nn.Module):
         else:
             # Stored V x D like the embedding: on CPU the x·Wᵀ layout runs ~1.6x faster at
             # V=32768 than a D x V Dense kernel (benchmarks/step_speed.py).
-            table_VxD = nn.Embed(self.vocab_size, D, dtype=dtype, param_dtype=jnp.float32,
-                                 embedding_init=trunc_normal(init_std(cfg, D, "readout")),
-                                 name="unembed").embedding
+            table_VxD = nn.Embed(self.vocab_size, D, name="unembed",
+                                 **param_policy(cfg, D, "readout", "embedding_init")).embedding
         if hidden_only:  # the chunked loss (proxies/step.py) applies `readout` itself
             return x_BxLxD
         logits_BxLxV = readout(cfg, table_VxD, x_BxLxD)

@@ -79,6 +79,9 @@ def mlp0_tail(rows: List[Dict[str, Any]], steps: int,
     return out
 
 
+FINISHED = ("done", "diverged")  # the statuses of a run with a summary
+
+
 def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Swept values, status (done | diverged | partial | pending) and summary figures of a run."""
     if swept is None:

@@ -108,6 +108,12 @@ def read_summary_file(path: Path) -> Optional[Dict[str, Any]]:
     return obj if isinstance(obj, dict) else None
 
 
+
+def run_finished(run_dir: str | Path) -> bool:
+    """The run finished: its summary.json is readable and not empty (an unreadable one is
+    rebuilt by training the run's tail again)."""
+    return bool(read_summary_file(Path(run_dir) / SUMMARY))
+
 def read_config_file(path: Path) -> Dict[str, Any]:
     try:
         obj = yaml.safe_load(path.read_text())

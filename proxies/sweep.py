@@ -27,14 +27,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from proxies.cli import one_line_errors, run_cli
-from proxies.config import (Config, ConfigError, DataSource, MlpKind, PosEmb,  # noqa: F401
-                            SweepConfig, SweepRoot, VmapMode, config_hash, register_configs,
-                            to_plain, unhandled, validate)
-from proxies.launch import (CoreWorkers, JobsFailed, Launcher, available_cores, dispatch,
-                            from_hydra, run_jobs)
+from proxies.config import (LR_KEY, SEED_KEY, Config, ConfigError, DataSource,  # noqa: F401
+                            MlpKind, PosEmb, SweepConfig, SweepRoot, VmapMode, config_hash,
+                            register_configs, to_plain, unhandled, validate)
+from proxies.launch import (CoreWorkers, JobsFailed, Launcher, Point, available_cores,
+                            dispatch, from_hydra, run_jobs)
 from proxies.model import mlp_hidden
 from proxies.results import TABLE, update_table
-from proxies.rundir import SUMMARY, RunDir, atomic_write_text, read_summary_file, take_lock
+from proxies.rundir import RunDir, atomic_write_text, run_finished, take_lock
 from proxies.sharding import initialize_distributed
 from proxies.stopping import stop_requests
 from proxies.tracking import series_name
@@ -45,8 +45,6 @@ SWEEP_LOCK = ".sweep.lock"
 register_configs()
 
 _MISSING = object()
-Point = Tuple[Dict[str, Any], DictConfig]  # (swept values by dotted key, run config)
-SEED = "train.seed"  # swept when sweep.seeds > 1
 
 # Throughput assumed by cost estimates (FLOPs = 6·params + 12·L·d·seq per token, see
 # `run_flops`): a 2-core x86 CPU runs these small fp32 models at 60-170 GFLOP/s (measured with
@@ -112,12 +110,12 @@ def expand_grid(cfg: DictConfig) -> List[Point]:
     if isinstance(sw.seeds, bool) or not isinstance(sw.seeds, int) or sw.seeds < 1:
         raise ConfigError(f"sweep.seeds={sw.seeds} must be an integer >= 1; set e.g. "
                           "sweep.seeds=3")
-    seeds = ([{SEED: base.train.seed + i} for i in range(sw.seeds)] if sw.seeds > 1 else [{}])
+    seeds = ([{SEED_KEY: base.train.seed + i} for i in range(sw.seeds)] if sw.seeds > 1 else [{}])
     points = []
     for size, variant, combo, seed in itertools.product(sizes, variants,
                                                         itertools.product(*axes.values()), seeds):
         for lr in lrs:
-            values = {**size, **variant, **dict(zip(axes, combo)), **seed, "optim.lr": float(lr)}
+            values = {**size, **variant, **dict(zip(axes, combo)), **seed, LR_KEY: float(lr)}
             run = base.copy()
             for k, v in values.items():
                 OmegaConf.update(run, k, v, merge=False)
@@ -157,11 +155,6 @@ def sweep_dir(cfg: DictConfig, points: List[Point]) -> Path:
         return Path(cfg.sweep.dir)
     h = hashlib.sha256("\n".join(sorted(config_hash(r) for _, r in points)).encode())
     return Path(cfg.sweep.root) / f"{cfg.sweep.name}-{h.hexdigest()[:8]}"
-
-
-def is_done(run: DictConfig) -> bool:
-    """A readable summary (an unreadable one is rebuilt by training the run's tail again)."""
-    return read_summary_file(Path(run.out_dir) / SUMMARY) is not None
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -239,7 +232,7 @@ def run_flops(run: DictConfig) -> float:
 
 def estimate(points: List[Point]) -> Dict[str, float]:
     """Runs to train, runs reused, total FLOPs and the wall time on a 2-core CPU and one H100."""
-    todo = [run for _, run in points if not is_done(run)]
+    todo = [run for _, run in points if not run_finished(run.out_dir)]
     flops = sum(run_flops(run) for run in todo)
     return {"runs": len(points), "todo": len(todo), "reused": len(points) - len(todo),
             "flops": flops, "cpu_s": flops / CPU_FLOPS + RUN_OVERHEAD_S * len(todo),
@@ -262,17 +255,17 @@ def grid_summary(points: List[Point]) -> pd.DataFrame:
     """One row per series (everything but the LR): its LRs, params, steps × tokens, runs done."""
     rows: Dict[str, Dict[str, Any]] = {}
     for values, run in points:
-        key = json.dumps({k: v for k, v in values.items() if k != "optim.lr"}, sort_keys=True,
+        key = json.dumps({k: v for k, v in values.items() if k != LR_KEY}, sort_keys=True,
                          default=str)
         _, nonembed = run_params(run, vocab_guess(run))
         r = rows.setdefault(key, {**{k.split(".")[-1]: v for k, v in values.items()
-                                     if k != "optim.lr"},
+                                     if k != LR_KEY},
                                   "nonembed_params": f"{nonembed / 1e6:.3g}M",
                                   "steps": run.train.steps,
                                   "tokens/step": run.train.batch_size * run.train.seq_len,
                                   "lrs": [], "done": 0})
-        r["lrs"].append(f"{values['optim.lr']:g}")
-        r["done"] += int(is_done(run))
+        r["lrs"].append(f"{values[LR_KEY]:g}")
+        r["done"] += int(run_finished(run.out_dir))
     df = pd.DataFrame(list(rows.values()))
     df["lrs"] = df["lrs"].map(lambda v: ",".join(v))
     return df
@@ -334,7 +327,7 @@ def label_runs(points: List[Point], cfg: DictConfig) -> None:
         w = run.wandb
         w.group = w.group or group
         w.job_type = w.job_type or series_name(values)
-        w.name = w.name or f"{series_name(values)} lr={values['optim.lr']:g}"
+        w.name = w.name or f"{series_name(values)} lr={values[LR_KEY]:g}"
         w.tags = list(dict.fromkeys([*w.tags, cfg.sweep.name]))
         if w.alert_logit is None:
             w.alert_logit = float(cfg.sweep.threshold)
@@ -344,7 +337,7 @@ def train_missing(cfg: DictConfig, points: List[Point], out: Path,
                   launcher: Optional[Launcher] = None) -> List[str]:
     """Train the runs not done yet, in this process or as the launcher's jobs. Returns one line
     per failed job (none in process: an error there stops the sweep)."""
-    todo = [p for p in points if not is_done(p[1])]
+    todo = [p for p in points if not run_finished(p[1].out_dir)]
     print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out} ({len(points) - len(todo)} "
           f"already done, runs under {cfg.sweep.run_root}/)")
     groups = plan_groups(todo, use_vmap(cfg), cfg.sweep.group_size)
@@ -396,7 +389,7 @@ def train_in_process(groups: List[List[Point]], out: Path, n_runs: int) -> None:
             for g in groups:
                 values = g[0][0]
                 bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()
-                                             if k != "optim.lr" or len(g) == 1))
+                                             if k != LR_KEY or len(g) == 1))
                 train_group([run for _, run in g], swept=[v for v, _ in g], vmap=len(g) > 1)
                 update_table(out)
                 bar.update(len(g))

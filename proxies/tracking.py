@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
-from proxies.config import WandbConfig, WandbMode, unhandled
+from proxies.config import LR_KEY, WandbConfig, WandbMode, unhandled
 from proxies.metric_names import STEP
 from proxies.rundir import finite_or_none
 
@@ -50,7 +50,7 @@ def series_name(swept: Mapping[str, Any]) -> str:
     the dashboards group by: `d64L2H2 qk_layernorm=False`; `base` when only the LR was swept."""
     size = "".join(f"{SIZE_LETTERS[k]}{v}" for k, v in swept.items() if k in SIZE_LETTERS)
     toggles = " ".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items()
-                       if k != "optim.lr" and k not in SIZE_LETTERS)
+                       if k != LR_KEY and k not in SIZE_LETTERS)
     return " ".join(p for p in (size, toggles) if p) or "base"
 
 

@@ -36,6 +36,7 @@ import pandas as pd
 from analysis.dashboard import PanelSpec
 from analysis.figures import log_axes
 from proxies import metric_names as M
+from proxies.config import LR_KEY
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 
@@ -101,8 +102,8 @@ def seed_slopes(sc: pd.DataFrame) -> Tuple[List[float], List[float]]:
     median over sizes of its slope in log LR."""
     by_size, by_lr = [], []
     for _, g in trained(sc).groupby(P.SEED):
-        a = [slope(h[N], h[G]) for _, h in g.groupby("optim.lr")]
-        b = [slope(h["optim.lr"], h[G]) for _, h in g.groupby(N)]
+        a = [slope(h[N], h[G]) for _, h in g.groupby(LR_KEY)]
+        b = [slope(h[LR_KEY], h[G]) for _, h in g.groupby(N)]
         by_size.append(float(np.nanmedian(a)) if np.isfinite(a).any() else np.nan)
         by_lr.append(float(np.nanmedian(b)) if np.isfinite(b).any() else np.nan)
     return by_size, by_lr
@@ -220,7 +221,7 @@ def highest_trained_lr(sc: pd.DataFrame, size: Dict[str, int]) -> Optional[float
     if sc.empty:
         return None
     g = sc[(sc["model.d_model"] == size["d_model"]) & (sc["model.n_layers"] == size["n_layers"])]
-    ok = g.groupby("optim.lr")["diverged"].apply(lambda d: not d.astype(bool).any())
+    ok = g.groupby(LR_KEY)["diverged"].apply(lambda d: not d.astype(bool).any())
     return float(ok[ok].index.max()) if ok.any() else None
 
 
@@ -261,13 +262,13 @@ def scaling_panels(axs: Sequence[plt.Axes], sc: pd.DataFrame) -> None:
     ok = trained(sc)
     if ok.empty:
         return
-    mean = ok.groupby(["optim.lr", N], as_index=False)[G].mean()
-    norm = P.lr_colour_norm(mean["optim.lr"].to_list())
-    for lr, g in mean.groupby("optim.lr", sort=True):
+    mean = ok.groupby([LR_KEY, N], as_index=False)[G].mean()
+    norm = P.lr_colour_norm(mean[LR_KEY].to_list())
+    for lr, g in mean.groupby(LR_KEY, sort=True):
         axs[0].plot(g[N], g[G], "o-", color=plt.cm.viridis(norm(lr)), label=f"LR {lr:g}")
     col = P.colours(mean[N].unique())
     for n, g in mean.groupby(N, sort=True):
-        axs[1].plot(g["optim.lr"], g[G], "o-", color=col[n], label=P.size_label(n))
+        axs[1].plot(g[LR_KEY], g[G], "o-", color=col[n], label=P.size_label(n))
     for ax in axs[:2]:
         ax.axhline(BASE, color="k", ls="--", lw=1)
         ax.annotate(f"AdamW ε = {BASE:g}", (0.02, BASE), xycoords=("axes fraction", "data"),

@@ -36,10 +36,10 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from analysis.dashboard import PanelSpec  # noqa: E402
-from analysis.load import SIZE_KEYS, load_sweep, series_keys  # noqa: E402
+from analysis.load import SIZE_KEYS, finished, load_sweep, series_keys  # noqa: E402
 from analysis.sweep_end import after_sweep  # noqa: E402
 from proxies.cli import run_cli  # noqa: E402
-from proxies.config import DEFAULT_TARGETS, ConfigError, to_plain  # noqa: E402
+from proxies.config import LR_KEY, DEFAULT_TARGETS, ConfigError, to_plain  # noqa: E402
 from proxies.sweep import (Point, apply_axes_replacement, expand_grid, print_plan,  # noqa: E402
                            run_sweep, split_axes_override, sweep_dir)
 from proxies.train import CONFIG_DIR  # noqa: E402
@@ -338,8 +338,7 @@ def load_tables(p: Plan) -> Tables:
 
 def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     spec = SPECS[p.scale]
-    done = {k: t[t["status"].isin(["done", "diverged"])] if len(t) else t
-            for k, t in tables.items()}
+    done = {k: finished(t) for k, t in tables.items()}
     reproduced, why, measured = p.result.judge(done, spec)
     v = Verdict(p.result.claim, p.scale, reproduced, why, measured)
     out = p.out
@@ -377,7 +376,7 @@ def seed_spread(df: pd.DataFrame) -> float:
     from sweeps.panels import SEED, seed_mean, series_stats
     if SEED not in df.columns or df[SEED].nunique() < 2 or "final_eval_ce" not in df.columns:
         return float("nan")
-    if df.groupby(series_keys(df), dropna=False)["optim.lr"].nunique().max() < 2:
+    if df.groupby(series_keys(df), dropna=False)[LR_KEY].nunique().max() < 2:
         return float("nan")
     toggles = [k for k in series_keys(df) if k not in SIZE_KEYS and k != SEED]
     sd = seed_mean(series_stats(df, toggles), toggles)["lr_sensitivity_sd"]

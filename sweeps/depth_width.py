@@ -39,6 +39,7 @@ from analysis.dashboard import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
+from proxies.config import LR_KEY
 
 CLAIM = ("with qk-layernorm, scaling depth raises LR sensitivity faster than scaling width "
          "(and which path has the lower loss at the largest size)")
@@ -150,7 +151,7 @@ def logit_slopes(df: pd.DataFrame) -> List[float]:
     out = []
     for _, g in P.with_seed(df).groupby(P.SEED):
         per_lr = []
-        for _, h in g.groupby("optim.lr"):
+        for _, h in g.groupby(LR_KEY):
             h = h[np.isfinite(h[LOGIT].astype(float)) & (h[LOGIT].astype(float) > 0)]
             if h["n_params_nonembed"].nunique() >= 2:
                 per_lr.append(float(np.polyfit(np.log10(h["n_params_nonembed"].astype(float)),
@@ -245,7 +246,7 @@ def logit_panel(ax: plt.Axes, p: Dict[str, pd.DataFrame]) -> None:
         g = p[k][np.isfinite(p[k][LOGIT].astype(float)) & (p[k][LOGIT].astype(float) > 0)]
         if g.empty:
             continue
-        med = g.groupby(["n_params_nonembed", "optim.lr"])[LOGIT].median().reset_index()
+        med = g.groupby(["n_params_nonembed", LR_KEY])[LOGIT].median().reset_index()
         geo = med.groupby("n_params_nonembed")[LOGIT].apply(lambda v: 10 ** np.log10(v).mean())
         ax.plot(geo.index, geo.to_numpy(), "o-", color=c, label=f"scaling {k}")
     log_axes(ax, x=True, y=True)

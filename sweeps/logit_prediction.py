@@ -35,7 +35,7 @@ from analysis.dashboard import PanelSpec
 from analysis.fits import FitError, fit_quadratic_log
 from analysis.figures import log_axes
 from proxies import metric_names as M
-from proxies.config import DEFAULT_THRESHOLD
+from proxies.config import LR_KEY, DEFAULT_THRESHOLD
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main, nonembed_params
 
@@ -108,7 +108,7 @@ def predictions(df: pd.DataFrame, s: ScaleSpec) -> pd.DataFrame:
     df = P.with_seed(df)
     held = float(df[N].max())
     rows = []
-    for (lr, seed), g in df.groupby(["optim.lr", P.SEED], sort=True):
+    for (lr, seed), g in df.groupby([LR_KEY, P.SEED], sort=True):
         fit = fit_one(g, held)
         ho = g[g[N] == held]
         if fit is None or ho.empty:
@@ -220,9 +220,9 @@ def fit_panel(ax: plt.Axes, df: pd.DataFrame, pr: pd.DataFrame, s: ScaleSpec) ->
     """Block 0's early logit vs params per LR (seed means), each seed's fit (solid inside the
     fitted sizes, dashed beyond), the held-out run as a star (× at its max logit if it
     diverged)."""
-    norm = P.lr_colour_norm(df["optim.lr"].to_list())
+    norm = P.lr_colour_norm(df[LR_KEY].to_list())
     held = df[N].max()
-    for lr, g in P.with_seed(df).groupby("optim.lr", sort=True):
+    for lr, g in P.with_seed(df).groupby(LR_KEY, sort=True):
         c = plt.cm.viridis(norm(lr))
         pts = g.groupby(N, sort=True)[LOGIT].mean()
         ax.plot(pts.index[pts.index < held], pts[pts.index < held], "o", color=c,
@@ -289,8 +289,8 @@ def check_panel(ax: plt.Axes, pr: pd.DataFrame, norm: Any) -> None:
 
 def over_run_panel(ax: plt.Axes, df: pd.DataFrame) -> None:
     """The extra columns: block 0 at 2% against the max over layers and the whole run."""
-    norm = P.lr_colour_norm(df["optim.lr"].to_list())
-    for lr, g in df.groupby("optim.lr", sort=True):
+    norm = P.lr_colour_norm(df[LR_KEY].to_list())
+    for lr, g in df.groupby(LR_KEY, sort=True):
         ax.plot(g[LOGIT], g["max_attn_logit"], "o", ms=4, color=plt.cm.viridis(norm(lr)),
                 label=f"LR {lr:g}")
     both = df[[LOGIT, "max_attn_logit"]].to_numpy(float)
@@ -313,7 +313,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     pr = predictions(df, s)
     fit_panel(axs[0], df, pr, s)
     if len(pr):
-        check_panel(axs[1], pr, P.lr_colour_norm(df["optim.lr"].to_list()))
+        check_panel(axs[1], pr, P.lr_colour_norm(df[LR_KEY].to_list()))
     over_run_panel(axs[2], df)
     fig.tight_layout()
     return fig

@@ -24,22 +24,14 @@ from matplotlib.colors import LogNorm
 from analysis.figures import (log_axes, lr_colour, lr_colourbar, lr_norm,  # noqa: F401
                               size_label)
 from analysis.load import load_metrics
-from analysis.sensitivity import best_lr_interp, capped_losses, lr_sensitivity
-from proxies.config import DEFAULT_LR_RANGE
+from analysis.sensitivity import best_lr_interp, counted_loss, lr_sensitivity
+from proxies.config import DEFAULT_LR_RANGE, LR_KEY
+from proxies.config import SEED_KEY as SEED  # a column only when sweep.seeds > 1
 
 SHAPE = ["model.d_model", "model.n_layers"]  # a model size, whatever its toggles add
-SEED = "train.seed"  # a column only when the sweep ran several seeds (sweep.seeds)
 CONFIDENCE = 0.95  # of every bootstrap interval; fixed before any data
 BOOTSTRAP_RESAMPLES = 4000
 Reproduced = str  # "true" | "false" | "inconclusive" (sweeps.core.Reproduced)
-
-
-def counted_loss(g: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
-    """(loss as LR sensitivity counts it, diverged-or-NaN mask) of a series' rows."""
-    div = (g["diverged"].astype(bool) | g["final_eval_ce"].isna()).to_numpy()
-    l0 = float(g["loss_at_init"].max())
-    loss = capped_losses(np.where(div, np.nan, g["final_eval_ce"].to_numpy(float)), l0)
-    return loss, div
 
 
 def with_seed(df: pd.DataFrame) -> pd.DataFrame:
@@ -49,9 +41,9 @@ def with_seed(df: pd.DataFrame) -> pd.DataFrame:
 
 def seed_mean_curve(g: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(LRs, counted loss averaged over seeds, diverged in any seed) of one series' rows."""
-    g = with_seed(g).sort_values("optim.lr")
+    g = with_seed(g).sort_values(LR_KEY)
     loss, div = counted_loss(g)
-    per = pd.DataFrame({"lr": g["optim.lr"].to_numpy(float), "loss": loss, "div": div})
+    per = pd.DataFrame({"lr": g[LR_KEY].to_numpy(float), "loss": loss, "div": div})
     agg = per.groupby("lr", sort=True).agg(loss=("loss", "mean"), div=("div", "any"))
     return agg.index.to_numpy(float), agg["loss"].to_numpy(float), agg["div"].to_numpy(bool)
 
@@ -64,9 +56,9 @@ def series_stats(df: pd.DataFrame, by: Sequence[str],
     keys = list(dict.fromkeys(list(by) + SHAPE + [SEED]))
     rows = []
     for vals, g in df.groupby(keys, sort=True, dropna=False):
-        g = g.sort_values("optim.lr")
+        g = g.sort_values(LR_KEY)
         loss, _ = counted_loss(g)
-        lrs = g["optim.lr"].to_numpy(float)
+        lrs = g[LR_KEY].to_numpy(float)
         finite = np.where(g["diverged"].astype(bool), np.nan, g["final_eval_ce"].to_numpy(float))
         i = int(np.nanargmin(finite)) if np.isfinite(finite).any() else None
         rows.append({**dict(zip(keys, vals if isinstance(vals, tuple) else (vals,))),
@@ -303,7 +295,7 @@ def logit_vs_lr_panel(ax: plt.Axes, df: pd.DataFrame, by: str, label: Callable[[
     styles = ["-", "--", ":", "-."]
     for j, (v, gv) in enumerate(df.groupby(by, sort=True)):
         for n, g in gv.groupby("n_params_nonembed", sort=True):
-            per_lr = g.groupby("optim.lr", sort=True)[column].median()  # over seeds
+            per_lr = g.groupby(LR_KEY, sort=True)[column].median()  # over seeds
             ax.plot(per_lr.index, per_lr.to_numpy(), styles[j % 4], marker="o", ms=3,
                     color=col[n], label=f"{size_label(n)}, {label(v)}")
     log_axes(ax, x=True, y=True)

@@ -33,6 +33,7 @@ import pandas as pd
 from analysis.dashboard import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
+from proxies.config import LR_KEY
 
 QK = "model.qk_layernorm"
 CLAIM = ("without qk-layernorm the highest LR that trains falls as size grows; qk-layernorm "
@@ -83,11 +84,11 @@ def trend_words(e: P.Effect, what: str = "LR sensitivity") -> str:
 def top_trained_lr(g: pd.DataFrame) -> float:
     """Highest LR of one series (one size, one seed) whose run trains (see TRAINED_SHARE); NaN
     when none does."""
-    g = g.sort_values("optim.lr")
+    g = g.sort_values(LR_KEY)
     loss, div = P.counted_loss(g)
     l0, best = float(g["loss_at_init"].max()), float(np.nanmin(loss))
     trained = ~div & (loss <= l0 - TRAINED_SHARE * (l0 - best))
-    lrs = g["optim.lr"].to_numpy(float)[trained]
+    lrs = g[LR_KEY].to_numpy(float)[trained]
     return float(lrs.max()) if len(lrs) else float("nan")
 
 
@@ -111,7 +112,7 @@ def judge_top_lr(off: pd.DataFrame) -> Tuple[Reproduced, str, P.Effect, Dict[str
     by_size = {P.size_label(n): float(f"{10 ** g['log10_top_lr'].mean():.3g}")
                for n, g in top.groupby("n_params_nonembed", sort=True)}
     slope = P.trend_effect(top, "log10_top_lr")
-    grid_top = float(off["optim.lr"].max())
+    grid_top = float(off[LR_KEY].max())
     if len(top) and (top["top_lr"] >= grid_top).all():
         return "inconclusive", (f"without qk-LN every size trains at the grid's highest LR "
                                 f"{grid_top:g}: the grid cannot show where divergence starts"
@@ -155,7 +156,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
 def top_lr_logits(df: pd.DataFrame) -> Dict[str, float]:
     """Max attention logit of the no-qk-LN runs at the grid's highest LR, per size."""
     off = df[~df[QK].astype(bool)]
-    top = off[off["optim.lr"] == off["optim.lr"].max()]
+    top = off[off[LR_KEY] == off[LR_KEY].max()]
     return {P.size_label(n): round(float(g["max_attn_logit"].median()), 1)
             for n, g in top.groupby("n_params_nonembed", sort=True)}
 

@@ -37,6 +37,7 @@ import pandas as pd
 from analysis.dashboard import lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
+from proxies.config import LR_KEY
 
 IND = "optim.independent_wd"
 CLAIM = ("independent weight decay (λ=1e-4) lowers LR sensitivity vs coupled decay (λ=0.1, "
@@ -74,7 +75,7 @@ def on_grid(lrs: Sequence[float], r: Tuple[float, float]) -> bool:
 def coupled_stats(df: pd.DataFrame) -> pd.DataFrame:
     """`P.series_stats` of the coupled runs with `lr_sensitivity` the minimum over the paper's
     two ranges (those on the grid) and `lr_range` the range that gave it."""
-    lrs = df["optim.lr"].unique()
+    lrs = df[LR_KEY].unique()
     # A grid overridden to miss both ranges' ends still gets a statistic (the paper's default
     # range, over the grid points inside it), labelled as such rather than failing the sweep.
     ranges = [r for r in COUPLED_RANGES if on_grid(lrs, r)] or [INDEPENDENT_RANGE]

@@ -49,6 +49,7 @@ from analysis.dashboard import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main, warmup
 from sweeps.qk_layernorm import outcome, overall
+from proxies.config import LR_KEY
 
 Z = "optim.z_loss"
 LOG_Z = "logits/log_z_mean"
@@ -162,8 +163,8 @@ def fmt_init_end(df: pd.DataFrame) -> str:
 
 def short_run_log_z(df: pd.DataFrame) -> Dict[str, str]:
     """Per size of `main`, at the LR nearest 0.1: D without / with z-loss (seed means)."""
-    lr = min(df["optim.lr"].unique(), key=lambda x: abs(np.log10(x / FIG4_LR)))
-    at = df[df["optim.lr"] == lr]
+    lr = min(df[LR_KEY].unique(), key=lambda x: abs(np.log10(x / FIG4_LR)))
+    at = df[df[LR_KEY] == lr]
     out = {}
     for n, g in at.groupby("n_params_nonembed", sort=True):
         off, on = g[g[Z] == 0]["log_z_drop"].mean(), g[g[Z] > 0]["log_z_drop"].mean()

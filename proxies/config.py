@@ -427,13 +427,27 @@ def _validate_spike(t: Any) -> None:
     _positive("train.inject_spike_scale", t.inject_spike_scale)
 
 
+def validate_sweep(sw: DictConfig | SweepConfig) -> None:
+    """The `sweep` section's impossible values (each run's config is validated on its own)."""
+    _check_choices(sw, SweepConfig, "sweep.")
+    _positive("sweep.workers", sw.workers, allow_zero=True)
+    if not list(sw.lrs):
+        raise ConfigError("sweep.lrs is empty; give at least one LR, e.g. sweep.lrs=[1e-3,1e-2]")
+    for lr in sw.lrs:
+        if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr)
+                                        and lr > 0):
+            raise ConfigError(f"sweep.lrs holds {lr!r}; every LR must be a finite number > 0")
+    if isinstance(sw.seeds, bool) or not isinstance(sw.seeds, int) or sw.seeds < 1:
+        raise ConfigError(f"sweep.seeds={sw.seeds} must be an integer >= 1; set e.g. "
+                          "sweep.seeds=3")
+
+
 def validate(cfg: DictConfig | Config) -> None:
     """Raise ConfigError (one line, naming the fix) for any impossible value."""
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
     _check_choices(cfg, Config, "")
     if getattr(cfg, "sweep", None) is not None:
-        _check_choices(cfg.sweep, SweepConfig, "sweep.")
-        _positive("sweep.workers", cfg.sweep.workers, allow_zero=True)
+        validate_sweep(cfg.sweep)
     for k in ("d_model", "n_heads", "mup_base_width"):
         _positive(f"model.{k}", getattr(m, k))
     _positive("model.n_layers", m.n_layers, allow_zero=True)  # 0 layers: a bigram model

@@ -21,7 +21,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import hydra
 import jax
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -29,7 +28,8 @@ from tqdm.auto import tqdm
 from proxies.cli import one_line_errors, run_cli
 from proxies.config import (LR_KEY, SEED_KEY, Config, ConfigError, DataSource,  # noqa: F401
                             MlpKind, PosEmb, SweepConfig, SweepRoot, VmapMode, config_hash,
-                            register_configs, to_plain, unhandled, validate)
+                            register_configs, to_plain, unhandled, validate,
+                            validate_sweep)
 from proxies.launch import (CoreWorkers, JobsFailed, Launcher, Point, available_cores,
                             dispatch, from_hydra, run_jobs)
 from proxies.model import mlp_hidden
@@ -89,13 +89,9 @@ def base_config(cfg: DictConfig) -> DictConfig:
 
 def expand_grid(cfg: DictConfig) -> List[Point]:
     """All grid points, sizes × variants × axes × LRs, each with its run directory set."""
+    validate_sweep(cfg.sweep)
     sw = cfg.sweep
     lrs = list(sw.lrs)
-    if not lrs:
-        raise ConfigError("sweep.lrs is empty; give at least one LR, e.g. sweep.lrs=[1e-3,1e-2]")
-    for lr in lrs:
-        if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
-            raise ConfigError(f"sweep.lrs holds {lr!r}; every LR must be a finite number > 0")
     base = base_config(cfg)
     axes = flatten_axes(sw.axes)
     sizes = [{f"model.{k}": v for k, v in s.items()} for s in sw.sizes] or [{}]
@@ -107,9 +103,6 @@ def expand_grid(cfg: DictConfig) -> List[Point]:
     for key, values in axes.items():
         if not values:
             raise ConfigError(f"sweep axis '{key}' has no values; give a list such as [a,b]")
-    if isinstance(sw.seeds, bool) or not isinstance(sw.seeds, int) or sw.seeds < 1:
-        raise ConfigError(f"sweep.seeds={sw.seeds} must be an integer >= 1; set e.g. "
-                          "sweep.seeds=3")
     seeds = ([{SEED_KEY: base.train.seed + i} for i in range(sw.seeds)] if sw.seeds > 1 else [{}])
     points = []
     for size, variant, combo, seed in itertools.product(sizes, variants,

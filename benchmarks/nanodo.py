@@ -24,12 +24,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_speed import SIZES, setup, timed_window  # noqa: E402
 
 TIED = ["model.tie_embeddings=true", "model.pos_emb=learned", "model.use_bias=false",
         "optim.z_loss=0", "optim.warmup_steps=100", "train.steps=1000"]
+
+
+@struct.dataclass
+class LossAux:
+    """nanodo.loss.LossAuxData's fields (that module imports nanodo's data pipeline, which
+    needs grain): a pytree, as value_and_grad's aux must be."""
+
+    ntokens: jax.Array
+    state: Any
+    log_perplexity: jax.Array
 
 
 class Cfg(SimpleNamespace):
@@ -67,7 +78,7 @@ def nanodo_step(d: int, n_layers: int, n_heads: int, vocab: int, batch: int,
                 logits_BxLxV, y_BxL)
             ntokens = weights_BxL.sum()
             mean = jnp.sum(losses_BxL * weights_BxL) / ntokens
-            return mean, SimpleNamespace(ntokens=ntokens, state={}, log_perplexity=mean)
+            return mean, LossAux(ntokens=ntokens, state={}, log_perplexity=mean)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)

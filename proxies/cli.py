@@ -38,7 +38,7 @@ def one_line(e: BaseException) -> str:
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             where = f" under '{parent}'" if parent else ""
             return (f"unknown config key '{key}'; check the spelling against the keys{where} "
-                    "in proxies/config.py (README lists them)")
+                    "in proxies/config.py (docs/config.md lists them)")
         if isinstance(oc, ValidationError):
             msg = str(oc).splitlines()[0]
             enum = _ENUM_MISMATCH.match(msg)

@@ -149,22 +149,24 @@ class InjectKind(Choice):
 
 @dataclass
 class ModelConfig:
-    d_model: int = 128
-    n_layers: int = 4
+    d_model: int = 128  # width
+    n_layers: int = 4  # transformer blocks (0: a bigram model)
     n_heads: int = 4  # head dim = d_model // n_heads
     qk_layernorm: bool = False  # norm q and k per head (over d_head) before q·kᵀ
-    norm: NormKind = NormKind.layernorm
+    norm: NormKind = NormKind.layernorm  # pre-norm of each block (and the final norm)
     mlp: MlpKind = MlpKind.gelu  # gelu (hidden 4d) | swiglu (hidden 8d/3, same param count)
-    pos_emb: PosEmb = PosEmb.learned
-    rope_base: float = 10000.0
-    tie_embeddings: bool = False
-    use_bias: bool = True
+    pos_emb: PosEmb = PosEmb.learned  # learned positions, or rotary (rope_base)
+    rope_base: float = 10000.0  # rotary frequency base
+    tie_embeddings: bool = False  # share the input embedding and the readout
+    use_bias: bool = True  # biases in dense layers and LayerNorm
     # A number, or a rule: fan_in (paper: 1/sqrt(fan_in), embeddings 1/sqrt(d)), gpt2 (0.02),
     # small_init (sqrt(2/(5d))), mt_nlg (sqrt(1/(3d))).
     init_std: Any = "fan_in"
     attn_scale: AttnScale = AttnScale.after  # after | before (where 1/sqrt(d_head) applies)
-    parametrization: Parametrization = Parametrization.sp  # sp | mup_simple | mup (see above)
-    mup_base_width: int = 128
+    # sp | mup_simple (the paper's μParam (simple): LR of hidden matrices × base fan-in / fan-in)
+    # | mup (fuller Adam μParam, close to the paper's "full", Fig E.5); see Parametrization.
+    parametrization: Parametrization = Parametrization.sp
+    mup_base_width: int = 128  # μParam's base width (width multiplier m = d_model / this)
     dtype: ComputeDtype = ComputeDtype.float32  # compute dtype; params, softmax, loss stay float32
     # κ experiment: q and k each become sqrt(κ)·z/‖z‖ per head, so logit = κ·cos(q, k) and the
     # max attention logit is ≈ κ (no 1/sqrt(d_head)). None = off.
@@ -177,12 +179,12 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr: float = 3e-3  # peak learning rate
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    b1: float = 0.9  # AdamW β1
+    b2: float = 0.95  # AdamW β2
+    eps: float = 1e-8  # AdamW ε
+    weight_decay: float = 0.1  # λ (matrices only; norms and biases are not decayed)
     independent_wd: bool = False  # decay θ by s_t·λ, not s_t·η·λ (see optim.py)
-    warmup_steps: int = 30
+    warmup_steps: int = 30  # linear warm-up length in updates
     schedule: Schedule = Schedule.cosine  # cosine | linear | constant (after warmup)
     min_lr: float = 1e-5  # absolute floor the decay ends at (paper, unconfirmed)
     grad_clip: float = 1.0  # global-norm clip; 0 = off
@@ -196,17 +198,17 @@ class DataConfig:
     path: Optional[str] = None  # text: a file, a directory or a glob; hf: a local dataset dir
     train_bin: Optional[str] = None  # tokens: nanoGPT-style flat uint16/uint32 files
     val_bin: Optional[str] = None
-    token_dtype: TokenDtype = TokenDtype.uint16
+    token_dtype: TokenDtype = TokenDtype.uint16  # tokens: the .bin files' integer type
     vocab_size: Optional[int] = None  # tokens: the vocabulary the .bin ids come from
     hf_name: Optional[str] = None  # hf: load_dataset name (e.g. allenai/c4) ...
     hf_config: Optional[str] = None  # ... and its config (e.g. en)
-    hf_split: str = "train"
+    hf_split: str = "train"  # hf: the split to train on
     hf_val_split: Optional[str] = None  # None: hold out val_fraction of the train documents
-    text_field: str = "text"
-    max_docs: Optional[int] = None
+    text_field: str = "text"  # hf: the column holding the text
+    max_docs: Optional[int] = None  # hf/text: read at most this many documents
     val_fraction: float = 0.05  # held-out share of files/documents
     tokenizer: str = "byte"  # byte | bpe | a path to tokenizer.json or a SentencePiece .model
-    bpe_vocab_size: int = 8192
+    bpe_vocab_size: int = 8192  # tokenizer=bpe: its vocabulary (trained on the corpus, cached)
     cache_dir: Optional[str] = None  # default: $PROXIES_CACHE or ~/.cache/proxies
 
 
@@ -224,28 +226,28 @@ class SpikeConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 300
-    batch_size: int = 32
-    seq_len: int = 128
-    seed: int = 0
-    log_every: int = 25
-    eval_every: int = 100
-    eval_batches: int = 4
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
+    steps: int = 300  # number of updates
+    batch_size: int = 32  # sequences per update
+    seq_len: int = 128  # tokens per sequence
+    seed: int = 0  # init and data order: batches are a function of (seed, step)
+    log_every: int = 25  # train metrics and probes every N updates
+    eval_every: int = 100  # held-out CE every N updates
+    eval_batches: int = 4  # fixed held-out batches the eval reads
+    checkpoint_every: int = 100  # orbax checkpoint every N updates (and at the end)
+    keep_checkpoints: int = 2  # most recent checkpoints kept
     divergence_loss: Optional[float] = None  # the loss limit; None = 2 × loss at init
     # A run is diverged when its loss stays above the limit for more than this many updates in a
     # row (a non-finite loss marks it at once): one spiking batch that recovers is no divergence
     # (the paper's LR sensitivity keeps a recovered run's final loss). None = 2% of train.steps.
     divergence_patience: Optional[int] = None
-    probes: bool = True
-    quiet: bool = False
+    probes: bool = True  # attention-logit, log Z and activation probes on log steps
+    quiet: bool = False  # no progress bar (sweeps set it)
     spike: SpikeConfig = field(default_factory=SpikeConfig)
     # Testing aid: update numbers s (1-based, like metrics rows' `step`) whose batch is replaced
     # by garbage (batch) or whose gradient is multiplied by inject_spike_scale before clipping.
     inject_spike_at: List[int] = field(default_factory=list)
-    inject_spike_kind: InjectKind = InjectKind.batch
-    inject_spike_scale: float = 1000.0
+    inject_spike_kind: InjectKind = InjectKind.batch  # testing aid: what inject_spike_at does
+    inject_spike_scale: float = 1000.0  # testing aid: the gradient multiplier of kind=grad
     # Readout + cross-entropy in chunks of this many tokens (train and eval steps), so B×L×V
     # float32 logits never exist at once. 0 = whole batch at once; -1 = auto: 1024 when the
     # vocabulary is >= 2048 (measured, see proxies/step.py: ce_chunk_for). Outside a run's identity.
@@ -255,11 +257,11 @@ class TrainConfig:
 @dataclass
 class WandbConfig:
     mode: WandbMode = WandbMode.auto  # auto (online with credentials, else disabled) | ...
-    project: str = "proxies"
+    project: str = "proxies"  # W&B project
     group: Optional[str] = None  # a sweep sets its directory's name
     job_type: Optional[str] = None  # a sweep sets the run's series (size × toggles)
     name: Optional[str] = None  # readable name; a sweep sets size, toggles and LR
-    tags: List[str] = field(default_factory=list)
+    tags: List[str] = field(default_factory=list)  # W&B tags (a sweep adds its name)
     # Alert (wandb.alert and a console line) when the max attention logit crosses this; a sweep
     # sets its analysis threshold. None = the analysis default (sweep.threshold).
     alert_logit: Optional[float] = None
@@ -271,7 +273,7 @@ class DynamicsConfig:
     statistics of weights, gradients and activations at named sites. They observe, never change,
     training, so they stay out of a run's identity: turning them on for a run resumes it."""
 
-    enabled: bool = False
+    enabled: bool = False  # training-dynamics probes on
     # Probe steps: 0, every N updates, the last. One probe of the laptop preset costs about five
     # train steps (benchmarks/step_speed.py --dynamics-overhead): ~2% of the time at 250.
     every: int = 250
@@ -286,14 +288,14 @@ class MeshConfig:
     over `fsdp`. -1 = all devices the other axes leave. A vmapped sweep group shards its member
     axis over the devices instead. Outside a run's identity: a run resumes on another mesh."""
 
-    data: int = -1
-    fsdp: int = 1
+    data: int = -1  # devices the batch is split over
+    fsdp: int = 1  # devices parameters and optimizer state are split over
     # Multi-host: jax.distributed.initialize() (auto: when SLURM_NTASKS > 1 or
     # JAX_COORDINATOR_ADDRESS is set); coordinator/num_processes/process_id None = from the env.
     distributed: DistributedMode = DistributedMode.auto
-    coordinator_address: Optional[str] = None
-    num_processes: Optional[int] = None
-    process_id: Optional[int] = None
+    coordinator_address: Optional[str] = None  # multi-host: host:port of process 0
+    num_processes: Optional[int] = None  # multi-host: processes in all
+    process_id: Optional[int] = None  # multi-host: this process's index
 
 
 @dataclass
@@ -312,8 +314,8 @@ class Config:
 class SweepConfig:
     """`python -m proxies.sweep` and the `sweeps/` scripts: a grid of runs and its analysis."""
 
-    name: str = "sweep"
-    lrs: List[float] = field(default_factory=lambda: [1e-3, 1e-2])
+    name: str = "sweep"  # names the sweep directory, its W&B tag and its report
+    lrs: List[float] = field(default_factory=lambda: [1e-3, 1e-2])  # peak LRs of the grid
     # Runs per grid point, at train.seed, train.seed + 1, ... (init and data order differ): the
     # seed is then a swept key (`train.seed`), and verdicts give intervals over seeds.
     seeds: int = 1
@@ -338,10 +340,10 @@ class SweepConfig:
     # extrapolate the attention-logit fit to, the logit above which they are flagged, and sizes
     # (non-embedding params) left out of the fit to check its prediction.
     analysis: bool = True
-    lr_range: List[float] = field(default_factory=lambda: [3e-4, 3e-1])
-    target_params: List[float] = field(default_factory=lambda: [4.8e9])
-    threshold: float = 1e4
-    hold_out: List[float] = field(default_factory=list)
+    lr_range: List[float] = field(default_factory=lambda: [3e-4, 3e-1])  # LR sensitivity's
+    target_params: List[float] = field(default_factory=lambda: [4.8e9])  # extrapolate to
+    threshold: float = 1e4  # predicted max attention logit flagged above this
+    hold_out: List[float] = field(default_factory=list)  # sizes left out of the fit
     # Train runs that differ only in scalar hyperparameters together under jax.vmap:
     # auto = on accelerators (small models leave them idle), off on CPU (no gain there).
     vmap: VmapMode = VmapMode.auto

@@ -99,7 +99,7 @@ def expand_grid(cfg: DictConfig) -> List[Point]:
     for key in {k for d in sizes + variants for k in d} | set(axes):
         if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
             raise ConfigError(f"unknown sweep axis '{key}'; use a key of the run config "
-                              "(README lists them)")
+                              "(docs/config.md lists them)")
     for key, values in axes.items():
         if not values:
             raise ConfigError(f"sweep axis '{key}' has no values; give a list such as [a,b]")

@@ -1,4 +1,4 @@
-"""`python -m sweeps.docs scale=laptop [sweep.root=runs] [--out docs]`: the README's figures from
+"""`python -m sweeps.docs scale=laptop [sweep.root=runs] [--out docs]`: the figures docs/repro.md and docs/dynamics.md show, from
 the result directories a `sweeps.all` / `sweeps.dynamics` run wrote, never copied by hand.
 
     docs/repro/<result>.png                   <root>/repro/<result>-<scale>/figure.png
@@ -42,7 +42,7 @@ def parse(argv: Sequence[str]) -> Tuple[str, Path, Path]:
 
 
 def figure_copies(scale: str, root: Path, out: Path) -> List[Tuple[Path, Path]]:
-    """(source, destination) of every figure the README shows."""
+    """(source, destination) of every figure the docs show."""
     repro = root / "repro"
     pairs = [(repro / f"{name}-{scale}" / "figure.png", out / "repro" / f"{name}.png")
              for name in RESULTS]

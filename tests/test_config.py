@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -144,3 +145,20 @@ def test_analysis_defaults_are_the_sweep_defaults():
     assert report.DEFAULT_TARGETS == tuple(sweep.target_params)
     assert lr_sensitivity.__defaults__[-1] == tuple(sweep.lr_range)
     assert report.analyze.__defaults__[1:3] == (sweep.threshold, tuple(sweep.lr_range))
+
+
+def test_the_config_reference_is_the_one_the_schema_generates():
+    from proxies.config_doc import render
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == render(), ("docs/config.md is stale: run "
+                                         "python -m proxies.config_doc > docs/config.md")
+
+
+def test_the_config_reference_lists_every_key_with_its_comment():
+    from proxies.config_doc import render
+    text = render()
+    for key in ("model.qk_layernorm", "optim.z_loss", "train.spike.sigma", "sweep.seeds",
+                "mesh.fsdp", "out_dir"):
+        assert f"| `{key}` |" in text, key
+    assert "| `optim.z_loss` | float | `0.0` | coefficient of (log Z)²" in text
+    assert "`layernorm` \\| `rmsnorm`" in text  # a Choice lists its values

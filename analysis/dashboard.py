@@ -40,7 +40,7 @@ from matplotlib.colors import to_hex
 
 from analysis import figures
 from analysis.load import SIZE_KEYS, finished, load_sweep, toggle_keys
-from analysis.report import _md_table, attn_predictions, eps_table, select, series_table
+from analysis.report import frame_table, attn_predictions, eps_table, select, series_table
 from proxies import metric_names as M
 from proxies.config import LR_KEY, DEFAULT_TARGETS, DEFAULT_THRESHOLD, WandbConfig
 from proxies.rundir import CONFIG, METRICS, atomic_write_text, read_config_file
@@ -263,7 +263,7 @@ def plain(v: Any) -> Any:
 
 
 def setting_label(where: Mapping[str, Any]) -> str:
-    return figures._label(list(where), tuple(where.values())) if where else "all runs"
+    return figures.toggle_label(list(where), tuple(where.values())) if where else "all runs"
 
 
 def largest_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -362,8 +362,9 @@ def analysis_text(view: SweepView) -> Dict[str, str]:
     eps, _ = eps_table(df, notes)
     notes.append(f"no analysis report yet (`python -m analysis {view.dir}` writes it): tables "
                  "recomputed with the default options")
-    return {"notes": "\n".join(f"- {n}" for n in notes), "sensitivity": _md_table(series_table(df)),
-            "attn": _md_table(preds), "eps": _md_table(eps)}
+    return {"notes": "\n".join(f"- {n}" for n in notes),
+            "sensitivity": frame_table(series_table(df)), "attn": frame_table(preds),
+            "eps": frame_table(eps)}
 
 
 def report_md_sections(text: str) -> Dict[str, str]:

@@ -6,7 +6,7 @@ measures the studies of the paper's "Training-dynamics studies" section: distrib
 training, the max/median ratio r_ℓ,t of the residual stream with its emergence fit
 f(t) = A·exp(−λx)·log x + K, x = γt + t₀, C = E ⊙ R (energy vs correlation), norm compression,
 SwiGLU coincidence, massive activations. The report states numbers, never verdicts:
-`summarize` returns the headline numbers for a script that turns them into verdicts.
+`dynamics_summary` returns the headline numbers for a script that turns them into verdicts.
 
 Figures follow one convention: training step on a sequential colour map with a colour bar,
 layers on another sequential map (shallow to deep), log axes where values span decades.
@@ -203,7 +203,7 @@ def weight_matrices(rec: Records) -> List[str]:
     return [p for p in rec.sites("weight") if not p.endswith(("/bias", "/scale"))]
 
 
-def summarize(run_dir: Path) -> Dict[str, Any]:
+def dynamics_summary(run_dir: Path) -> Dict[str, Any]:
     """The headline numbers of the report, for a script to turn into verdicts.
 
     Keys: run_dir, steps (probe steps), model; r_last {layer: r at the last step} and
@@ -261,7 +261,7 @@ def ec_pearson_e_gain(rec: Records) -> float:
 
 def _init_summary(rec: Records) -> Dict[str, Any]:
     """The headline numbers the verdicts compare with their value at the first probe (init),
-    and the EC numbers that need both steps (see summarize)."""
+    and the EC numbers that need both steps (see dynamics_summary)."""
     first = first_probe(rec)
     nested = _nested_summary(first, {})
     flat = _flat_summary(first, {}, nested)

@@ -28,7 +28,7 @@ from proxies.config import LR_KEY
 LINE_STYLES = ["-", "--", ":", "-."]
 
 
-def _label(keys: Sequence[str], vals) -> str:
+def toggle_label(keys: Sequence[str], vals) -> str:
     vals = vals if isinstance(vals, tuple) else (vals,)
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, vals)) or "all runs"
 
@@ -106,7 +106,7 @@ def lr_curves(df: pd.DataFrame) -> plt.Figure:
                 ax.plot(g[LR_KEY][div], loss[div], "x", ms=9, mew=2, color=col[float(n)])
         log_axes(ax)
         ax.set_xlabel("learning rate")
-        ax.set_title(_label(keys, tvals), fontsize=9)
+        ax.set_title(toggle_label(keys, tvals), fontsize=9)
     axs[0][0].set_ylabel("final eval loss (×: diverged, at loss at init)")
     axs[0][-1].legend(title="non-emb. params", fontsize=7, title_fontsize=7)
     fig.tight_layout()
@@ -121,7 +121,7 @@ def sensitivity_vs_params(series: pd.DataFrame) -> plt.Figure:
     for i, (tvals, g) in enumerate(groups):
         g = g.sort_values("n_params_nonembed")
         ax.plot(g["n_params_nonembed"], g["lr_sensitivity"], "o-", color=f"C{i}",
-                label=_label(keys, tvals))
+                label=toggle_label(keys, tvals))
     log_axes(ax)
     ax.set_xlabel("non-embedding params")
     ax.set_ylabel("LR sensitivity")
@@ -167,7 +167,7 @@ def attn_logit_fits(df: pd.DataFrame, fits: Dict[tuple, QuadraticLogFit],
                         fontsize=7, rotation=90, ha="right", va="bottom")
         log_axes(ax, x=True, y=True)
         ax.set_xlabel("non-embedding params")
-        ax.set_title(_label(keys, tvals), fontsize=9)
+        ax.set_title(toggle_label(keys, tvals), fontsize=9)
     axs[0][0].set_ylabel("max attention logit")
     lr_colourbar(fig, axs[0], norm)
     axs[0][0].plot([], [], "k-", lw=1.2, label="fit (fitted sizes)")
@@ -203,7 +203,7 @@ def training_curves(sweep_dir: Path, df: pd.DataFrame, metric: str, ylabel: str,
             if bool(r.diverged) and len(s):
                 ax.plot(s.index[-1], s.values[-1], "x", ms=8, mew=2, color=c)
         ax.set_xlabel("step")
-        ax.set_title(_label(keys, tvals), fontsize=9)
+        ax.set_title(toggle_label(keys, tvals), fontsize=9)
         ax.grid(alpha=0.3, lw=0.5)
     axs[0][0].set_ylabel(ylabel)
     if len(sizes) > 1:
@@ -236,7 +236,7 @@ def grad_rms_vs_params(df: pd.DataFrame, eps_by: Dict[str, float]) -> plt.Figure
             axs[0][j].axhline(eps, color="k", ls="--", lw=1)
             axs[0][j].annotate(f"AdamW ε {eps:g}", (0.01, eps), xycoords=("axes fraction", "data"),
                                fontsize=7, va="bottom")
-        axs[0][j].set_title(_label(keys, tvals), fontsize=9)
+        axs[0][j].set_title(toggle_label(keys, tvals), fontsize=9)
         axs[1][j].set_xlabel("non-embedding params")
         for i in range(2):
             log_axes(axs[i][j], x=True, y=True)

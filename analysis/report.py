@@ -144,7 +144,7 @@ def eps_table(df: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, Dict[st
     for vals, g in done.groupby(keys + [LR_KEY], sort=True, dropna=False):
         vals = vals if isinstance(vals, tuple) else (vals,)
         eps = float(g["optim.eps"].iloc[0])
-        label = figures._label(keys + ["lr"], vals)
+        label = figures.toggle_label(keys + ["lr"], vals)
         eps_by[label] = eps
         try:
             n_star = eps_crossover(g["n_params_nonembed"], g["grad_rms_median"], eps)
@@ -171,7 +171,7 @@ def eps_table(df: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, Dict[st
     return pd.DataFrame(rows), eps_by
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def frame_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(nothing to show)_\n"
     fmt = lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)  # noqa
@@ -241,8 +241,8 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
     for _, r in tab.iterrows():
         if r["diverged"] and r["runs"].split("/")[0] == str(r["diverged"]):
             keys = series_keys(df)
-            notes.append(f"series {figures._label(keys, tuple(r[k] for k in keys))}: every run "
-                         "diverged")
+            label = figures.toggle_label(keys, tuple(r[k] for k in keys))
+            notes.append(f"series {label}: every run diverged")
     preds, fits = attn_predictions(df, targets, threshold, notes, hold_out)
     eps_tab, eps_by = eps_table(df, notes)
 
@@ -272,11 +272,11 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
              f"[{lr_range[0]:g}, {lr_range[1]:g}].\n"]
     if notes:
         lines += ["## Notes\n"] + [f"- {n}" for n in notes] + [""]
-    lines += ["## LR sensitivity per series\n", _md_table(tab),
+    lines += ["## LR sensitivity per series\n", frame_table(tab),
               f"## Attention-logit growth: predicted max logit (divergence above {threshold:g})\n",
-              _md_table(preds),
+              frame_table(preds),
               "## Gradient RMS vs AdamW ε: size where the median gradient RMS reaches ε\n",
-              _md_table(eps_tab), "## Figures\n"]
+              frame_table(eps_tab), "## Figures\n"]
     lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in figs.items()]
     (out / "report.md").write_text("\n".join(lines))
     tab.to_csv(out / "series.csv", index=False)

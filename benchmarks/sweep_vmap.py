@@ -23,7 +23,7 @@ from proxies.config import Config
 from proxies.model import Transformer
 from proxies.optim import hparams_from_config
 from proxies.step import init_state, make_train_step
-from proxies.runner import _vmapped_step
+from proxies.runner import vmapped_step
 
 
 def time_steps(fn, args_fn, steps: int, repeats: int) -> float:
@@ -66,7 +66,7 @@ def bench(d: int, n_layers: int, n_heads: int, group: int, batch: int, seq: int,
     stack = lambda trees: jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)  # noqa
     g_state, g_hp = stack(states), stack(hps)
     alive, limit = jnp.ones(group, bool), jnp.full(group, 1e9, jnp.float32)
-    vm = jax.jit(_vmapped_step(make_train_step(model, cfg)))
+    vm = jax.jit(vmapped_step(make_train_step(model, cfg)))
     t_group = time_steps(vm, lambda i: (g_state, batches[i % 4], g_hp, alive, limit), steps,
                          repeats)
     tok = batch * seq

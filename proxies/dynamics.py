@@ -28,7 +28,7 @@ def _flat_NxC(x: jax.Array) -> jax.Array:
     return x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
 
 
-def _n_top(n: int, top_frac: float, top_k: Optional[int] = None) -> int:
+def n_top(n: int, top_frac: float, top_k: Optional[int] = None) -> int:
     """Static count of 'top' entries: top_k if given, else round(top_frac · n), in [1, n]."""
     k = top_k if top_k is not None else int(round(top_frac * n))
     return max(1, min(int(k), n))
@@ -213,7 +213,7 @@ def energy_correlation_summary(A_NxK: jax.Array, B_KxM: jax.Array, top_frac: flo
     E, R = energy_correlation(A_NxK, B_KxM)
     absC = jnp.abs(E * R).reshape(-1)
     E, absR = E.reshape(-1), jnp.abs(R).reshape(-1)
-    k = _n_top(absC.shape[0], top_frac, top_k)
+    k = n_top(absC.shape[0], top_frac, top_k)
     idx_C, _ = _top_mask(absC, k)
     _, in_E = _top_mask(E, k)
     _, in_R = _top_mask(absR, k)
@@ -267,7 +267,7 @@ def swiglu_coincidence(gate_pre_NxH: jax.Array, up_NxH: jax.Array, top_frac: flo
     u = _flat_NxC(up_NxH)
     s = jax.nn.swish(g)
     h = (s * u).reshape(-1)
-    k = _n_top(h.shape[0], top_frac, top_k)
+    k = n_top(h.shape[0], top_frac, top_k)
     idx_h, _ = _top_mask(jnp.abs(h), k)
     _, in_s = _top_mask(jnp.abs(s).reshape(-1), k)
     _, in_u = _top_mask(jnp.abs(u).reshape(-1), k)

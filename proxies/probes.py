@@ -109,7 +109,7 @@ def _energy(A: jax.Array, B: jax.Array, top_frac: float) -> tuple:
     from proxies import dynamics as D
     A = A.reshape(-1, B.shape[0])
     summary = D.energy_correlation_summary(A, B, top_frac=top_frac)
-    k = D._n_top(A.shape[0] * B.shape[1], top_frac)  # static: the summary's own top count
+    k = D.n_top(A.shape[0] * B.shape[1], top_frac)  # static: the summary's own top count
     return ({key: summary[key] for key in ("pearson_E", "pearson_R", "top_overlap_E",
                                            "top_overlap_R", "chance_overlap")},
             _ec_sample(A, B, k))

@@ -22,7 +22,7 @@ from proxies.sharding import Layout
 from proxies.step import WATCHED, make_eval_step, make_train_step
 
 
-def _vmapped_step(step: Callable) -> Callable:
+def vmapped_step(step: Callable) -> Callable:
     """vmap a train step over (state, hparams) with one shared batch. A member whose applied
     update gave a non-finite loss or one above its limit keeps its previous state from then on
     (frozen, `alive` false), so it never disturbs its group-mates; so does one the loop froze."""
@@ -75,7 +75,7 @@ def compiled(key: str, model: Any, cfg: Any, state: Any, batch: jax.Array, hp: A
             alive = jnp.ones(group, bool)
             if layout is not None:
                 alive = jax.device_put(alive, shard["in_shardings"][3])
-            steps = [jax.jit(_vmapped_step(make_train_step(model, cfg, with_stats=s)),
+            steps = [jax.jit(vmapped_step(make_train_step(model, cfg, with_stats=s)),
                              donate_argnums=donate, **shard)
                      .lower(state, batch, hp, alive).compile() for s in (False, True)]
             eval_step, probe = jax.vmap(eval_step, (0, None)), jax.vmap(probe, (0, None))

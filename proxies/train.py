@@ -256,7 +256,7 @@ def loss_at_init(m: Member) -> Optional[float]:
     return rows[0][M.EVAL_CE] if rows else None
 
 
-def summarize(rows: List[Dict[str, Any]], events: List[Dict[str, Any]],
+def run_summary(rows: List[Dict[str, Any]], events: List[Dict[str, Any]],
               extra: Dict[str, Any]) -> Dict[str, Any]:
     """summary.json from the records (so a resumed run summarizes its whole history)."""
     def finite(key):
@@ -470,7 +470,7 @@ def finish_member(m: Member, end: int, steps_run: int, wall: float, group_size: 
     diverged = m.outcome in ("diverged", "max_rollbacks")
     tokens = tc.batch_size * tc.seq_len
     rows = m.run.metrics_rows()
-    summary = summarize(rows, m.run.read_events(), {
+    summary = run_summary(rows, m.run.read_events(), {
         "diverged": diverged, "diverged_at_step": m.diverged_at,
         "stop_reason": m.outcome if diverged else "completed",
         "steps_done": m.diverged_at if diverged else tc.steps,

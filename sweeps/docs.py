@@ -1,5 +1,6 @@
-"""`python -m sweeps.docs scale=laptop [sweep.root=runs] [--out docs]`: the figures docs/repro.md and docs/dynamics.md show, from
-the result directories a `sweeps.all` / `sweeps.dynamics` run wrote, never copied by hand.
+"""`python -m sweeps.docs scale=laptop [sweep.root=runs] [--out docs]`: the figures
+docs/repro.md and docs/dynamics.md show, from the result directories a `sweeps.all` /
+`sweeps.dynamics` run wrote, never copied by hand.
 
     docs/repro/<result>.png                   <root>/repro/<result>-<scale>/figure.png
     docs/dynamics/r_by_recipe.png             <root>/repro/dynamics-<scale>/figure.png

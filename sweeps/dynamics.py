@@ -110,13 +110,13 @@ def run_dirs(t: Tables) -> Dict[Tuple[str, int], Path]:
 
 
 def summaries(t: Tables) -> Dict[str, List[Dict[str, Any]]]:
-    """Per recipe, each seed's headline numbers (analysis.dynamics_report.summarize), each
+    """Per recipe, each seed's headline numbers (analysis.dynamics_report.dynamics_summary), each
     run's report written."""
-    from analysis.dynamics_report import summarize, write_report
+    from analysis.dynamics_report import dynamics_summary, write_report
     out: Dict[str, List[Dict[str, Any]]] = {}
     for (name, _), d in sorted(run_dirs(t).items()):
         write_report(d, animation=True)
-        out.setdefault(name, []).append(summarize(d))
+        out.setdefault(name, []).append(dynamics_summary(d))
     return out
 
 

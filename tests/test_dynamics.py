@@ -147,16 +147,16 @@ def test_a_vmapped_group_records_each_members_dynamics(make_cfg):
 
 
 def test_summary_keeps_each_verdicts_step_0_null(make_cfg):
-    """The numbers sweeps/dynamics.py judges against (analysis.dynamics_report.summarize's
+    """The numbers sweeps/dynamics.py judges against (analysis.dynamics_report.dynamics_summary's
     `_init` keys, R's lead and E's gain) against a brute-force reading of stats.jsonl."""
-    from analysis.dynamics_report import summarize
+    from analysis.dynamics_report import dynamics_summary
     cfg = make_cfg(*DYN, "model.mlp=swiglu", "model.norm=rmsnorm", out="null")
     train(cfg)
     run = Path(cfg.out_dir)
     rows = read_dynamics(run)
     first, last = rows[0], rows[-1]
     assert first["step"] == 0
-    s = summarize(run)
+    s = dynamics_summary(run)
     assert s["first_step"] == 0 and s["n_probes"] == len(rows)
     L = cfg.model.n_layers
     med = lambda xs: float(np.median(xs))  # noqa: E731

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import tiny_cfg
 
 from analysis import dynamics as adyn
-from analysis.dynamics_report import FAMILIES, summarize, write_report
+from analysis.dynamics_report import FAMILIES, dynamics_summary, write_report
 from proxies.train import train
 
 FIGURES = ("hist_over_training.png", "outliers_over_training.png", "energy_vs_correlation.png",
@@ -59,7 +59,7 @@ def _finite(x) -> bool:
 
 
 def test_summarize_headline_numbers(run_dir):
-    s = summarize(run_dir)
+    s = dynamics_summary(run_dir)
     assert s["steps"] == list(range(0, 25, 4))
     assert set(s["r_last"]) == set(s["emergence"]) == set(range(N_LAYERS))
     assert all(_finite(r) and r >= 1 for r in s["r_last"].values())  # max >= median

@@ -296,7 +296,7 @@ def test_mup_plan_is_sp_vs_mup_simple_from_the_smallest_width():
 # ------------------------------------------------------------------------ training dynamics
 
 def dyn_summary(seed: int, **changes) -> dict:
-    """One seed's headline numbers (analysis.dynamics_report.summarize) where every finding
+    """One seed's headline numbers (analysis.dynamics_report.dynamics_summary) where every finding
     holds against its step-0 null; `changes` maps a key to a value or a {seed: value} dict."""
     j = 0.01 * seed
     s = {"first_step": 0, "n_probes": 21,

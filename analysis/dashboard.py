@@ -42,7 +42,8 @@ from analysis import figures
 from analysis.load import SIZE_KEYS, finished, load_sweep, toggle_keys
 from analysis.report import frame_table, attn_predictions, eps_table, select, series_table
 from proxies import metric_names as M
-from proxies.config import LR_KEY, DEFAULT_TARGETS, DEFAULT_THRESHOLD, WandbConfig
+from proxies.config import (LR_KEY, DEFAULT_TARGETS, DEFAULT_THRESHOLD, WandbConfig,
+                            nonembed_params)
 from proxies.rundir import CONFIG, METRICS, atomic_write_text, read_config_file
 from proxies.tracking import run_id, series_name
 
@@ -220,7 +221,8 @@ def load_view(sweep_dir: Path) -> SweepView:
     swept = swept_values(sweep_dir)
     df["run_id"] = df["run_dir"].map(run_id)
     df["series"] = df["run_dir"].map(lambda r: series_name(swept.get(r, {})))
-    df["size"] = 12.0 * df["model.n_layers"].astype(float) * df["model.d_model"].astype(float) ** 2
+    df["size"] = [float(nonembed_params(int(d), int(L)))  # the GELU size, known before a run ends
+                  for d, L in zip(df["model.d_model"], df["model.n_layers"])]
     return SweepView(sweep_dir, wandb_group(sweep_dir), df)
 
 

@@ -360,6 +360,33 @@ DEFAULT_LR_RANGE: Tuple[float, float] = (_SWEEP_DEFAULTS.lr_range[0], _SWEEP_DEF
 DEFAULT_TARGETS: Tuple[float, ...] = tuple(_SWEEP_DEFAULTS.target_params)
 DEFAULT_THRESHOLD: float = _SWEEP_DEFAULTS.threshold
 
+def mlp_hidden(cfg: "ModelConfig | DictConfig") -> int:
+    """4d for GELU; 8d/3 for SwiGLU so its three matrices hold as many params as GELU's two."""
+    match MlpKind(cfg.mlp):
+        case MlpKind.gelu:
+            return 4 * cfg.d_model
+        case MlpKind.swiglu:
+            return int(round(8 * cfg.d_model / 3))
+        case mlp:
+            unhandled("model.mlp", mlp)
+
+
+def nonembed_params(d_model: int, n_layers: int, mlp: MlpKind | str = MlpKind.gelu) -> int:
+    """Non-embedding matrix params of a size, counted from the architecture: per block q, k, v
+    and the attention output (4d²) and the MLP's matrices (2·d·4d for GELU: 12·L·d² in all, the
+    paper's size convention; 3·d·round(8d/3) for SwiGLU). Biases and norm scales, which
+    proxies.model.count_params also counts, are left out."""
+    match MlpKind(mlp):
+        case MlpKind.gelu:
+            matrices = 2  # up, down
+        case MlpKind.swiglu:
+            matrices = 3  # gate, up, down
+        case kind:
+            unhandled("model.mlp", kind)
+    F = mlp_hidden(ModelConfig(d_model=d_model, mlp=MlpKind(mlp)))
+    return n_layers * (4 * d_model * d_model + matrices * d_model * F)
+
+
 # Dotted config keys the sweeps, their tables and the analysis name columns by.
 LR_KEY = "optim.lr"
 SEED_KEY = "train.seed"  # swept (a table column) when sweep.seeds > 1

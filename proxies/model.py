@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from proxies.config import (AttnImpl, AttnScale, ComputeDtype, MlpKind, ModelConfig, NormKind,
-                            Parametrization, PosEmb, unhandled)
+from proxies.config import (AttnImpl, AttnScale, ComputeDtype, MlpKind, ModelConfig,  # noqa: F401
+                            NormKind, Parametrization, PosEmb, mlp_hidden, unhandled)
 
 # jax's truncated normal (cut at ±2σ) has std 0.8796·σ; dividing makes `std` the real std.
 _TRUNC_STD = 0.87962566103423978
@@ -282,17 +282,6 @@ class Attention(nn.Module):
             self.sow("intermediates", "entropy", -jnp.mean(jnp.sum(plogp, axis=-1)))
         sow_dynamics(self, "probs", probs_BxHxLxL)
         return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(dtype), v_BxLxHxK)
-
-
-def mlp_hidden(cfg: ModelConfig) -> int:
-    """4d for GELU; 8d/3 for SwiGLU so its three matrices hold as many params as GELU's two."""
-    match cfg.mlp:
-        case MlpKind.gelu:
-            return 4 * cfg.d_model
-        case MlpKind.swiglu:
-            return int(round(8 * cfg.d_model / 3))
-        case _:
-            unhandled("model.mlp", cfg.mlp)
 
 
 class Mlp(nn.Module):

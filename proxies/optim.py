@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from proxies.config import (Config, ModelConfig, Parametrization, Schedule, divergence_patience,
-                            unhandled)
-from proxies.model import mlp_hidden, width_mult
+                            mlp_hidden, unhandled)
+from proxies.model import width_mult
 
 Hparams = Dict[str, jax.Array]
 HPARAM_KEYS = ("lr", "min_lr", "warmup_steps", "weight_decay", "eps", "b1", "b2", "grad_clip",

@@ -28,11 +28,10 @@ from tqdm.auto import tqdm
 from proxies.cli import one_line_errors, run_cli
 from proxies.config import (LR_KEY, SEED_KEY, Config, ConfigError, DataSource,  # noqa: F401
                             MlpKind, PosEmb, SweepConfig, SweepRoot, VmapMode, config_hash,
-                            register_configs, to_plain, unhandled, validate,
-                            validate_sweep)
+                            nonembed_params, register_configs, to_plain, unhandled,
+                            validate, validate_sweep)
 from proxies.launch import (CoreWorkers, JobsFailed, Launcher, Point, available_cores,
                             dispatch, from_hydra, run_jobs)
-from proxies.model import mlp_hidden
 from proxies.results import TABLE, update_table
 from proxies.rundir import RunDir, atomic_write_text, run_finished, take_lock
 from proxies.sharding import initialize_distributed
@@ -167,21 +166,10 @@ def write_manifest(points: List[Point], out: Path) -> None:
 def run_params(run: DictConfig, vocab_size: int) -> Tuple[int, int]:
     """(all params, non-embedding params) of a run's model, counted from its config."""
     m, seq = run.model, run.train.seq_len
-    d, L, F = m.d_model, m.n_layers, mlp_hidden(m)
-    block = 4 * d * d + _mlp_matrices(m.mlp) * d * F
-    nonembed = L * block
-    embed = vocab_size * d * (1 if m.tie_embeddings else 2) + _pos_params(m.pos_emb, seq, d)
+    nonembed = nonembed_params(m.d_model, m.n_layers, m.mlp)
+    embed = (vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
+             + _pos_params(m.pos_emb, seq, m.d_model))
     return nonembed + embed, nonembed
-
-
-def _mlp_matrices(mlp: MlpKind) -> int:
-    match mlp:
-        case MlpKind.gelu:
-            return 2  # up, down
-        case MlpKind.swiglu:
-            return 3  # gate, up, down
-        case _:
-            unhandled("model.mlp", mlp)
 
 
 def _pos_params(pos_emb: PosEmb, seq: int, d: int) -> int:

@@ -39,7 +39,8 @@ from analysis.dashboard import PanelSpec  # noqa: E402
 from analysis.load import SIZE_KEYS, finished, load_sweep, series_keys  # noqa: E402
 from analysis.sweep_end import after_sweep  # noqa: E402
 from proxies.cli import run_cli  # noqa: E402
-from proxies.config import LR_KEY, DEFAULT_TARGETS, ConfigError, to_plain  # noqa: E402
+from proxies.config import (LR_KEY, DEFAULT_TARGETS, ConfigError, nonembed_params,  # noqa: E402
+                            to_plain)
 from proxies.sweep import (Point, apply_axes_replacement, expand_grid, print_plan,  # noqa: E402
                            run_sweep, split_axes_override, sweep_dir)
 from proxies.train import CONFIG_DIR  # noqa: E402
@@ -55,9 +56,9 @@ def size(d: int, n_layers: int, head_dim: int = 32) -> Dict[str, int]:
     return {"d_model": d, "n_layers": n_layers, "n_heads": max(1, d // head_dim)}
 
 
-def nonembed_params(s: Dict[str, int]) -> float:
+def size_params(s: Dict[str, int]) -> float:
     """12·L·d²: non-embedding params of a GELU size (what the analysis tables call a size)."""
-    return float(12 * s["n_layers"] * s["d_model"] ** 2)
+    return float(nonembed_params(s["d_model"], s["n_layers"]))
 
 
 def half_decades(lo: float, hi: float) -> List[float]:

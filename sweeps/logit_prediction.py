@@ -37,7 +37,7 @@ from analysis.figures import log_axes
 from proxies import metric_names as M
 from proxies.config import LR_KEY, DEFAULT_THRESHOLD
 from sweeps import panels as P
-from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main, nonembed_params
+from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main, size_params
 
 CLAIM = ("block 0's max attention logit at 2% of training, fitted as a quadratic in log(params) "
          "on small models without qk-layernorm, predicts a larger model's logit and whether it "
@@ -68,7 +68,7 @@ def parts(s: ScaleSpec) -> List[Part]:
     lrs = [lr for lr in s.lrs if lr >= MIN_LR] or s.lrs
     return [Part("main", {"model": {"qk_layernorm": False},
                           "sweep": {"lrs": lrs, "sizes": fit_sizes(s) + [s.held_out],
-                                    "hold_out": [nonembed_params(s.held_out)],
+                                    "hold_out": [size_params(s.held_out)],
                                     "threshold": THRESHOLD}})]
 
 

@@ -10,10 +10,6 @@ resumes interrupted ones from their checkpoints; extending the grid trains only 
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,100 +18,24 @@ from typing import Any, Dict, List, Optional, Tuple
 import hydra
 import jax
 import pandas as pd
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from proxies.cli import one_line_errors, run_cli
-from proxies.config import (LR_KEY, SEED_KEY, Config, ConfigError, DataSource,  # noqa: F401
-                            MlpKind, PosEmb, SweepConfig, SweepRoot, VmapMode, config_hash,
-                            nonembed_params, register_configs, to_plain, unhandled,
-                            validate, validate_sweep)
+from proxies.config import (LR_KEY, ConfigError, VmapMode, register_configs, unhandled)
+from proxies.cost import print_plan, run_flops
+from proxies.grid import expand_grid, label_runs, sweep_dir, write_manifest
 from proxies.launch import (CoreWorkers, JobsFailed, Launcher, Point, available_cores,
                             dispatch, from_hydra, run_jobs)
 from proxies.results import TABLE, update_table
 from proxies.rundir import RunDir, atomic_write_text, run_finished, take_lock
 from proxies.sharding import initialize_distributed
 from proxies.stopping import stop_requests
-from proxies.tracking import series_name
-from proxies.train import CONFIG_DIR, group_key, run_name, train_group
+from proxies.train import CONFIG_DIR, group_key, train_group
 
 SWEEP_LOCK = ".sweep.lock"
 
 register_configs()
-
-_MISSING = object()
-
-# Throughput assumed by cost estimates (FLOPs = 6·params + 12·L·d·seq per token, see
-# `run_flops`): a 2-core x86 CPU runs these small fp32 models at 60-170 GFLOP/s (measured with
-# benchmarks/step_speed.py); one H100 at 40% of its 989 TFLOP/s dense bf16 peak.
-CPU_FLOPS = 70e9
-GPU_FLOPS = 0.4 * 989e12
-RUN_OVERHEAD_S = 5.0  # compile, data and first eval per run (CPU, small models)
-
-
-def flatten_axes(axes: Any, prefix: str = "") -> Dict[str, list]:
-    """{model: {qk_layernorm: [false, true]}} -> {'model.qk_layernorm': [False, True]}."""
-    out: Dict[str, list] = {}
-    for k, v in (axes or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, (list, ListConfig)):
-            out[key] = list(v)
-        elif isinstance(v, (dict, DictConfig)):
-            out.update(flatten_axes(v, key + "."))
-        else:
-            raise ConfigError(f"sweep axis '{key}' needs a list of values, got {v!r}; "
-                              f"write sweep.axes.{key}=[{v}]")
-    return out
-
-
-def flatten_values(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    """{optim: {z_loss: 1e-4}} -> {'optim.z_loss': 1e-4} (one variant's settings)."""
-    out: Dict[str, Any] = {}
-    for k, v in (tree or {}).items():
-        if isinstance(v, (dict, DictConfig)):
-            out.update(flatten_values(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v.copy() if isinstance(v, list) else v
-    return out
-
-
-def base_config(cfg: DictConfig) -> DictConfig:
-    """The single-run config a sweep starts from (everything but `sweep`)."""
-    c = to_plain(cfg)
-    c.pop("sweep", None)
-    return OmegaConf.merge(OmegaConf.structured(Config), c)
-
-
-def expand_grid(cfg: DictConfig) -> List[Point]:
-    """All grid points, sizes × variants × axes × LRs, each with its run directory set."""
-    validate_sweep(cfg.sweep)
-    sw = cfg.sweep
-    lrs = list(sw.lrs)
-    base = base_config(cfg)
-    axes = flatten_axes(sw.axes)
-    sizes = [{f"model.{k}": v for k, v in s.items()} for s in sw.sizes] or [{}]
-    variants = [flatten_values(v) for v in sw.variants] or [{}]
-    for key in {k for d in sizes + variants for k in d} | set(axes):
-        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
-            raise ConfigError(f"unknown sweep axis '{key}'; use a key of the run config "
-                              "(docs/config.md lists them)")
-    for key, values in axes.items():
-        if not values:
-            raise ConfigError(f"sweep axis '{key}' has no values; give a list such as [a,b]")
-    seeds = ([{SEED_KEY: base.train.seed + i} for i in range(sw.seeds)] if sw.seeds > 1 else [{}])
-    points = []
-    for size, variant, combo, seed in itertools.product(sizes, variants,
-                                                        itertools.product(*axes.values()), seeds):
-        for lr in lrs:
-            values = {**size, **variant, **dict(zip(axes, combo)), **seed, LR_KEY: float(lr)}
-            run = base.copy()
-            for k, v in values.items():
-                OmegaConf.update(run, k, v, merge=False)
-            run.train.quiet = True
-            validate(run)
-            run.out_dir = str(Path(sw.run_root) / run_name(run))
-            points.append((values, run))
-    return points
 
 
 def use_vmap(cfg: DictConfig) -> bool:
@@ -139,130 +59,6 @@ def plan_groups(points: List[Point], vmap: bool, group_size: int) -> List[List[P
     for p in points:
         by_key.setdefault(group_key(p[1]), []).append(p)
     return [g[i:i + group_size] for g in by_key.values() for i in range(0, len(g), group_size)]
-
-
-def sweep_dir(cfg: DictConfig, points: List[Point]) -> Path:
-    """`sweep.dir`, or `<root>/<name>-<hash of the grid's run configs>`: same grid, same dir."""
-    if cfg.sweep.dir:
-        return Path(cfg.sweep.dir)
-    h = hashlib.sha256("\n".join(sorted(config_hash(r) for _, r in points)).encode())
-    return Path(cfg.sweep.root) / f"{cfg.sweep.name}-{h.hexdigest()[:8]}"
-
-
-def _rel(path: Path, start: Path) -> str:
-    return os.path.relpath(path.absolute(), start.absolute())
-
-
-def write_manifest(points: List[Point], out: Path) -> None:
-    """`runs.json`: the sweep's grid points, each with its run directory relative to `out`."""
-    rows = [{"run_dir": _rel(Path(run.out_dir), out), "swept": values} for values, run in points]
-    tmp = out / f".runs.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    os.replace(tmp, out / "runs.json")
-
-
-# ---------------------------------------------------------------------------- cost estimates
-
-def run_params(run: DictConfig, vocab_size: int) -> Tuple[int, int]:
-    """(all params, non-embedding params) of a run's model, counted from its config."""
-    m, seq = run.model, run.train.seq_len
-    nonembed = nonembed_params(m.d_model, m.n_layers, m.mlp)
-    embed = (vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
-             + _pos_params(m.pos_emb, seq, m.d_model))
-    return nonembed + embed, nonembed
-
-
-def _pos_params(pos_emb: PosEmb, seq: int, d: int) -> int:
-    match pos_emb:
-        case PosEmb.learned:
-            return seq * d
-        case PosEmb.rope:
-            return 0
-        case _:
-            unhandled("model.pos_emb", pos_emb)
-
-
-def vocab_guess(run: DictConfig) -> int:
-    """The vocabulary a run will have, without loading its data (32768 for a tokenizer file)."""
-    d = run.data
-    match d.source:
-        case DataSource.tokens:
-            if d.vocab_size:
-                return int(d.vocab_size)
-        case DataSource.stdlib | DataSource.text | DataSource.hf:
-            pass  # the tokenizer decides
-        case _:
-            unhandled("data.source", d.source)
-    if d.tokenizer == "byte":
-        return 256
-    if d.tokenizer == "bpe":
-        return int(d.bpe_vocab_size)
-    return 32768
-
-
-def run_flops(run: DictConfig) -> float:
-    """Training FLOPs of a run: (6·params + 12·L·d·seq) per token, plus its evals (1/3 of that
-    per held-out token)."""
-    t = run.train
-    n_all, _ = run_params(run, vocab_guess(run))
-    per_token = 6 * n_all + 12 * run.model.n_layers * run.model.d_model * t.seq_len
-    train_tokens = t.steps * t.batch_size * t.seq_len
-    eval_tokens = (t.steps // t.eval_every + 1) * t.eval_batches * t.batch_size * t.seq_len
-    return per_token * (train_tokens + eval_tokens / 3)
-
-
-def estimate(points: List[Point]) -> Dict[str, float]:
-    """Runs to train, runs reused, total FLOPs and the wall time on a 2-core CPU and one H100."""
-    todo = [run for _, run in points if not run_finished(run.out_dir)]
-    flops = sum(run_flops(run) for run in todo)
-    return {"runs": len(points), "todo": len(todo), "reused": len(points) - len(todo),
-            "flops": flops, "cpu_s": flops / CPU_FLOPS + RUN_OVERHEAD_S * len(todo),
-            "gpu_s": flops / GPU_FLOPS + RUN_OVERHEAD_S * len(todo)}
-
-
-def fmt_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    if seconds < 365 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    return f"{seconds / (365 * 86400):.3g} years"
-
-
-def grid_summary(points: List[Point]) -> pd.DataFrame:
-    """One row per series (everything but the LR): its LRs, params, steps × tokens, runs done."""
-    rows: Dict[str, Dict[str, Any]] = {}
-    for values, run in points:
-        key = json.dumps({k: v for k, v in values.items() if k != LR_KEY}, sort_keys=True,
-                         default=str)
-        _, nonembed = run_params(run, vocab_guess(run))
-        r = rows.setdefault(key, {**{k.split(".")[-1]: v for k, v in values.items()
-                                     if k != LR_KEY},
-                                  "nonembed_params": f"{nonembed / 1e6:.3g}M",
-                                  "steps": run.train.steps,
-                                  "tokens/step": run.train.batch_size * run.train.seq_len,
-                                  "lrs": [], "done": 0})
-        r["lrs"].append(f"{values[LR_KEY]:g}")
-        r["done"] += int(run_finished(run.out_dir))
-    df = pd.DataFrame(list(rows.values()))
-    df["lrs"] = df["lrs"].map(lambda v: ",".join(v))
-    return df
-
-
-def print_plan(name: str, points: List[Point], table: bool = True) -> Dict[str, float]:
-    """Print the grid (a row per series) and the cost estimate; return the estimate."""
-    est = estimate(points)
-    if table:
-        with pd.option_context("display.width", 200, "display.max_columns", 40,
-                               "display.max_colwidth", 60):
-            print(grid_summary(points).to_string(index=False))
-    print(f"{name}: {est['runs']} runs ({est['reused']} already done, {est['todo']} to train), "
-          f"{est['flops']:.3g} FLOPs to go: ~{fmt_duration(est['cpu_s'])} on a 2-core CPU, "
-          f"~{fmt_duration(est['gpu_s'])} on one H100 at 40% MFU (estimates)")
-    return est
 
 
 # ---------------------------------------------------------------------------------- running
@@ -297,21 +93,6 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None,
                          "finished, no analysis")
     print(f"{len(points)} runs, {time.time() - t0:.0f} s; table {out / TABLE}")
     return out, df
-
-
-def label_runs(points: List[Point], cfg: DictConfig) -> None:
-    """W&B names of each run: group = the sweep's (`wandb.group`), job type = its series (the
-    dashboards group by both), a readable name with the LR, the experiment's name as a tag, the
-    analysis threshold as the attention-logit alert. None of it is in a run's identity."""
-    group = cfg.wandb.group
-    for values, run in points:
-        w = run.wandb
-        w.group = w.group or group
-        w.job_type = w.job_type or series_name(values)
-        w.name = w.name or f"{series_name(values)} lr={values[LR_KEY]:g}"
-        w.tags = list(dict.fromkeys([*w.tags, cfg.sweep.name]))
-        if w.alert_logit is None:
-            w.alert_logit = float(cfg.sweep.threshold)
 
 
 def train_missing(cfg: DictConfig, points: List[Point], out: Path,

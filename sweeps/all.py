@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from proxies.cli import run_cli
-from proxies.sweep import print_plan
+from proxies.cost import print_plan
 from sweeps import RESULTS
 from sweeps.core import (Plan, Result, Verdict, cell, execute, parse_args, plan, unique_points,
                          write_plan)

@@ -41,8 +41,10 @@ from analysis.sweep_end import after_sweep  # noqa: E402
 from proxies.cli import run_cli  # noqa: E402
 from proxies.config import (LR_KEY, DEFAULT_TARGETS, ConfigError, nonembed_params,  # noqa: E402
                             to_plain)
-from proxies.sweep import (Point, apply_axes_replacement, expand_grid, print_plan,  # noqa: E402
-                           run_sweep, split_axes_override, sweep_dir)
+from proxies.cost import print_plan  # noqa: E402
+from proxies.grid import expand_grid, sweep_dir  # noqa: E402
+from proxies.launch import Point  # noqa: E402
+from proxies.sweep import apply_axes_replacement, run_sweep, split_axes_override  # noqa: E402
 from proxies.train import CONFIG_DIR  # noqa: E402
 
 Scale = Literal["tiny", "laptop", "gpu", "paper"]

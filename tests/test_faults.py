@@ -366,7 +366,8 @@ def test_kill_9_then_the_rerun_is_exact(moment, tmp_path, corpus_dir, cache_dir)
 def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path, corpus_dir, cache_dir):
     from test_sweep import sweep_cfg
 
-    from proxies.sweep import SWEEP_LOCK, expand_grid, run_sweep, sweep_dir
+    from proxies.grid import expand_grid, sweep_dir
+    from proxies.sweep import SWEEP_LOCK, run_sweep
     cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
     d = sweep_dir(cfg, expand_grid(cfg))
     d.mkdir(parents=True)

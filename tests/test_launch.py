@@ -23,8 +23,8 @@ from proxies.config import Config, ConfigError, SweepRoot, config_hash
 from proxies.launch import (SINGLE_THREAD_XLA, JobsFailed, Launcher, LauncherName, core_shares,
                             run_group_job, write_spec)
 from proxies.rundir import take_lock
-from proxies.sweep import (expand_grid, main, n_workers, plan_groups, run_sweep, sweep_dir,
-                           write_manifest)
+from proxies.grid import expand_grid, sweep_dir, write_manifest
+from proxies.sweep import main, n_workers, plan_groups, run_sweep
 from proxies.train import CONFIG_DIR
 
 try:  # now, not in a test: importing submitit reconfigures logging, closing pytest's handlers

@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 from analysis import lr_sensitivity
 from proxies.config import ConfigError
 from proxies.launch import available_cores
-from proxies.sweep import SweepRoot, expand_grid, run_sweep, sweep_dir
+from proxies.config import SweepRoot
+from proxies.grid import expand_grid, sweep_dir
+from proxies.sweep import run_sweep
 from proxies.rundir import read_metrics
 from proxies.train import run_name, train
 
@@ -290,7 +292,7 @@ def test_sweep_variants_set_several_keys_at_once(tmp_path, corpus_dir, cache_dir
 
 
 def test_dry_run_counts_reused_runs_and_trains_nothing(tmp_path, corpus_dir, cache_dir, capsys):
-    from proxies.sweep import estimate
+    from proxies.cost import estimate
     cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-3]")
     run_sweep(cfg)
     cfg.sweep.lrs = [1e-3, 1e-2]
@@ -327,7 +329,7 @@ def test_cost_estimate_counts_the_params_the_model_has(make_cfg, overrides):
     import jax
     from proxies.model import Transformer, count_params
     from proxies.step import init_state
-    from proxies.sweep import run_params
+    from proxies.cost import run_params
     cfg = make_cfg(*overrides)
     model = Transformer(cfg.model, 256, cfg.train.seq_len)
     real_all, real_nonembed = count_params(init_state(model, cfg, jax.random.key(0)).params)

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.dashboard import PanelSpec
+from analysis.dashboard.panels import PanelSpec
 from analysis.figures import log_axes
 from proxies import metric_names as M
 from proxies.config import LR_KEY

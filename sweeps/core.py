@@ -35,7 +35,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from analysis.dashboard import PanelSpec  # noqa: E402
+from analysis.dashboard.panels import PanelSpec  # noqa: E402
 from analysis.load import SIZE_KEYS, finished, load_sweep, series_keys  # noqa: E402
 from analysis.sweep_end import after_sweep  # noqa: E402
 from proxies.cli import run_cli  # noqa: E402

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Tuple
 
 import matplotlib.pyplot as plt
 
-from analysis.dashboard import lr_vs_loss, sensitivity_vs_params
+from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
-from analysis.dashboard import PanelSpec, lr_vs_loss, sensitivity_vs_params
+from analysis.dashboard.panels import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main

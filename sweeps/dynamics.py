@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import matplotlib.pyplot as plt
 import numpy as np
 
-from analysis.dashboard import PanelSpec
+from analysis.dashboard.panels import PanelSpec
 from sweeps import panels as P
 from sweeps.core import (SPECS, Part, Reproduced, Result, ScaleSpec, Tables, main, size,
                          warmup)

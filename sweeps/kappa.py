@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.dashboard import PanelSpec, lr_vs_loss
+from analysis.dashboard.panels import PanelSpec, lr_vs_loss
 from analysis.figures import log_axes
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, half_decades, main

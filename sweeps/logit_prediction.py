@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.dashboard import PanelSpec
+from analysis.dashboard.panels import PanelSpec
 from analysis.fits import FitError, fit_quadratic_log
 from analysis.figures import log_axes
 from proxies import metric_names as M

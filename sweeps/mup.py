@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullLocator
 
-from analysis.dashboard import lr_vs_loss, sensitivity_vs_params
+from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
 from analysis.figures import log_axes
 from proxies.config import Parametrization, unhandled
 from sweeps import panels as P

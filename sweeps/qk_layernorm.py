@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.dashboard import PanelSpec, lr_vs_loss, sensitivity_vs_params
+from analysis.dashboard.panels import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 from proxies.config import LR_KEY

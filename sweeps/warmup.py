@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Tuple
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.dashboard import lr_vs_loss, sensitivity_vs_params
+from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 from sweeps.qk_layernorm import outcome, overall, trend_words

@@ -17,6 +17,7 @@ pytest.importorskip("wandb_workspaces")
 
 from analysis import dashboard as D  # noqa: E402
 from proxies import metric_names as M  # noqa: E402
+from proxies.tracking import series_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_ORDER = ["About this sweep", "LR vs final loss", "LR sensitivity vs params",
@@ -291,7 +292,7 @@ def test_saving_updates_the_report_of_the_same_title(tmp_path, monkeypatch, caps
             return [type("R", (), {"display_name": title, "id": "old-id"})()]
 
     saved = []
-    monkeypatch.setattr(D, "logged_in", lambda: True)
+    monkeypatch.setattr(D.cli, "logged_in", lambda: True)  # as cli.run looks it up
     monkeypatch.setattr(wandb, "Api", FakeApi)
     monkeypatch.setattr(wr.Report, "save", lambda self, **k: saved.append(self) or self)
     monkeypatch.setattr(wr.Report, "url", property(lambda self: f"https://w/{self.id}"))
@@ -307,11 +308,11 @@ def test_saving_updates_the_report_of_the_same_title(tmp_path, monkeypatch, caps
 def test_helpers():
     assert [D.js_number(x) for x in (3e-4, 1e-2, 0.1, 1.0, 1e-7, 2.5e-5)] == [
         "0.0003", "0.01", "0.1", "1", "1e-7", "0.000025"]
-    assert D.series_name({"model.d_model": 64, "model.n_layers": 2, "model.n_heads": 2,
+    assert series_name({"model.d_model": 64, "model.n_layers": 2, "model.n_heads": 2,
                           "optim.z_loss": 1e-4, "optim.lr": 0.01}) == "d64L2H2 z_loss=0.0001"
-    assert D.series_name({"optim.independent_wd": True, "optim.weight_decay": 1e-4,
+    assert series_name({"optim.independent_wd": True, "optim.weight_decay": 1e-4,
                           "optim.lr": 0.01}) == "independent_wd=True weight_decay=0.0001"
-    assert D.series_name({"optim.lr": 0.01}) == "base"
+    assert series_name({"optim.lr": 0.01}) == "base"
     md = "# Sweep\n\n## Notes\n\n- a note\n\n## LR sensitivity per series\n\n| a |\n|---|\n" \
          "| 1 |\n\n## Figures\n\n![x](x.png)\n"
     sec = D.report_md_sections(md)

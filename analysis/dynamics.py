@@ -1,5 +1,5 @@
 """`python -m analysis.dynamics <run_dir> [--out DIR] [--no-animation]`: a run's training-dynamics
-report (analysis/dynamics_report.py; the statistics are analysis/emergence.py's)."""
+report (analysis/dynamics_report/; the statistics are analysis/emergence.py's)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import pandas as pd
 from proxies.cli import run_cli
 from sweeps import RESULTS
 
-DYNAMICS_RUN_FIGURE = "outliers_over_training.png"  # analysis/dynamics_report.py writes it
+DYNAMICS_RUN_FIGURE = "outliers_over_training.png"  # analysis/dynamics_report/ writes it
 
 
 def parse(argv: Sequence[str]) -> Tuple[str, Path, Path]:

@@ -1,4 +1,4 @@
-"""The training-dynamics report (analysis/dynamics_report.py) on one tiny SwiGLU + RMSNorm run."""
+"""The training-dynamics report (analysis/dynamics_report/) on one tiny SwiGLU + RMSNorm run."""
 
 from __future__ import annotations
 

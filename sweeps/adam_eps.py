@@ -150,30 +150,17 @@ def large_eps(grid: Sequence[float], g: float) -> Optional[float]:
 
 def no_worse(e: P.Effect) -> Reproduced:
     """Loss difference (first minus second) no worse than LOSS_TOL."""
-    if e.n >= 2 and e.hi <= LOSS_TOL:
-        return "true"
-    if e.n >= 2 and e.lo > LOSS_TOL:
-        return "false"
-    return "inconclusive"
+    return P.below(e, LOSS_TOL)
 
 
 def keeps(r: P.Effect) -> Reproduced:
     """log10 update-RMS ratio (1e-15 over 1e-8) at least log10(KEEP)."""
-    k = np.log10(KEEP)
-    if r.n >= 2 and r.lo >= k:
-        return "true"
-    if r.n >= 2 and r.hi < k:
-        return "false"
-    return "inconclusive"
+    return P.above(r, float(np.log10(KEEP)))
 
 
 def worse(e: P.Effect) -> Reproduced:
     """Loss difference (larger ε minus 1e-8) worse by more than LOSS_TOL."""
-    if e.n >= 2 and e.lo > LOSS_TOL:
-        return "true"
-    if e.n >= 2 and e.hi <= LOSS_TOL:
-        return "false"
-    return "inconclusive"
+    return P.above(e, LOSS_TOL)
 
 
 def combine(subs: Dict[str, Tuple[Reproduced, str]]) -> Tuple[Reproduced, str]:

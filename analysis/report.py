@@ -14,7 +14,7 @@ import pandas as pd
 from analysis import figures
 from analysis.fits import FitError, QuadraticLogFit, eps_crossover, fit_quadratic_log
 from analysis.load import SIZE_KEYS, finished, load_sweep, series_keys, toggle_keys
-from analysis.sensitivity import best_lr, lr_sensitivity
+from analysis.sensitivity import series_lr_stats
 from proxies.config import LR_KEY, DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
 
 
@@ -37,14 +37,11 @@ def series_table(df: pd.DataFrame,
     for vals, g in groups:
         vals = vals if isinstance(vals, tuple) else (vals,)
         done = finished(g)
-        losses = done["final_eval_ce"].where(~done["diverged"].astype(bool))
-        l0 = float(done["loss_at_init"].max()) if len(done) else np.nan
-        lr, loss = best_lr(done[LR_KEY], losses)
+        s = series_lr_stats(done, lr_range)
         out.append({**dict(zip(keys, vals)), "n_params_nonembed": g["n_params_nonembed"].max(),
                     "runs": f"{len(done)}/{len(g)}", "diverged": int(done["diverged"].sum()),
-                    "best_lr": lr, "best_loss": loss,
-                    "lr_sensitivity": lr_sensitivity(done[LR_KEY], losses, l0, lr_range)
-                    if len(done) else np.nan})
+                    "best_lr": s["best_lr"], "best_loss": s["best_loss"],
+                    "lr_sensitivity": s["lr_sensitivity"]})
     tab = pd.DataFrame(out)
     if len(tab) and keys:  # toggles first, then size: rows of one setting stay together
         order = [k for k in keys if k not in SIZE_KEYS] + ["n_params_nonembed"]

@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Sequence, Tuple
 
 import numpy as np
 
-from proxies.config import DEFAULT_LR_RANGE
+from proxies.config import DEFAULT_LR_RANGE, LR_KEY
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,3 +75,21 @@ def best_lr_interp(lrs: Sequence[float], final_losses: Sequence[float]) -> float
     if a <= 0:
         return float(lrs[i])
     return float(10 ** np.clip(-b / (2 * a), x[0], x[2]))
+
+
+def series_lr_stats(rows: "pd.DataFrame",
+                    lr_range: Tuple[float, float] = DEFAULT_LR_RANGE) -> Dict[str, float]:
+    """One series' LR statistics from its finished runs' table rows: the best LR on the grid
+    (the lowest LR of a tie) and interpolated, the best final loss, and LR sensitivity
+    (diverged or NaN runs count as the loss at init). The one computation behind the analysis
+    report's table and the paper scripts' statistics."""
+    nan = float("nan")
+    if not len(rows):
+        return {"best_lr": nan, "best_lr_interp": nan, "best_loss": nan, "lr_sensitivity": nan}
+    g = rows.sort_values(LR_KEY, kind="stable")
+    lrs = g[LR_KEY].to_numpy(float)
+    losses = np.where(g["diverged"].astype(bool), np.nan, g["final_eval_ce"].to_numpy(float))
+    lr, loss = best_lr(lrs, losses)
+    return {"best_lr": lr, "best_lr_interp": best_lr_interp(lrs, losses), "best_loss": loss,
+            "lr_sensitivity": lr_sensitivity(lrs, losses, float(g["loss_at_init"].max()),
+                                             lr_range)}

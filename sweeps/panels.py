@@ -24,7 +24,7 @@ from matplotlib.colors import LogNorm
 from analysis.figures import (log_axes, lr_colour, lr_colourbar, lr_norm,  # noqa: F401
                               size_label)
 from analysis.load import load_metrics
-from analysis.sensitivity import best_lr_interp, counted_loss, lr_sensitivity
+from analysis.sensitivity import counted_loss, series_lr_stats
 from proxies.config import DEFAULT_LR_RANGE, LR_KEY
 from proxies.config import SEED_KEY as SEED  # a column only when sweep.seeds > 1
 
@@ -56,19 +56,9 @@ def series_stats(df: pd.DataFrame, by: Sequence[str],
     keys = list(dict.fromkeys(list(by) + SHAPE + [SEED]))
     rows = []
     for vals, g in df.groupby(keys, sort=True, dropna=False):
-        g = g.sort_values(LR_KEY)
-        loss, _ = counted_loss(g)
-        lrs = g[LR_KEY].to_numpy(float)
-        finite = np.where(g["diverged"].astype(bool), np.nan, g["final_eval_ce"].to_numpy(float))
-        i = int(np.nanargmin(finite)) if np.isfinite(finite).any() else None
         rows.append({**dict(zip(keys, vals if isinstance(vals, tuple) else (vals,))),
                      "n_params_nonembed": float(g["n_params_nonembed"].max()),
-                     "lrs": len(lrs),
-                     "best_lr": lrs[i] if i is not None else np.nan,
-                     "best_lr_interp": best_lr_interp(lrs, finite),
-                     "best_loss": finite[i] if i is not None else np.nan,
-                     "lr_sensitivity": lr_sensitivity(lrs, loss, float(g["loss_at_init"].max()),
-                                                      lr_range)})
+                     "lrs": len(g), **series_lr_stats(g, lr_range)})
     return pd.DataFrame(rows).sort_values(list(dict.fromkeys(list(by) + ["n_params_nonembed",
                                                                           SEED])),
                                           ignore_index=True)

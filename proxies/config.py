@@ -393,6 +393,12 @@ SEED_KEY = "train.seed"  # swept (a table column) when sweep.seeds > 1
 SIZE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads")
 
 
+def series_of(swept: Dict[str, Any]) -> Dict[str, Any]:
+    """A grid point's series: its swept values but the LR (a sweep's runs that differ only in
+    LR make one series; its LR sensitivity is over them)."""
+    return {k: v for k, v in swept.items() if k != LR_KEY}
+
+
 @dataclass
 class SweepRoot(Config):
     sweep: SweepConfig = field(default_factory=SweepConfig)

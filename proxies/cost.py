@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Tuple
 import pandas as pd
 from omegaconf import DictConfig
 
-from proxies.config import LR_KEY, DataSource, PosEmb, nonembed_params, unhandled
+from proxies.config import (LR_KEY, DataSource, PosEmb, nonembed_params, series_of,
+                            unhandled)
 from proxies.launch import Point
 from proxies.rundir import run_finished
 
@@ -99,11 +100,10 @@ def grid_summary(points: List[Point]) -> pd.DataFrame:
     """One row per series (everything but the LR): its LRs, params, steps × tokens, runs done."""
     rows: Dict[str, Dict[str, Any]] = {}
     for values, run in points:
-        key = json.dumps({k: v for k, v in values.items() if k != LR_KEY}, sort_keys=True,
-                         default=str)
+        series = series_of(values)
+        key = json.dumps(series, sort_keys=True, default=str)
         _, nonembed = run_params(run, vocab_guess(run))
-        r = rows.setdefault(key, {**{k.split(".")[-1]: v for k, v in values.items()
-                                     if k != LR_KEY},
+        r = rows.setdefault(key, {**{k.split(".")[-1]: v for k, v in series.items()},
                                   "nonembed_params": f"{nonembed / 1e6:.3g}M",
                                   "steps": run.train.steps,
                                   "tokens/step": run.train.batch_size * run.train.seq_len,

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
-from proxies.config import LR_KEY, WandbConfig, WandbMode, unhandled
+from proxies.config import WandbConfig, WandbMode, series_of, unhandled
 from proxies.metric_names import STEP
 from proxies.rundir import finite_or_none
 
@@ -48,9 +48,10 @@ SIZE_LETTERS = {"model.d_model": "d", "model.n_layers": "L", "model.n_heads": "H
 def series_name(swept: Mapping[str, Any]) -> str:
     """A grid point's series (its swept values but the LR), the W&B job_type its run logs and
     the dashboards group by: `d64L2H2 qk_layernorm=False`; `base` when only the LR was swept."""
-    size = "".join(f"{SIZE_LETTERS[k]}{v}" for k, v in swept.items() if k in SIZE_LETTERS)
-    toggles = " ".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items()
-                       if k != LR_KEY and k not in SIZE_LETTERS)
+    series = series_of(dict(swept))
+    size = "".join(f"{SIZE_LETTERS[k]}{v}" for k, v in series.items() if k in SIZE_LETTERS)
+    toggles = " ".join(f"{k.split('.')[-1]}={v}" for k, v in series.items()
+                       if k not in SIZE_LETTERS)
     return " ".join(p for p in (size, toggles) if p) or "base"
 
 

@@ -41,3 +41,4 @@ def test_wheel_ships_the_hydra_configs(tmp_path):
     launchers = {n for n in names if n.startswith("proxies/configs/hydra/launcher/")}
     assert {Path(n).name for n in launchers} >= {"local.yaml", "slurm.yaml", "ray.yaml"}
     assert "proxies/config.py" in names and "analysis/report.py" in names
+    assert "analysis/dashboard/cli.py" in names and "analysis/dynamics_report/summary.py" in names

@@ -250,9 +250,9 @@ def scaling_panels(axs: Sequence[plt.Axes], sc: pd.DataFrame) -> None:
     if ok.empty:
         return
     mean = ok.groupby([LR_KEY, N], as_index=False)[G].mean()
-    norm = P.lr_colour_norm(mean[LR_KEY].to_list())
+    norm = P.lr_norm(mean[LR_KEY].to_list())
     for lr, g in mean.groupby(LR_KEY, sort=True):
-        axs[0].plot(g[N], g[G], "o-", color=plt.cm.viridis(norm(lr)), label=f"LR {lr:g}")
+        axs[0].plot(g[N], g[G], "o-", color=P.lr_colour(norm, lr), label=f"LR {lr:g}")
     col = P.colours(mean[N].unique())
     for n, g in mean.groupby(N, sort=True):
         axs[1].plot(g[LR_KEY], g[G], "o-", color=col[n], label=P.size_label(n))

@@ -220,10 +220,10 @@ def fit_panel(ax: plt.Axes, df: pd.DataFrame, pr: pd.DataFrame, s: ScaleSpec) ->
     """Block 0's early logit vs params per LR (seed means), each seed's fit (solid inside the
     fitted sizes, dashed beyond), the held-out run as a star (× at its max logit if it
     diverged)."""
-    norm = P.lr_colour_norm(df[LR_KEY].to_list())
+    norm = P.lr_norm(df[LR_KEY].to_list())
     held = df[N].max()
     for lr, g in P.with_seed(df).groupby(LR_KEY, sort=True):
-        c = plt.cm.viridis(norm(lr))
+        c = P.lr_colour(norm, lr)
         pts = g.groupby(N, sort=True)[LOGIT].mean()
         ax.plot(pts.index[pts.index < held], pts[pts.index < held], "o", color=c,
                 label=f"LR {lr:g}")
@@ -269,7 +269,7 @@ def check_panel(ax: plt.Axes, pr: pd.DataFrame, norm: Any) -> None:
     if len(ok):
         for r in ok.itertuples():
             y = max(r.predicted, 1e-1)
-            ax.plot(r.measured, y, "o", color=plt.cm.viridis(norm(r.lr)))
+            ax.plot(r.measured, y, "o", color=P.lr_colour(norm, r.lr))
             ax.annotate(f"{r.lr:g}", (r.measured, y), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
         lo = max(1e-1, min(ok["measured"].min(), ok["predicted"].clip(lower=1e-1).min()) / 2)
@@ -289,9 +289,9 @@ def check_panel(ax: plt.Axes, pr: pd.DataFrame, norm: Any) -> None:
 
 def over_run_panel(ax: plt.Axes, df: pd.DataFrame) -> None:
     """The extra columns: block 0 at 2% against the max over layers and the whole run."""
-    norm = P.lr_colour_norm(df[LR_KEY].to_list())
+    norm = P.lr_norm(df[LR_KEY].to_list())
     for lr, g in df.groupby(LR_KEY, sort=True):
-        ax.plot(g[LOGIT], g["max_attn_logit"], "o", ms=4, color=plt.cm.viridis(norm(lr)),
+        ax.plot(g[LOGIT], g["max_attn_logit"], "o", ms=4, color=P.lr_colour(norm, lr),
                 label=f"LR {lr:g}")
     both = df[[LOGIT, "max_attn_logit"]].to_numpy(float)
     both = both[np.isfinite(both) & (both > 0)]
@@ -313,7 +313,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     pr = predictions(df, s)
     fit_panel(axs[0], df, pr, s)
     if len(pr):
-        check_panel(axs[1], pr, P.lr_colour_norm(df[LR_KEY].to_list()))
+        check_panel(axs[1], pr, P.lr_norm(df[LR_KEY].to_list()))
     over_run_panel(axs[2], df)
     fig.tight_layout()
     return fig

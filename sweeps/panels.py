@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.colors import LogNorm
 
 from analysis.figures import (log_axes, lr_colour, lr_colourbar, lr_norm,  # noqa: F401
                               size_label)
@@ -292,10 +291,6 @@ def logit_vs_lr_panel(ax: plt.Axes, df: pd.DataFrame, by: str, label: Callable[[
     ax.set_xlabel("learning rate")
     ax.set_ylabel("max attention logit")
     ax.legend(fontsize=6, ncol=2)
-
-
-def lr_colour_norm(lrs: Sequence[float]) -> LogNorm:
-    return LogNorm(vmin=min(lrs), vmax=max(lrs))
 
 
 def compare_sensitivity(stats: pd.DataFrame, by: str, a: Any, b: Any) -> Dict[str, Any]:

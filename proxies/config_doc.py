@@ -86,9 +86,9 @@ def render() -> str:
         "impossible value stops the run at start-up with one line naming the fix.",
     ]
     for prefix, cls in SECTIONS:
-        doc = inspect.getdoc(cls) if cls.__doc__ and "(" not in cls.__doc__[:1] else None
+        doc = inspect.getdoc(cls) or ""
         lines += ["", f"## `{prefix}`" if prefix else "## top level", ""]
-        if doc and not doc.startswith(cls.__name__):
+        if doc and not doc.startswith(cls.__name__):  # not the signature dataclass writes
             lines += [" ".join(doc.split()), ""]
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for key, tp, default, note in rows(prefix, cls):

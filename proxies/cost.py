@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from proxies.config import (LR_KEY, DataSource, PosEmb, nonembed_params, series_of,
                             unhandled)
-from proxies.launch import Point
+from proxies.launch import GridPoint
 from proxies.rundir import run_finished
 
 
@@ -75,7 +75,7 @@ def run_flops(run: DictConfig) -> float:
     return per_token * (train_tokens + eval_tokens / 3)
 
 
-def estimate(points: List[Point]) -> Dict[str, float]:
+def estimate(points: List[GridPoint]) -> Dict[str, float]:
     """Runs to train, runs reused, total FLOPs and the wall time on a 2-core CPU and one H100."""
     todo = [run for _, run in points if not run_finished(run.out_dir)]
     flops = sum(run_flops(run) for run in todo)
@@ -96,7 +96,7 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds / (365 * 86400):.3g} years"
 
 
-def grid_summary(points: List[Point]) -> pd.DataFrame:
+def grid_summary(points: List[GridPoint]) -> pd.DataFrame:
     """One row per series (everything but the LR): its LRs, params, steps × tokens, runs done."""
     rows: Dict[str, Dict[str, Any]] = {}
     for values, run in points:
@@ -115,7 +115,7 @@ def grid_summary(points: List[Point]) -> pd.DataFrame:
     return df
 
 
-def print_plan(name: str, points: List[Point], table: bool = True) -> Dict[str, float]:
+def print_plan(name: str, points: List[GridPoint], table: bool = True) -> Dict[str, float]:
     """Print the grid (a row per series) and the cost estimate; return the estimate."""
     est = estimate(points)
     if table:

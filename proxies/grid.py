@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from proxies.config import (LR_KEY, SEED_KEY, Config, ConfigError, config_hash, to_plain,
                             validate, validate_sweep)
-from proxies.launch import Point
+from proxies.launch import GridPoint
 from proxies.tracking import series_name
 from proxies.train import run_name
 
@@ -56,7 +56,7 @@ def base_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(Config), c)
 
 
-def expand_grid(cfg: DictConfig) -> List[Point]:
+def expand_grid(cfg: DictConfig) -> List[GridPoint]:
     """All grid points, sizes × variants × axes × LRs, each with its run directory set."""
     validate_sweep(cfg.sweep)
     sw = cfg.sweep
@@ -84,11 +84,11 @@ def expand_grid(cfg: DictConfig) -> List[Point]:
             run.train.quiet = True
             validate(run)
             run.out_dir = str(Path(sw.run_root) / run_name(run))
-            points.append((values, run))
+            points.append(GridPoint(values, run))
     return points
 
 
-def sweep_dir(cfg: DictConfig, points: List[Point]) -> Path:
+def sweep_dir(cfg: DictConfig, points: List[GridPoint]) -> Path:
     """`sweep.dir`, or `<root>/<name>-<hash of the grid's run configs>`: same grid, same dir."""
     if cfg.sweep.dir:
         return Path(cfg.sweep.dir)
@@ -100,7 +100,7 @@ def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path.absolute(), start.absolute())
 
 
-def write_manifest(points: List[Point], out: Path) -> None:
+def write_manifest(points: List[GridPoint], out: Path) -> None:
     """`runs.json`: the sweep's grid points, each with its run directory relative to `out`."""
     rows = [{"run_dir": _rel(Path(run.out_dir), out), "swept": values} for values, run in points]
     tmp = out / f".runs.json.{os.getpid()}.tmp"
@@ -108,7 +108,7 @@ def write_manifest(points: List[Point], out: Path) -> None:
     os.replace(tmp, out / "runs.json")
 
 
-def label_runs(points: List[Point], cfg: DictConfig) -> None:
+def label_runs(points: List[GridPoint], cfg: DictConfig) -> None:
     """W&B names of each run: group = the sweep's (`wandb.group`), job type = its series (the
     dashboards group by both), a readable name with the LR, the experiment's name as a tag, the
     analysis threshold as the attention-logit alert. None of it is in a run's identity."""

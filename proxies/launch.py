@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,8 +42,14 @@ JOBS = "jobs"  # <sweep_dir>/jobs/<group id>.json (spec) and <group id>.error (w
 POLL_S = 1.0  # how often the coordinator looks at its jobs (and at signals)
 STOP_GRACE_S = 120.0  # how long stopped CoreWorkers get to save their runs' steps
 
-Point = Tuple[Dict[str, Any], DictConfig]  # a grid point: (swept values by dotted key, run config)
-OnDone = Callable[[List[Point], Optional[str]], None]  # a finished job's group and its error
+
+class GridPoint(NamedTuple):
+    """One run of a sweep: the values it sweeps (by dotted key) and its full run config."""
+    swept: Dict[str, Any]
+    run: DictConfig
+
+
+OnDone = Callable[[List[GridPoint], Optional[str]], None]  # a finished job's group and its error
 
 
 class LauncherName(Choice):
@@ -111,13 +117,13 @@ def launcher_settings(launcher: Launcher, sweep_dir: Path, job_name: str) -> Dic
 
 # ---------------------------------------------------------------------------- job specs
 
-def group_id(group: List[Point]) -> str:
+def group_id(group: List[GridPoint]) -> str:
     """A group's job name: its first run directory's name (+ how many more runs it holds)."""
-    first = Path(group[0][1].out_dir).name
+    first = Path(group[0].run.out_dir).name
     return first if len(group) == 1 else f"{first}+{len(group) - 1}"
 
 
-def write_spec(sweep_dir: Path, group: List[Point]) -> Path:
+def write_spec(sweep_dir: Path, group: List[GridPoint]) -> Path:
     """`<sweep_dir>/jobs/<group id>.json`: everything a job needs, as plain JSON."""
     jobs = sweep_dir / JOBS
     jobs.mkdir(exist_ok=True)
@@ -446,7 +452,7 @@ def make_engine(name: LauncherName, settings: Dict[str, Any]) -> Engine:
 
 # ---------------------------------------------------------------------------- the coordinator
 
-def dispatch(launcher: Launcher, groups: List[List[Point]], sweep_dir: Path, sweep_name: str,
+def dispatch(launcher: Launcher, groups: List[List[GridPoint]], sweep_dir: Path, sweep_name: str,
              on_done: Optional[OnDone] = None) -> List[str]:
     """Run each group as a job of the launcher and wait for all. Returns one line per failed
     job. A signal stops the wait: jobs are cancelled, or left running on SLURM (`SweepStopped`)."""
@@ -456,7 +462,7 @@ def dispatch(launcher: Launcher, groups: List[List[Point]], sweep_dir: Path, swe
     return run_jobs(engine, f"hydra/launcher={launcher.name}", groups, sweep_dir, on_done)
 
 
-def run_jobs(engine: Engine, via: str, groups: List[List[Point]], sweep_dir: Path,
+def run_jobs(engine: Engine, via: str, groups: List[List[GridPoint]], sweep_dir: Path,
              on_done: Optional[OnDone] = None) -> List[str]:
     """`dispatch` on an engine in hand (CoreWorkers included)."""
     if not groups:
@@ -480,7 +486,7 @@ def run_jobs(engine: Engine, via: str, groups: List[List[Point]], sweep_dir: Pat
     return failures
 
 
-def job_error(spec: Path, group: List[Point], engine_error: Optional[str]) -> Optional[str]:
+def job_error(spec: Path, group: List[GridPoint], engine_error: Optional[str]) -> Optional[str]:
     """Why a job failed: its own first line if it wrote one, else the engine's (a job killed, out
     of memory or timed out writes nothing); a job that ended with runs unfinished failed too."""
     if engine_error is not None:
@@ -495,6 +501,6 @@ def job_error(spec: Path, group: List[Point], engine_error: Optional[str]) -> Op
     return None
 
 
-def failure_line(spec: Path, group: List[Point], error: str) -> str:
+def failure_line(spec: Path, group: List[GridPoint], error: str) -> str:
     runs = ", ".join(Path(run.out_dir).name for _, run in group)
     return f"job {spec.stem} failed (runs {runs}): {error}; rerun the same command to retry them"

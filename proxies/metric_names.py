@@ -6,6 +6,8 @@ per-tensor names extend a family name: `attn/max_logit/layer_3`, `grad_rms/block
 
 from __future__ import annotations
 
+from typing import Optional, TypedDict
+
 STEP = "step"
 
 # Training (every log step), from the train step's own metrics.
@@ -85,7 +87,36 @@ LOGIT_EARLY = "attn_max_logit_early"  # the max over layers, same step
 GRAD_RMS_MLP0_TAIL = "grad_rms_mlp0_tail"  # block 0's first MLP layer, tail mean (Fig 11)
 UPDATE_RMS_MLP0_TAIL = "update_rms_mlp0_tail"  # its update RMS (÷ LR), same window (Fig 13)
 
-# summary.json keys the sweep table and analysis read.
+
+
+class RunSummary(TypedDict):
+    """summary.json: what a finished run reports, read by the sweep table and analysis."""
+    final_eval_ce: Optional[float]
+    final_train_ce: Optional[float]
+    loss_at_init: Optional[float]  # eval CE at step 0
+    max_attn_logit: Optional[float]  # over steps and layers (None without probes)
+    final_max_attn_logit: Optional[float]
+    max_abs_log_z: Optional[float]
+    spikes: int  # spike events (skips and rollbacks)
+    rollbacks: int
+    diverged: bool
+    diverged_at_step: Optional[int]
+    stop_reason: str  # completed | diverged | max_rollbacks
+    steps_done: int
+    n_params: int
+    n_params_nonembed: int
+    tokens_per_s: Optional[float]
+    wall_s: float
+    config_hash: str
+    corpus_hash: str
+    group_size: int  # runs trained together in one vmapped step
+    attn_max_logit_block0_early: Optional[float]
+    attn_max_logit_early: Optional[float]
+    grad_rms_mlp0_tail: Optional[float]
+    update_rms_mlp0_tail: Optional[float]
+
+
+# summary.json keys the sweep table and analysis read (the table's column order).
 SUMMARY_KEYS = ("n_params", "n_params_nonembed", "final_eval_ce", "final_train_ce",
                 "loss_at_init", "diverged", "diverged_at_step", "steps_done",
                 "max_attn_logit", "final_max_attn_logit", "max_abs_log_z", "spikes", "rollbacks",

@@ -15,8 +15,9 @@ from typing import Any, Callable, Dict
 import jax
 import jax.numpy as jnp
 import optax
+from omegaconf import DictConfig
 
-from proxies.config import (Config, ModelConfig, Parametrization, Schedule, divergence_patience,
+from proxies.config import (ModelConfig, Parametrization, Schedule, divergence_patience,
                             mlp_hidden, unhandled)
 from proxies.model import width_mult
 
@@ -25,7 +26,7 @@ HPARAM_KEYS = ("lr", "min_lr", "warmup_steps", "weight_decay", "eps", "b1", "b2"
                "z_loss")
 
 
-def hparams_from_config(cfg: Config) -> Hparams:
+def hparams_from_config(cfg: DictConfig) -> Hparams:
     """The scalar hyperparameters of a run, as float32 arrays (the train step's third argument)."""
     hp = {k: jnp.asarray(float(getattr(cfg.optim, k)), jnp.float32) for k in HPARAM_KEYS}
     # The run's length and divergence patience are arguments too, not constants of the compiled

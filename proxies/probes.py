@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from omegaconf import DictConfig
 
 
 def make_probe(model: nn.Module, n_layers: int) -> Callable[[Any, jax.Array], Dict[str, jax.Array]]:
@@ -115,7 +116,7 @@ def _energy(A: jax.Array, B: jax.Array, top_frac: float) -> tuple:
             _ec_sample(A, B, k))
 
 
-def make_dynamics_probe(model: nn.Module, cfg: Any) -> Callable[[Any, jax.Array], tuple]:
+def make_dynamics_probe(model: nn.Module, cfg: DictConfig) -> Callable[[Any, jax.Array], tuple]:
     """`(params, batch) -> (scalars, arrays)`: the training-dynamics statistics of one forward
     and backward pass on a fixed held-out batch. Scalars (kurtosis, outlier ratios, massive
     activations, norm compression, SwiGLU coincidence, energy vs correlation) go to

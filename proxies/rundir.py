@@ -25,6 +25,7 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
+from omegaconf import DictConfig
 
 from proxies.config import ConfigError, first_difference, identity, identity_of
 from proxies.metric_names import STEP
@@ -167,7 +168,7 @@ class RunDir:
             self._lock.close()
             self._lock = None
 
-    def check_identity(self, cfg: Any) -> None:
+    def check_identity(self, cfg: DictConfig) -> None:
         """Refuse a directory that holds a run of another config (resuming it would mix two)."""
         old = read_config_file(self.config)
         if not old:

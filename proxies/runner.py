@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from omegaconf import DictConfig
 
 from proxies import metric_names as M
 from proxies.probes import flatten_tensor_stats, make_dynamics_probe, make_probe
@@ -59,7 +60,7 @@ def _shardings(layout: Optional[Layout], state: Any, hp: Any, group: int) -> Dic
     return {"in_shardings": (st, layout.batch(), hs), "out_shardings": (st, rep)}
 
 
-def compiled(key: str, model: Any, cfg: Any, state: Any, batch: jax.Array, hp: Any,
+def compiled(key: str, model: Any, cfg: DictConfig, state: Any, batch: jax.Array, hp: Any,
              group: int, layout: Optional[Layout] = None) -> Compiled:
     """Both step variants compiled up front (so no log step pays for compilation), once per
     structure `key`, group size (0 = not vmapped) and mesh in this process."""
@@ -118,7 +119,7 @@ class Runner:
         """A host batch on this group's devices (split over them for one run)."""
         return jnp.asarray(batch) if self.layout is None else self.layout.put_batch(batch)
 
-    def compile(self, key: str, model: Any, cfg: Any, batch: jax.Array) -> Compiled:
+    def compile(self, key: str, model: Any, cfg: DictConfig, batch: jax.Array) -> Compiled:
         self.fns = compiled(key, model, cfg, self.state, batch, self.hp,
                             self.G if self.vmapped else 0, self.layout)
         return self.fns

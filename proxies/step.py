@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from omegaconf import DictConfig
 
-from proxies.config import Config, InjectKind, SpikeAction, unhandled
+from proxies.config import InjectKind, SpikeAction, unhandled
 from proxies.model import readout, readout_table
 from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, clip_by_global_norm,
                            cross_entropy_with_z_loss, decay_mask, hparams_from_config,
@@ -42,12 +43,12 @@ def _rms(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
 
 
-def _tx(cfg: Config, params: Any, hp: Hparams, lr_t: jax.Array) -> optax.GradientTransformation:
+def _tx(cfg: DictConfig, params: Any, hp: Hparams, lr_t: jax.Array) -> optax.GradientTransformation:
     return adamw(hp, lr_t, lr_multipliers(params, cfg.model), decay_mask(params),
                  cfg.optim.independent_wd)
 
 
-def init_state(model: nn.Module, cfg: Config, rng: jax.Array) -> TrainState:
+def init_state(model: nn.Module, cfg: DictConfig, rng: jax.Array) -> TrainState:
     tokens_BxL = jnp.zeros((1, cfg.train.seq_len), jnp.int32)
     params = model.init(rng, tokens_BxL)["params"]
     hp = hparams_from_config(cfg)
@@ -57,7 +58,7 @@ def init_state(model: nn.Module, cfg: Config, rng: jax.Array) -> TrainState:
                       over_limit=jnp.zeros((), jnp.int32))
 
 
-def _skips_spikes(cfg: Config) -> bool:
+def _skips_spikes(cfg: DictConfig) -> bool:
     match SpikeAction(cfg.train.spike.action):
         case SpikeAction.skip:
             return True
@@ -67,7 +68,7 @@ def _skips_spikes(cfg: Config) -> bool:
             unhandled("train.spike.action", action)
 
 
-def _grad_injection(cfg: Config) -> Callable[[Any, jax.Array], Any]:
+def _grad_injection(cfg: DictConfig) -> Callable[[Any, jax.Array], Any]:
     """Testing aid (`train.inject_spike_kind=grad`): the gradient of the listed updates (by update
     number, so a rollback meets them again) is scaled by `inject_spike_scale` before clipping."""
     t = cfg.train
@@ -110,7 +111,7 @@ def diverged(loss: jax.Array, limit: jax.Array, over_limit: jax.Array, skipped: 
     return ~skipped & (bad | (over > patience)), over
 
 
-def make_train_step(model: nn.Module, cfg: Config, with_stats: bool = False) -> Callable:
+def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False) -> Callable:
     """Un-jitted pure step; callers jit (or vmap then jit) it."""
     schedule = cfg.optim.schedule
     sigma, min_samples = cfg.train.spike.sigma, cfg.train.spike.min_samples

@@ -25,7 +25,7 @@ from proxies.cli import one_line_errors, run_cli
 from proxies.config import (LR_KEY, ConfigError, VmapMode, register_configs, unhandled)
 from proxies.cost import print_plan, run_flops
 from proxies.grid import expand_grid, label_runs, sweep_dir, write_manifest
-from proxies.launch import (CoreWorkers, JobsFailed, Launcher, Point, available_cores,
+from proxies.launch import (CoreWorkers, JobsFailed, Launcher, GridPoint, available_cores,
                             dispatch, from_hydra, run_jobs)
 from proxies.results import TABLE, update_table
 from proxies.rundir import RunDir, atomic_write_text, run_finished, take_lock
@@ -50,20 +50,20 @@ def use_vmap(cfg: DictConfig) -> bool:
             unhandled("sweep.vmap", cfg.sweep.vmap)
 
 
-def plan_groups(points: List[Point], vmap: bool, group_size: int) -> List[List[Point]]:
+def plan_groups(points: List[GridPoint], vmap: bool, group_size: int) -> List[List[GridPoint]]:
     """Points in training order: vmapped groups of up to `group_size` runs that differ only in
     scalar hyperparameters, or one run per group when not vmapping."""
     if not vmap or group_size <= 1:
         return [[p] for p in points]
     by_key: Dict[str, list] = {}
     for p in points:
-        by_key.setdefault(group_key(p[1]), []).append(p)
+        by_key.setdefault(group_key(p.run), []).append(p)
     return [g[i:i + group_size] for g in by_key.values() for i in range(0, len(g), group_size)]
 
 
 # ---------------------------------------------------------------------------------- running
 
-def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None,
+def run_sweep(cfg: DictConfig, points: Optional[List[GridPoint]] = None,
               launcher: Optional[Launcher] = None) -> Tuple[Path, pd.DataFrame]:
     """Train every missing run of the grid and write the sweep directory: sweep.yaml (the
     resolved config, its W&B group included), runs.json and the results table. With a launcher
@@ -95,11 +95,11 @@ def run_sweep(cfg: DictConfig, points: Optional[List[Point]] = None,
     return out, df
 
 
-def train_missing(cfg: DictConfig, points: List[Point], out: Path,
+def train_missing(cfg: DictConfig, points: List[GridPoint], out: Path,
                   launcher: Optional[Launcher] = None) -> List[str]:
     """Train the runs not done yet, in this process or as the launcher's jobs. Returns one line
     per failed job (none in process: an error there stops the sweep)."""
-    todo = [p for p in points if not run_finished(p[1].out_dir)]
+    todo = [p for p in points if not run_finished(p.run.out_dir)]
     print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out} ({len(points) - len(todo)} "
           f"already done, runs under {cfg.sweep.run_root}/)")
     groups = plan_groups(todo, use_vmap(cfg), cfg.sweep.group_size)
@@ -142,14 +142,14 @@ def n_workers(setting: int, n_groups: int) -> int:
     return max(1, min(setting, n_groups, cores))  # a worker holds at least one core
 
 
-def train_in_process(groups: List[List[Point]], out: Path, n_runs: int) -> None:
+def train_in_process(groups: List[List[GridPoint]], out: Path, n_runs: int) -> None:
     """Train group by group, the table updated after each. A signal stops the sweep after the
     group in hand has saved its checkpoints (`Stopped`)."""
     bar = tqdm(total=n_runs, unit="run", dynamic_ncols=True, disable=not n_runs)
     with stop_requests() as stop:
         try:
             for g in groups:
-                values = g[0][0]
+                values = g[0].swept
                 bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()
                                              if k != LR_KEY or len(g) == 1))
                 train_group([run for _, run in g], swept=[v for v, _ in g], vmap=len(g) > 1)

@@ -257,7 +257,7 @@ def loss_at_init(m: Member) -> Optional[float]:
 
 
 def run_summary(rows: List[Dict[str, Any]], events: List[Dict[str, Any]],
-              extra: Dict[str, Any]) -> Dict[str, Any]:
+              extra: Dict[str, Any]) -> M.RunSummary:
     """summary.json from the records (so a resumed run summarizes its whole history)."""
     def finite(key):
         return [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]

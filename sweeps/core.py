@@ -43,7 +43,7 @@ from proxies.config import (LR_KEY, DEFAULT_TARGETS, ConfigError, nonembed_param
                             to_plain)
 from proxies.cost import print_plan  # noqa: E402
 from proxies.grid import expand_grid, sweep_dir  # noqa: E402
-from proxies.launch import Point  # noqa: E402
+from proxies.launch import GridPoint  # noqa: E402
 from proxies.sweep import apply_axes_replacement, run_sweep, split_axes_override  # noqa: E402
 from proxies.train import CONFIG_DIR  # noqa: E402
 
@@ -266,13 +266,13 @@ class Plan:
     result: Result
     scale: str
     configs: Dict[str, DictConfig]
-    points: Dict[str, List[Point]]
+    points: Dict[str, List[GridPoint]]
 
     @property
     def out(self) -> Path:
         return result_dir(next(iter(self.configs.values())), self.result, self.scale)
 
-    def all_points(self) -> List[Point]:
+    def all_points(self) -> List[GridPoint]:
         return [p for pts in self.points.values() for p in pts]
 
 
@@ -308,12 +308,12 @@ def write_plan(p: Plan) -> Path:
 RUN_SECTIONS = ("model", "optim", "train", "data")
 
 
-def unique_points(points: Sequence[Point]) -> List[Point]:
+def unique_points(points: Sequence[GridPoint]) -> List[GridPoint]:
     """Points with distinct run directories (parts and scripts share runs)."""
     seen, out = set(), []
     for p in points:
-        if p[1].out_dir not in seen:
-            seen.add(p[1].out_dir)
+        if p.run.out_dir not in seen:
+            seen.add(p.run.out_dir)
             out.append(p)
     return out
 

@@ -5,12 +5,14 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
+from proxies.metric_names import SUMMARY_KEYS, RunSummary
 from proxies.train import train
 from proxies.rundir import read_metrics
 
@@ -48,6 +50,18 @@ def test_run_writes_config_metrics_summary_and_checkpoints(make_cfg):
     assert summary["final_eval_ce"] < summary["loss_at_init"]
     assert json.loads((out / "summary.json").read_text())["n_params"] == summary["n_params"]
     assert train(cfg)["steps_done"] == 12  # a finished run is left as it is
+
+
+def test_summary_has_the_documented_keys_and_types(make_cfg):
+    cfg = make_cfg("train.probes=false")
+    train(cfg)
+    summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+    hints = typing.get_type_hints(RunSummary)
+    assert set(summary) == set(hints) and set(SUMMARY_KEYS) <= set(hints)
+    for key, hint in hints.items():
+        allowed = typing.get_args(hint) or (hint,)
+        assert isinstance(summary[key], allowed), (key, summary[key])
+    assert summary["max_attn_logit"] is None  # no probes, no logits: None, not a made-up 0
 
 
 def test_resume_matches_an_uninterrupted_run_step_for_step(make_cfg):

@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -18,6 +19,7 @@ from proxies.optim import adamw, hparams_from_config, qk_clip
 from proxies.rundir import read_metrics
 from proxies.step import head_max_logits_by_layer, init_state, loss_and_aux, make_train_step
 from proxies.train import train, train_group
+from sweeps import stabilizers as S
 
 V, L = 64, 16
 
@@ -278,3 +280,64 @@ def test_with_each_stabilizer_a_vmapped_group_matches_runs_one_by_one_and_resume
     stab = {"caps_clips_output": ["train/qk_clipped_heads", "train/update_clipped_frac"],
             "sigma": [], "qkv_qkln_clip": ["train/qk_clipped_heads"]}[name]
     assert all(k in s[-1] for k in stab)
+
+
+# ------------------------------------------------- sweeps/stabilizers.py's rules on synthetic data
+
+def per_seed_table(**by_setting) -> pd.DataFrame:
+    """A per-seed statistics table: setting -> {column: [seed 0 value, seed 1 value]}."""
+    rows = []
+    for setting, cols in by_setting.items():
+        for seed in range(len(next(iter(cols.values())))):
+            rows.append({"setting": setting, "train.seed": seed,
+                         **{k: v[seed] for k, v in cols.items()}})
+    return pd.DataFrame(rows)
+
+
+def test_softcap_lr_claim_needs_1_5x_in_every_seed_and_room_on_the_grid():
+    qk = {"top_trained_lr": [0.3, 0.3]}
+    ps = lambda capped: per_seed_table(qk_layernorm=qk,  # noqa: E731
+                                       **{"attn_softcap+qk_layernorm": {"top_trained_lr": capped}})
+    assert S.judge_softcap_lr(ps([0.6, 0.6]), 1.0)[0] == "true"  # 2x
+    assert S.judge_softcap_lr(ps([0.3, 0.378]), 1.0)[0] == "false"  # 1x, 1.26x
+    assert S.judge_softcap_lr(ps([0.6, 0.378]), 1.0)[0] == "inconclusive"  # seeds disagree
+    censored = per_seed_table(qk_layernorm={"top_trained_lr": [1.0, 0.6]},
+                              **{"attn_softcap+qk_layernorm": {"top_trained_lr": [1.0, 1.0]}})
+    assert S.judge_softcap_lr(censored, 1.0)[0] == "inconclusive"
+
+
+def test_qk_clip_claim_needs_logits_held_a_small_cost_and_something_to_clip():
+    ps = lambda clipped, cost, none_logit=500.0: per_seed_table(  # noqa: E731
+        none={"max_logit_any_lr": [none_logit] * 2, "best_loss": [2.0, 2.1]},
+        qk_clip={"max_logit_any_lr": clipped, "best_loss": [2.0 + cost[0], 2.1 + cost[1]]})
+    assert S.judge_qk_clip(ps([29.0, 32.0], [0.0, 0.01]), 30.0)[0] == "true"
+    assert S.judge_qk_clip(ps([29.0, 60.0], [0.0, 0.01]), 30.0)[0] == "false"  # not held
+    assert S.judge_qk_clip(ps([29.0, 29.0], [0.1, 0.2]), 30.0)[0] == "false"  # costly
+    assert S.judge_qk_clip(ps([29.0, 29.0], [0.0, 0.05]), 30.0)[0] == "inconclusive"
+    assert S.judge_qk_clip(ps([9.0, 9.0], [0.0, 0.0], none_logit=20.0), 30.0)[0] == "inconclusive"
+
+
+def test_sigma_reparam_claim_needs_the_baseline_to_collapse_and_sigma_not_to():
+    ps = lambda none, sigma: per_seed_table(  # noqa: E731
+        none={"top_lr_entropy": none, "top_lr_entropy_init": [2.0, 2.0]},
+        sigma_reparam={"top_lr_entropy": sigma, "top_lr_entropy_init": [2.0, 2.0]})
+    assert S.judge_sigma_reparam(ps([0.1, 0.2], [1.5, 1.8]))[0] == "true"
+    assert S.judge_sigma_reparam(ps([0.1, 0.2], [0.3, 0.1]))[0] == "false"
+    assert S.judge_sigma_reparam(ps([0.1, 0.2], [0.3, 1.8]))[0] == "inconclusive"
+    assert S.judge_sigma_reparam(ps([1.9, 0.2], [1.5, 1.8]))[0] == "inconclusive"  # no collapse
+
+
+def test_update_clip_claim_is_lower_lr_sensitivity_in_every_seed():
+    ps = lambda clipped: per_seed_table(none={"lr_sensitivity": [0.30, 0.32]},  # noqa: E731
+                                        update_clip={"lr_sensitivity": clipped})
+    assert S.judge_update_clip(ps([0.20, 0.25]), 7)[0] == "true"
+    assert S.judge_update_clip(ps([0.35, 0.33]), 7)[0] == "false"
+    assert S.judge_update_clip(ps([0.20, 0.40]), 7)[0] == "inconclusive"
+    assert S.judge_update_clip(ps([0.20, 0.25]), 1)[0] == "inconclusive"  # one LR: 0 by design
+
+
+def test_each_table_row_is_named_by_the_stabilisers_it_turns_on():
+    from sweeps.core import SPECS
+    for name, keys in S.settings(SPECS["laptop"]).items():
+        assert S.setting_of(pd.Series({k: (float("nan") if v is None else v)
+                                       for k, v in keys.items()})) == name

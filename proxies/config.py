@@ -183,15 +183,17 @@ class ModelConfig:
     # How ordinary steps compute attention (probe steps always write the logits out, so the
     # max-logit probe is exact). Outside a run's identity: both give the same results.
     attn_impl: AttnImpl = AttnImpl.auto
-    # Stabilisers of large runs since the paper (off by default). Soft-caps c·tanh(z/c) (Gemma 2,
-    # arXiv 2408.00118: 50 on attention logits, 30 on output logits); the max-logit probes read
-    # the attention logits before the cap. None = off.
+    # Soft-cap c·tanh(z/c) of the attention logits (Gemma 2, arXiv 2408.00118: c = 50); the
+    # max-logit probes read the logits before the cap. None = off.
     attn_softcap: Optional[float] = None
+    # Soft-cap c·tanh(z/c) of the output logits (Gemma 2: c = 30). None = off.
     logit_softcap: Optional[float] = None
     # σReparam (Zhai et al., arXiv 2303.06296): each block linear layer's kernel W used as
     # (γ/σ(W))·W, σ by one power-iteration step per train step, γ a learned scalar.
     sigma_reparam: bool = False
-    norm_placement: NormPlacement = NormPlacement.pre  # pre | output (OLMo 2) | qkv (Rybakov)
+    # Where the blocks' norms sit: pre (the sublayer's input, the paper) | output (each
+    # sublayer's output, OLMo 2) | qkv (q, k, v instead of the attention's input, Rybakov et al.)
+    norm_placement: NormPlacement = NormPlacement.pre
 
 
 @dataclass

@@ -172,7 +172,8 @@ def test_json_lines_and_parquet_read_like_csv(tmp_path):
 def test_the_shipped_example_table_gives_twelve_series(tmp_path, capsys):
     example = REPO / "docs" / "examples" / "qk_layernorm_laptop.csv"  # the README's example
     code, out, err = run(["--table", example, "--col", "lr=learning_rate",
-                          "--col", "loss=val_loss", "--col", "params=N", "--col", "loss_at_init=init_loss",
+                          "--col", "loss=val_loss", "--col", "params=N",
+                          "--col", "loss_at_init=init_loss",
                           "--col", "max_logit=attn_logit_max", "--series", "qk_norm,seed",
                           "--out", tmp_path], capsys)
     assert code == 0, err

@@ -460,6 +460,24 @@ def _check_choices(node: Any, schema: type, prefix: str) -> None:
             _check_choices(value, kind, f"{prefix}{f.name}.")
 
 
+def _check_known_keys(node: Any, schema: type, prefix: str, also: Tuple[str, ...] = ()) -> None:
+    """Every key of `node` is a field of `schema` (nested dataclasses too) or in `also`.
+    OmegaConf refuses others, but a Hydra `+key=...` override adds them before the schema sees
+    them."""
+    if not isinstance(node, DictConfig):
+        return
+    hints = get_type_hints(schema)
+    for key in node.keys():
+        if key in also:
+            continue
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; check the spelling against "
+                              "docs/config.md (a leading + does not add a key to the schema)")
+        kind = hints[key]
+        if isinstance(kind, type) and is_dataclass(kind):
+            _check_known_keys(node[key], kind, f"{prefix}{key}.")
+
+
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value is None or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
@@ -490,6 +508,7 @@ def _validate_spike(t: Any) -> None:
 
 def validate_sweep(sw: DictConfig | SweepConfig) -> None:
     """The `sweep` section's impossible values (each run's config is validated on its own)."""
+    _check_known_keys(sw, SweepConfig, "sweep.")
     _check_choices(sw, SweepConfig, "sweep.")
     _positive("sweep.workers", sw.workers, allow_zero=True)
     if not list(sw.lrs):
@@ -506,6 +525,7 @@ def validate_sweep(sw: DictConfig | SweepConfig) -> None:
 def validate(cfg: DictConfig | Config) -> None:
     """Raise ConfigError (one line, naming the fix) for any impossible value."""
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
+    _check_known_keys(cfg, Config, "", also=("sweep",))  # validate_sweep checks the sweep's
     _check_choices(cfg, Config, "")
     if getattr(cfg, "sweep", None) is not None:
         validate_sweep(cfg.sweep)

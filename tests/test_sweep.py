@@ -93,6 +93,18 @@ def test_bad_lr_lists_are_config_errors(tmp_path, corpus_dir, cache_dir, overrid
         expand_grid(sweep_cfg(tmp_path, corpus_dir, cache_dir, override))
 
 
+@pytest.mark.parametrize("section,key", [("sweep", "bogus"), ("model", "bogus"),
+                                         ("train.spike", "bogus")])
+def test_keys_added_outside_the_schema_are_refused(tmp_path, corpus_dir, cache_dir, section, key):
+    """What a Hydra `+sweep.bogus=1` override leaves: a key the schema does not have."""
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    node = OmegaConf.select(cfg, section)
+    OmegaConf.set_struct(node, False)
+    node[key] = 1
+    with pytest.raises(ConfigError, match=f"unknown config key '{section}.{key}'"):
+        expand_grid(cfg)
+
+
 def test_unknown_axis_key_is_a_config_error(tmp_path, corpus_dir, cache_dir):
     cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
     cfg.sweep.axes = {"model": {"qk_layrnorm": [True]}}

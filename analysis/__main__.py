@@ -16,6 +16,7 @@ from analysis.report import analyze, analyze_table, print_report
 from analysis.table import (TableError, describe_roles, lr_range_note, map_table, parse_columns,
                             read_table)
 from proxies.config import DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
+from proxies.rundir import RunDirError
 
 
 def main(argv=None) -> None:
@@ -57,6 +58,8 @@ def main(argv=None) -> None:
                       hold_out=args.hold_out, where=where, out=args.out)
     except KeyError as e:
         fail(str(e.args[0]))
+    except RunDirError as e:  # a damaged sweep record
+        fail(str(e))
     print_report(rep, (args.out or args.sweep_dir / "analysis") / "report.md")
 
 

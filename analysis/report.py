@@ -16,6 +16,7 @@ from analysis.fits import FitError, QuadraticLogFit, eps_crossover, fit_quadrati
 from analysis.load import finished, is_size_key, load_sweep, series_keys, toggle_keys
 from analysis.sensitivity import series_lr_stats
 from proxies.config import LR_KEY, DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
+from proxies.results import TABLE, table_damaged, write_table
 
 
 @dataclass
@@ -213,9 +214,19 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
     checks its prediction there; `series` picks the runs of the loss-curve figure.
     """
     sweep_dir = Path(sweep_dir)
-    return analyze_table(load_sweep(sweep_dir), Path(out) if out else sweep_dir / "analysis",
-                         sweep_dir.name, targets, threshold, lr_range, series, hold_out, where,
-                         sweep_dir=sweep_dir)
+    df = load_sweep(sweep_dir)
+    return analyze_table(df, Path(out) if out else sweep_dir / "analysis", sweep_dir.name,
+                         targets, threshold, lr_range, series, hold_out, where,
+                         notes=repair_table(sweep_dir, df), sweep_dir=sweep_dir)
+
+
+def repair_table(sweep_dir: Path, df: pd.DataFrame) -> List[str]:
+    """Rewrite a damaged `results.csv` (atomically) from the table just rebuilt from the runs."""
+    why = table_damaged(sweep_dir / TABLE)
+    if why is None or df.empty:
+        return []
+    write_table(df, sweep_dir / TABLE)
+    return [f"{TABLE} was damaged ({why}): rewritten from the run directories"]
 
 
 def analyze_table(df: pd.DataFrame, out: Path, name: str,

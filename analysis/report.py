@@ -16,7 +16,7 @@ from analysis.fits import FitError, QuadraticLogFit, eps_crossover, fit_quadrati
 from analysis.load import finished, is_size_key, load_sweep, series_keys, toggle_keys
 from analysis.sensitivity import series_lr_stats
 from proxies.config import LR_KEY, DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
-from proxies.results import TABLE, table_damaged, write_table
+from proxies.results import EDITED, TABLE, table_damaged, write_table
 
 
 @dataclass
@@ -250,7 +250,13 @@ def analyze_table(df: pd.DataFrame, out: Path, name: str,
         rep = Report(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), notes)
         (out / "report.md").write_text("# Sweep analysis\n\n" + "\n".join(f"- {n}" for n in notes))
         return rep
-    unfinished = df.drop(finished(df).index)
+    changed = df[df["status"] == EDITED] if "status" in df.columns else df.iloc[:0]
+    if len(changed):
+        notes.append(f"{len(changed)} finished runs' config.yaml no longer matches the config "
+                     f"they trained with (edited, or from another version; e.g. "
+                     f"{changed['run_dir'].iloc[0]}): left out; restore it or delete the run "
+                     "directory to retrain")
+    unfinished = df.drop(finished(df).index).drop(changed.index)
     if len(unfinished):
         notes.append(f"{len(unfinished)} of {len(df)} runs unfinished (no summary yet): "
                      "left out of every figure and table below")

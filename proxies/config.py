@@ -643,7 +643,12 @@ def divergence_patience(t: TrainConfig) -> int:
 
 
 def config_hash(cfg: DictConfig | Config) -> str:
-    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return identity_hash(identity(cfg))
+
+
+def identity_hash(ident: Dict[str, Any]) -> str:
+    """The hash naming a run directory, of an `identity` (or `identity_of` a config.yaml)."""
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def first_difference(a: dict, b: dict, prefix: str = "") -> Optional[str]:

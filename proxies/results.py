@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from proxies import metric_names as M
+from proxies.config import identity_hash, identity_of
 from proxies import rundir as R
 
 SUMMARY_COLUMNS = M.SUMMARY_KEYS
@@ -80,6 +81,16 @@ def mlp0_tail(rows: List[Dict[str, Any]], steps: int,
 
 
 FINISHED = ("done", "diverged")  # the statuses of a run with a summary
+# A finished run whose config.yaml no longer hashes to the config it trained with (edited by
+# hand, or written by another version): its figures are not that config's, so never used.
+EDITED = "config_changed"
+
+
+def recorded_config_changed(run_dir: Path, summary: Dict[str, Any]) -> bool:
+    """The run's config.yaml no longer has the identity its summary recorded."""
+    trained = summary.get("config_hash")
+    recorded = R.read_config_file(run_dir / R.CONFIG)
+    return bool(trained and recorded) and identity_hash(identity_of(recorded)) != trained
 
 
 def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -88,7 +99,9 @@ def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, 
         swept = (R.read_config_file(run_dir / R.CONFIG).get("run") or {}).get("swept") or {}
     row: Dict[str, Any] = dict(swept)
     summary = R.read_summary_file(run_dir / R.SUMMARY) or {}  # unreadable: rebuilt on resume
-    if summary:
+    if summary and recorded_config_changed(run_dir, summary):
+        row["status"] = EDITED
+    elif summary:
         row["status"] = "diverged" if summary.get("diverged") else "done"
     else:
         row["status"] = "partial" if (run_dir / R.CHECKPOINTS).exists() else "pending"

@@ -348,3 +348,25 @@ def test_cost_estimate_counts_the_params_the_model_has(make_cfg, overrides):
     est_all, est_nonembed = run_params(cfg, 256)
     assert est_all == pytest.approx(real_all, rel=0.05)  # norms and biases left out
     assert est_nonembed == pytest.approx(real_nonembed, rel=0.1)
+
+
+def test_a_finished_runs_hand_edited_config_is_reported_not_reused(tmp_path, corpus_dir,
+                                                                    cache_dir):
+    import yaml
+    from analysis.report import analyze
+    from proxies.rundir import RunDirError
+    from proxies.sweep import run_sweep
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    out, table = run_sweep(cfg.copy())
+    run = out / table["run_dir"][0]
+    summary = (run / "summary.json").read_text()
+    edited = yaml.safe_load((run / "config.yaml").read_text())
+    edited["optim"]["lr"] = 0.5
+    (run / "config.yaml").write_text(yaml.safe_dump(edited))
+    with pytest.raises(RunDirError, match=r"holds a run with a different config \(optim.lr: "
+                                          r"0.5 -> 0.001; its config.yaml edited"):
+        run_sweep(cfg.copy())
+    assert (run / "summary.json").read_text() == summary  # nothing touched
+    rep = analyze(out)
+    assert any("no longer matches the config they trained with" in n for n in rep.notes)
+    assert rep.series["runs"].tolist() == ["1/2"]  # the edited run is left out, not reused

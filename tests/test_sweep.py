@@ -370,3 +370,23 @@ def test_a_finished_runs_hand_edited_config_is_reported_not_reused(tmp_path, cor
     rep = analyze(out)
     assert any("no longer matches the config they trained with" in n for n in rep.notes)
     assert rep.series["runs"].tolist() == ["1/2"]  # the edited run is left out, not reused
+
+
+def test_a_sweep_rerun_rewrites_damaged_runs_json_and_results_csv(tmp_path, corpus_dir,
+                                                                   cache_dir, capsys):
+    import json
+    from proxies.sweep import run_sweep
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    out, first = run_sweep(cfg.copy())
+    manifest = (out / "runs.json").read_text()
+    (out / "runs.json").write_text('[{"run_dir": "d32')
+    (out / "results.csv").write_text("\x00\x00garbage")
+    capsys.readouterr()
+    _, again = run_sweep(cfg.copy())
+    assert "(2 already done" in capsys.readouterr().out  # nothing retrained
+    assert (out / "runs.json").read_text() == manifest and json.loads(manifest)
+    table = pd.read_csv(out / "results.csv")
+    assert table["run_dir"].tolist() == again["run_dir"].tolist()
+    assert set(table["status"]) == {"done"}
+    assert again.drop(columns=["wall_s", "tokens_per_s"]).equals(
+        first.drop(columns=["wall_s", "tokens_per_s"]))

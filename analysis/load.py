@@ -42,16 +42,29 @@ def load_metrics(sweep_dir: str | Path, run_dir: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("step").astype(float, errors="ignore")
 
 
+PARAMS = "n_params_nonembed"
+
+
+def is_size_key(key: str) -> bool:
+    """A column that tells model sizes apart: the size config keys, or the parameter count of
+    a table that has only that (analysis.table)."""
+    return key in SIZE_KEYS or key == PARAMS
+
+
 def series_keys(df: pd.DataFrame) -> List[str]:
     """Swept keys other than the LR: each combination of them is one series."""
-    # Size keys always; any other key only where it varies within the sweep.
-    return [c for c in df.columns if "." in c and c != LR_KEY and
+    # Size keys always (the parameter count where a table has no size keys); any other key only
+    # where it varies within the sweep.
+    keys = [c for c in df.columns if "." in c and c != LR_KEY and
             (c in SIZE_KEYS or df[c].nunique(dropna=False) > 1)]
+    if not any(k in SIZE_KEYS for k in keys) and PARAMS in df.columns:
+        keys.append(PARAMS)
+    return keys
 
 
 def toggle_keys(df: pd.DataFrame) -> List[str]:
     """Series keys that are not model-size keys."""
-    return [k for k in series_keys(df) if k not in SIZE_KEYS]
+    return [k for k in series_keys(df) if not is_size_key(k)]
 
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:

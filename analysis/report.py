@@ -13,9 +13,10 @@ import pandas as pd
 
 from analysis import figures
 from analysis.fits import FitError, QuadraticLogFit, eps_crossover, fit_quadratic_log
-from analysis.load import SIZE_KEYS, finished, load_sweep, series_keys, toggle_keys
+from analysis.load import finished, is_size_key, load_sweep, series_keys, toggle_keys
 from analysis.sensitivity import series_lr_stats
 from proxies.config import LR_KEY, DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
+from proxies.results import EDITED, TABLE, table_damaged, write_table
 
 
 @dataclass
@@ -44,7 +45,7 @@ def series_table(df: pd.DataFrame,
                     "lr_sensitivity": s["lr_sensitivity"]})
     tab = pd.DataFrame(out)
     if len(tab) and keys:  # toggles first, then size: rows of one setting stay together
-        order = [k for k in keys if k not in SIZE_KEYS] + ["n_params_nonembed"]
+        order = [k for k in keys if not is_size_key(k)] + ["n_params_nonembed"]
         tab = tab.sort_values(order, ignore_index=True)
     return tab
 
@@ -137,6 +138,9 @@ def eps_table(df: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, Dict[st
     if "grad_rms_median" not in done.columns:
         notes.append("no gradient RMS recorded (probes off?): ε crossover skipped")
         return pd.DataFrame(), {}
+    if "optim.eps" not in done.columns:
+        notes.append("no AdamW ε recorded: ε crossover skipped")
+        return pd.DataFrame(), {}
     rows, eps_by, skipped, far = [], {}, [], []
     for vals, g in done.groupby(keys + [LR_KEY], sort=True, dropna=False):
         vals = vals if isinstance(vals, tuple) else (vals,)
@@ -210,20 +214,49 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
     checks its prediction there; `series` picks the runs of the loss-curve figure.
     """
     sweep_dir = Path(sweep_dir)
-    out = Path(out) if out else sweep_dir / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
     df = load_sweep(sweep_dir)
-    notes: List[str] = []
+    return analyze_table(df, Path(out) if out else sweep_dir / "analysis", sweep_dir.name,
+                         targets, threshold, lr_range, series, hold_out, where,
+                         notes=repair_table(sweep_dir, df), sweep_dir=sweep_dir)
+
+
+def repair_table(sweep_dir: Path, df: pd.DataFrame) -> List[str]:
+    """Rewrite a damaged `results.csv` (atomically) from the table just rebuilt from the runs."""
+    why = table_damaged(sweep_dir / TABLE)
+    if why is None or df.empty:
+        return []
+    write_table(df, sweep_dir / TABLE)
+    return [f"{TABLE} was damaged ({why}): rewritten from the run directories"]
+
+
+def analyze_table(df: pd.DataFrame, out: Path, name: str,
+                  targets: Sequence[float] = DEFAULT_TARGETS,
+                  threshold: float = DEFAULT_THRESHOLD,
+                  lr_range: Tuple[float, float] = DEFAULT_LR_RANGE,
+                  series: Dict[str, object] | None = None, hold_out: Sequence[float] = (),
+                  where: Dict[str, Any] | None = None, notes: Sequence[str] = (),
+                  sweep_dir: Path | None = None) -> Report:
+    """The report of a results table (a sweep's, or any table analysis.table maps): written to
+    `out`. The training-curve figures read the runs' metrics under `sweep_dir`; without one
+    (a table of final values) they are left out, said in a note."""
+    out.mkdir(parents=True, exist_ok=True)
+    notes = list(notes)
     if len(df) and where:
         df = select(df, where)
         notes.append("subset: " + ", ".join(f"{k}={v}" for k, v in where.items())
                      + f" ({len(df)} runs)")
     if df.empty:
-        notes.append(f"no run directories in {sweep_dir} yet")
+        notes.append(f"no run directories in {sweep_dir} yet" if sweep_dir else "no runs")
         rep = Report(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), notes)
         (out / "report.md").write_text("# Sweep analysis\n\n" + "\n".join(f"- {n}" for n in notes))
         return rep
-    unfinished = df.drop(finished(df).index)
+    changed = df[df["status"] == EDITED] if "status" in df.columns else df.iloc[:0]
+    if len(changed):
+        notes.append(f"{len(changed)} finished runs' config.yaml no longer matches the config "
+                     f"they trained with (edited, or from another version; e.g. "
+                     f"{changed['run_dir'].iloc[0]}): left out; restore it or delete the run "
+                     "directory to retrain")
+    unfinished = df.drop(finished(df).index).drop(changed.index)
     if len(unfinished):
         notes.append(f"{len(unfinished)} of {len(df)} runs unfinished (no summary yet): "
                      "left out of every figure and table below")
@@ -240,7 +273,11 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
             keys = series_keys(df)
             label = figures.toggle_label(keys, tuple(r[k] for k in keys))
             notes.append(f"series {label}: every run diverged")
-    preds, fits = attn_predictions(df, targets, threshold, notes, hold_out)
+    if "max_attn_logit" in df.columns:
+        preds, fits = attn_predictions(df, targets, threshold, notes, hold_out)
+    else:
+        notes.append("no max attention logit in the table: attention-logit fits skipped")
+        preds, fits = pd.DataFrame(), {}
     eps_tab, eps_by = eps_table(df, notes)
 
     figs: Dict[str, str] = {}
@@ -248,23 +285,29 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
         figs["LR vs final loss"] = _save(figures.lr_curves(done), out / "lr_vs_loss.png")
         figs["LR sensitivity vs params"] = _save(figures.sensitivity_vs_params(tab),
                                                  out / "sensitivity_vs_params.png")
-        figs["max attention logit vs params, with fits"] = _save(
-            figures.attn_logit_fits(done, fits, targets, threshold,
-                                    held_out_mask(done["n_params_nonembed"], hold_out)),
-            out / "attn_logit_fit.png")
-        figs["log Z mean over training"] = _save(figures.training_curves(
-            sweep_dir, done, "logits/log_z_mean", "mean log Z (held-out batch)"),
-            out / "log_z.png")
+        if fits or "max_attn_logit" in done.columns:
+            figs["max attention logit vs params, with fits"] = _save(
+                figures.attn_logit_fits(done, fits, targets, threshold,
+                                        held_out_mask(done["n_params_nonembed"], hold_out)),
+                out / "attn_logit_fit.png")
+        if sweep_dir is not None:
+            figs["log Z mean over training"] = _save(figures.training_curves(
+                sweep_dir, done, "logits/log_z_mean", "mean log Z (held-out batch)"),
+                out / "log_z.png")
         if "grad_rms_median" in done.columns:
             figs["gradient and update RMS vs params"] = _save(
                 figures.grad_rms_vs_params(done, eps_by), out / "grad_rms.png")
-        pick = select(done, series) if series else done[
-            done["n_params_nonembed"] == done["n_params_nonembed"].max()]  # the largest model
-        figs["loss curves"] = _save(figures.training_curves(
-            sweep_dir, pick, "train/ce", "train CE (line), eval CE (dots)", markers="eval/ce"),
-            out / "loss_curves.png")
+        if sweep_dir is not None:
+            pick = select(done, series) if series else done[
+                done["n_params_nonembed"] == done["n_params_nonembed"].max()]  # the largest
+            figs["loss curves"] = _save(figures.training_curves(
+                sweep_dir, pick, "train/ce", "train CE (line), eval CE (dots)",
+                markers="eval/ce"), out / "loss_curves.png")
+        else:
+            notes.append("training curves (log Z, loss) need the runs' metrics over steps; a "
+                         "table of final values has none: those figures are left out")
 
-    lines = [f"# Sweep analysis: {sweep_dir.name}\n",
+    lines = [f"# Sweep analysis: {name}\n",
              f"{len(done)} finished runs of {len(df)}; LR sensitivity over LRs in "
              f"[{lr_range[0]:g}, {lr_range[1]:g}].\n"]
     if notes:
@@ -274,7 +317,7 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
               frame_table(preds),
               "## Gradient RMS vs AdamW ε: size where the median gradient RMS reaches ε\n",
               frame_table(eps_tab), "## Figures\n"]
-    lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in figs.items()]
+    lines += [f"### {title}\n\n![{title}]({png})\n" for title, png in figs.items()]
     (out / "report.md").write_text("\n".join(lines))
     tab.to_csv(out / "series.csv", index=False)
     preds.to_csv(out / "attn_predictions.csv", index=False)

@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -198,6 +198,31 @@ def dynamics_overhead(steps: int, every: int) -> None:
           f"{steps // every} probes in the loop)")
 
 
+def step_instructions(cfg: Any, vocab: int, batch: int, seq: int) -> str:
+    """The compiled train step's HLO instructions, without metadata and source locations."""
+    model = Transformer(cfg.model, vocab, seq)
+    state = init_state(model, cfg, jax.random.key(0))
+    tokens = jnp.zeros((batch, seq + 1), jnp.int32)
+    text = jax.jit(make_train_step(model, cfg)).lower(
+        state, tokens, hparams_from_config(cfg)).compile().as_text()
+    keep = [re.sub(r", stack_frame_id=\d+", "", re.sub(r"metadata=\{[^}]*\}", "", line))
+            for line in text.splitlines(keepends=True) if line.startswith((" ", "ENTRY", "%", "}"))]
+    return "".join(keep)
+
+
+def print_hlo_hashes(batch: int, seq: int, dtype: str) -> None:
+    import hashlib
+    for label, over in (("laptop preset", []),
+                        ("+ paper baseline (qk-LN, z-loss, independent decay)",
+                         ["model.qk_layernorm=true", "optim.z_loss=1e-4",
+                          "optim.independent_wd=true"])):
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist(
+            [f"train.seq_len={seq}", f"model.dtype={dtype}", *over]))
+        text = step_instructions(cfg, 256, batch, seq)
+        print(f"{label}: {hashlib.sha256(text.encode()).hexdigest()[:12]} "
+              f"({text.count(chr(10))} instructions)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batch", type=int, default=32)
@@ -221,7 +246,13 @@ def main() -> None:
     ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--fuse-on-cpu", action="store_true",
                     help="let model.attn_impl=auto take the fused path on CPU too")
+    ap.add_argument("--hlo-hash", action="store_true",
+                    help="print a hash of the compiled laptop step's instructions (source "
+                         "locations left out) and stop: equal hashes in two checkouts mean the "
+                         "same step, whatever the timings say")
     args = ap.parse_args()
+    if args.hlo_hash:
+        return print_hlo_hashes(args.batch, args.seq, args.dtype)
     if args.fuse_on_cpu:
         proxies.model.auto_fuses = lambda backend: True
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "

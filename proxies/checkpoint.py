@@ -3,6 +3,7 @@ run's RNG, with a fall-back past damaged ones."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
@@ -12,6 +13,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from proxies.rundir import RunDirError
+
+
+def stored_fields(state: Any) -> Any:
+    """A train state as saved: its fields by name, those without arrays left out (an empty
+    `model_state`), so a checkpoint from before a field existed restores, and one without the
+    field's feature keeps that layout. A PyTreeNode is stored as the same dict of its fields."""
+    if not dataclasses.is_dataclass(state):
+        return state
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return {k: v for k, v in fields.items() if jax.tree_util.tree_leaves(v)}
 
 
 class Checkpointer:
@@ -30,15 +41,18 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, rng: jax.Array) -> None:
         # The key as host numpy: a host-local device array cannot be saved by a multi-host run.
-        item = {"state": state, "rng": np.asarray(jax.random.key_data(rng))}
+        item = {"state": stored_fields(state), "rng": np.asarray(jax.random.key_data(rng))}
         self._mngr.save(step, args=ocp.args.StandardSave(item))
 
     def restore(self, step: int, like_state: Any, like_rng: jax.Array) -> Tuple[Any, jax.Array]:
         """Restore into the structure (and shardings) of `like_state`."""
-        target = {"state": jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like_state),
+        target = {"state": jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
+                                                  stored_fields(like_state)),
                   "rng": np.asarray(jax.random.key_data(like_rng))}
         item = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
-        return item["state"], jax.random.wrap_key_data(jax.numpy.asarray(item["rng"]))
+        state = (like_state.replace(**item["state"]) if dataclasses.is_dataclass(like_state)
+                 else item["state"])
+        return state, jax.random.wrap_key_data(jax.numpy.asarray(item["rng"]))
 
     def restore_newest(self, like_state: Any, like_rng: jax.Array,
                        say: Callable[[str], None]) -> Tuple[int, Any, jax.Array]:

@@ -57,6 +57,15 @@ class NormKind(Choice):
     rmsnorm = "rmsnorm"
 
 
+class NormPlacement(Choice):
+    pre = "pre"  # x + f(norm(x)) (GPT-2, the paper)
+    output = "output"  # x + norm(f(x)): each sublayer's output normed (OLMo 2, arXiv 2501.00656)
+    # Rybakov et al. (arXiv 2410.16682): "layer normalization after the QKV layer (and remove
+    # pre normalization)": q, k and v each normed over their full width, the attention's input
+    # not; the MLP keeps its pre-norm
+    qkv = "qkv"
+
+
 class MlpKind(Choice):
     gelu = "gelu"  # hidden 4d
     swiglu = "swiglu"  # hidden 8d/3, same param count
@@ -174,6 +183,17 @@ class ModelConfig:
     # How ordinary steps compute attention (probe steps always write the logits out, so the
     # max-logit probe is exact). Outside a run's identity: both give the same results.
     attn_impl: AttnImpl = AttnImpl.auto
+    # Soft-cap c·tanh(z/c) of the attention logits (Gemma 2, arXiv 2408.00118: c = 50); the
+    # max-logit probes read the logits before the cap. None = off.
+    attn_softcap: Optional[float] = None
+    # Soft-cap c·tanh(z/c) of the output logits (Gemma 2: c = 30). None = off.
+    logit_softcap: Optional[float] = None
+    # σReparam (Zhai et al., arXiv 2303.06296): each block linear layer's kernel W used as
+    # (γ/σ(W))·W, σ by one power-iteration step per train step, γ a learned scalar.
+    sigma_reparam: bool = False
+    # Where the blocks' norms sit: pre (the sublayer's input, the paper) | output (each
+    # sublayer's output, OLMo 2) | qkv (q, k, v instead of the attention's input, Rybakov et al.)
+    norm_placement: NormPlacement = NormPlacement.pre
 
 
 @dataclass
@@ -189,6 +209,12 @@ class OptimConfig:
     min_lr: float = 1e-5  # absolute floor the decay ends at (paper, unconfirmed)
     grad_clip: float = 1.0  # global-norm clip; 0 = off
     z_loss: float = 0.0  # coefficient of (log Z)²; 0 = off, paper 1e-4
+    # QK-clip (Kimi K2, arXiv 2507.20534): after each update, a head whose max attention logit on
+    # the step's batch S exceeds τ has its query and key weights scaled by sqrt(τ/S). None = off.
+    qk_clip_tau: Optional[float] = None
+    # StableAdamW's update clipping (Wortsman et al., arXiv 2304.13013): each tensor's step
+    # (its Adam direction and decay) divided by max(1, RMS(g/sqrt(v̂))).
+    update_clip: bool = False
 
 
 @dataclass
@@ -434,6 +460,24 @@ def _check_choices(node: Any, schema: type, prefix: str) -> None:
             _check_choices(value, kind, f"{prefix}{f.name}.")
 
 
+def _check_known_keys(node: Any, schema: type, prefix: str, also: Tuple[str, ...] = ()) -> None:
+    """Every key of `node` is a field of `schema` (nested dataclasses too) or in `also`.
+    OmegaConf refuses others, but a Hydra `+key=...` override adds them before the schema sees
+    them."""
+    if not isinstance(node, DictConfig):
+        return
+    hints = get_type_hints(schema)
+    for key in node.keys():
+        if key in also:
+            continue
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; check the spelling against "
+                              "docs/config.md (a leading + does not add a key to the schema)")
+        kind = hints[key]
+        if isinstance(kind, type) and is_dataclass(kind):
+            _check_known_keys(node[key], kind, f"{prefix}{key}.")
+
+
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value is None or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
@@ -464,6 +508,7 @@ def _validate_spike(t: Any) -> None:
 
 def validate_sweep(sw: DictConfig | SweepConfig) -> None:
     """The `sweep` section's impossible values (each run's config is validated on its own)."""
+    _check_known_keys(sw, SweepConfig, "sweep.")
     _check_choices(sw, SweepConfig, "sweep.")
     _positive("sweep.workers", sw.workers, allow_zero=True)
     if not list(sw.lrs):
@@ -480,14 +525,24 @@ def validate_sweep(sw: DictConfig | SweepConfig) -> None:
 def validate(cfg: DictConfig | Config) -> None:
     """Raise ConfigError (one line, naming the fix) for any impossible value."""
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
+    _check_known_keys(cfg, Config, "", also=("sweep",))  # validate_sweep checks the sweep's
     _check_choices(cfg, Config, "")
     if getattr(cfg, "sweep", None) is not None:
         validate_sweep(cfg.sweep)
     for k in ("d_model", "n_heads", "mup_base_width"):
         _positive(f"model.{k}", getattr(m, k))
     _positive("model.n_layers", m.n_layers, allow_zero=True)  # 0 layers: a bigram model
-    if m.attn_kappa is not None:
-        _positive("model.attn_kappa", m.attn_kappa)
+    for k in ("attn_kappa", "attn_softcap", "logit_softcap"):
+        if getattr(m, k) is not None:
+            _positive(f"model.{k}", getattr(m, k))
+    if o.qk_clip_tau is not None:
+        _positive("optim.qk_clip_tau", o.qk_clip_tau)
+        if m.attn_kappa is not None:
+            raise ConfigError("model.attn_kappa sets the attention logits itself, so "
+                              "optim.qk_clip_tau has nothing to clip; drop one of them")
+        if m.sigma_reparam:
+            raise ConfigError("model.sigma_reparam normalises the kernels optim.qk_clip_tau would "
+                              "scale, undoing the clip; use one of them")
     if m.d_model % m.n_heads:
         raise ConfigError(
             f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
@@ -548,7 +603,9 @@ _NOT_IDENTITY = {"train": ("quiet", "ce_chunk"), "model": ("attn_impl",)}
 # a new feature into the schema never renames (and retrains) the runs that do not use it.
 # Plain values (as config.yaml holds them); a nested section is off when all of it equals these.
 _OFF_VALUES: Dict[str, Dict[str, Any]] = {
-    "model": {"attn_kappa": None},
+    "model": {"attn_kappa": None, "attn_softcap": None, "logit_softcap": None,
+              "sigma_reparam": False, "norm_placement": "pre"},
+    "optim": {"qk_clip_tau": None, "update_clip": False},
     "train": {"spike": {"action": "log", "window": 128, "sigma": 6.0, "min_samples": 32,
                         "skip_batches": 8, "max_rollbacks": 3},
               "inject_spike_at": [], "inject_spike_kind": "batch", "inject_spike_scale": 1000.0},
@@ -586,7 +643,12 @@ def divergence_patience(t: TrainConfig) -> int:
 
 
 def config_hash(cfg: DictConfig | Config) -> str:
-    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return identity_hash(identity(cfg))
+
+
+def identity_hash(ident: Dict[str, Any]) -> str:
+    """The hash naming a run directory, of an `identity` (or `identity_of` a config.yaml)."""
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def first_difference(a: dict, b: dict, prefix: str = "") -> Optional[str]:

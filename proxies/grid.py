@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from proxies.config import (LR_KEY, SEED_KEY, Config, ConfigError, config_hash, to_plain,
-                            validate, validate_sweep)
+                            validate)
 from proxies.launch import GridPoint
 from proxies.tracking import series_name
 from proxies.train import run_name
@@ -58,7 +58,7 @@ def base_config(cfg: DictConfig) -> DictConfig:
 
 def expand_grid(cfg: DictConfig) -> List[GridPoint]:
     """All grid points, sizes × variants × axes × LRs, each with its run directory set."""
-    validate_sweep(cfg.sweep)
+    validate(cfg)  # the sweep section and the run keys it starts from
     sw = cfg.sweep
     lrs = list(sw.lrs)
     base = base_config(cfg)

@@ -18,6 +18,12 @@ TRAIN_LR = "train/lr"
 TRAIN_GRAD_NORM = "train/grad_norm"  # global norm before clipping
 TRAIN_KEYS = {"loss": TRAIN_LOSS, "ce": TRAIN_CE, "z_loss": TRAIN_Z_LOSS, "lr": TRAIN_LR,
               "grad_norm": TRAIN_GRAD_NORM}  # train-step metric -> row key
+# Stabilisers' own counts, on the log steps of runs that use them (train-step metric -> row key):
+# heads whose weights QK-clip rescaled this step; the share of tensors whose step update
+# clipping shrank.
+QK_CLIPPED_HEADS = "train/qk_clipped_heads"
+UPDATE_CLIPPED_FRAC = "train/update_clipped_frac"
+STABILIZER_KEYS = {"qk_clipped_heads": QK_CLIPPED_HEADS, "update_clipped_frac": UPDATE_CLIPPED_FRAC}
 
 # Per-tensor RMS families (log steps, `train.probes=true`).
 GRAD_RMS = "grad_rms"  # of the clipped gradient Adam sees
@@ -31,6 +37,9 @@ TOKENS_PER_S = "perf/tokens_per_s"
 # Probes on a held-out batch (log steps): per layer, and the max over layers.
 ATTN_MAX_LOGIT = "attn/max_logit"
 ATTN_ENTROPY = "attn/entropy"
+# The lowest of a layer's heads' mean attention entropies (entropy collapse shows in one head),
+# per layer and the min over layers.
+ATTN_ENTROPY_MIN_HEAD = "attn/entropy_min_head"
 ACT_MAX_ABS = "act/max_abs"
 ACT_MAX_MEDIAN_RATIO = "act/max_median_ratio"
 LOG_Z_MEAN = "logits/log_z_mean"

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from proxies.config import (AttnImpl, AttnScale, ComputeDtype, MlpKind, ModelConfig,  # noqa: F401
-                            NormKind, Parametrization, PosEmb, mlp_hidden, unhandled)
+                            NormKind, NormPlacement, Parametrization, PosEmb, mlp_hidden,
+                            unhandled)
 
 # jax's truncated normal (cut at ±2σ) has std 0.8796·σ; dividing makes `std` the real std.
 _TRUNC_STD = 0.87962566103423978
@@ -81,6 +82,60 @@ def param_policy(cfg: ModelConfig, fan_in: int, kind: str = "hidden",
     `init_std(cfg, fan_in, kind)` (keyword `init_arg`: `embedding_init` for nn.Embed)."""
     return {"dtype": compute_dtype(cfg), "param_dtype": jnp.float32,
             init_arg: trunc_normal(init_std(cfg, fan_in, kind))}
+
+
+def linear_policy(cfg: ModelConfig, fan_in: int) -> Dict[str, Any]:
+    """A block linear layer's policy: `param_policy`, and σReparam's kernel when it is on."""
+    extra = {"dot_general_cls": SigmaReparam} if cfg.sigma_reparam else {}
+    return {**param_policy(cfg, fan_in), **extra}
+
+
+def softcap(z: jax.Array, cap: float | None) -> jax.Array:
+    """cap·tanh(z/cap) (Gemma 2's soft-cap); z itself when cap is None."""
+    return z if cap is None else cap * jnp.tanh(z / cap)
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.sum(x * x) + 1e-30)
+
+
+SIGMA_REPARAM = "sigma_reparam"  # the variable collection of σReparam's power-iteration vectors
+INIT_POWER_STEPS = 20  # at init, so σ (and γ = σ: the layer starts as W) is near converged
+
+
+def power_iteration(W_IxO: jax.Array, u_O: jax.Array, steps: int) -> jax.Array:
+    """u after `steps` power-iteration steps on WᵀW (the top right singular vector of W)."""
+    for _ in range(steps):
+        u_O = _unit(W_IxO.T @ _unit(W_IxO @ u_O))
+    return u_O
+
+
+class SigmaReparam(nn.Module):
+    """σReparam (Zhai et al., arXiv 2303.06296) as a dense layer's `dot_general_cls`: the layer's
+    kernel W is used as (γ/σ(W))·W. σ is the spectral norm of W as a matrix (contracted axes ×
+    the rest), from one power-iteration step per call from the stored vector u (collection
+    `sigma_reparam`, stored back when the caller makes it mutable: the train step); the
+    gradient flows through σ with u and v held fixed, as spectral normalisation does."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, kernel: jax.Array, dimension_numbers: Any,
+                 precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
+        (_, contract), _ = dimension_numbers
+        rest = [a for a in range(kernel.ndim) if a not in contract]
+        W_IxO = jnp.transpose(kernel, (*contract, *rest)).astype(jnp.float32)
+        n_in = math.prod(kernel.shape[a] for a in contract)
+        W_IxO = W_IxO.reshape(n_in, -1)
+        u = self.variable(SIGMA_REPARAM, "u", lambda: power_iteration(
+            W_IxO, jax.random.normal(self.make_rng("params"), (W_IxO.shape[1],)), INIT_POWER_STEPS))
+        u_O = jax.lax.stop_gradient(power_iteration(W_IxO, u.value, 1))
+        v_I = jax.lax.stop_gradient(_unit(W_IxO @ u_O))
+        if self.is_mutable_collection(SIGMA_REPARAM) and not self.is_initializing():
+            u.value = u_O
+        sigma = v_I @ W_IxO @ u_O
+        gamma = self.param("gamma", lambda rng, shape: sigma, ())  # Ŵ = W at init
+        scale = (gamma / sigma).astype(kernel.dtype)
+        return jax.lax.dot_general(x, kernel * scale, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
 
 
 def attn_logit_scale(cfg: ModelConfig) -> float:
@@ -184,6 +239,19 @@ def attn_logits(cfg: ModelConfig, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
     return logits_BxHxLxL * post if post != 1.0 else logits_BxHxLxL
 
 
+def causal_mask(L: int) -> jax.Array:
+    return jnp.tril(jnp.ones((L, L), dtype=bool))
+
+
+def head_max_logits(logits_BxHxLxL: jax.Array) -> jax.Array:
+    """Each head's max attention logit over the batch and the causal positions, (H,)."""
+    causal_LxL = causal_mask(logits_BxHxLxL.shape[-1])
+    return jnp.max(jnp.where(causal_LxL, logits_BxHxLxL, -jnp.inf), axis=(0, 2, 3))
+
+
+QK_CLIP = "qk_clip"  # the collection each attention layer sows its heads' max logits into
+
+
 def auto_fuses(backend: str) -> bool:
     """Whether `attn_impl=auto` takes the fused path on this backend. Not on CPU: there jax
     0.10's XLA attention writes the logits out too, and its train step ran 8% slower in float32
@@ -225,12 +293,13 @@ class Attention(nn.Module):
         K = D // H
         dtype = compute_dtype(cfg)
         dense = lambda feats, axis, fan_in, name, bias=cfg.use_bias: nn.DenseGeneral(  # noqa
-            feats, axis=axis, use_bias=bias, name=name, **param_policy(cfg, fan_in))
+            feats, axis=axis, use_bias=bias, name=name, **linear_policy(cfg, fan_in))
         q_BxLxHxK = dense((H, K), -1, D, "query")(x_BxLxD)
         # No key bias: q·b is the same for every key of a query, so softmax ignores it; its
         # gradient is exactly zero and Adam would only random-walk it on rounding noise.
         k_BxLxHxK = dense((H, K), -1, D, "key", False)(x_BxLxD)
         v_BxLxHxK = dense((H, K), -1, D, "value")(x_BxLxD)
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = self._qkv_norm(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
         if cfg.qk_layernorm:
             q_BxLxHxK = make_norm(cfg, "q_norm")(q_BxLxHxK)
             k_BxLxHxK = make_norm(cfg, "k_norm")(k_BxLxHxK)
@@ -246,6 +315,9 @@ class Attention(nn.Module):
         sow_dynamics(self, "k", k_BxLxHxK)
         sow_dynamics(self, "v", v_BxLxHxK)
         if self._fused():
+            if self.is_mutable_collection(QK_CLIP):  # the fused kernel keeps its logits
+                self.sow(QK_CLIP, "max_logit", jax.lax.stop_gradient(head_max_logits(
+                    attn_logits(cfg, q_BxLxHxK, k_BxLxHxK, dtype).astype(jnp.float32))))
             q_BxLxHxK, k_BxLxHxK, post = qk_for_product(cfg, q_BxLxHxK, k_BxLxHxK, dtype)
             out_BxLxHxK = fused_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, post, dtype)
         else:
@@ -253,14 +325,31 @@ class Attention(nn.Module):
         sow_dynamics(self, "ctx", out_BxLxHxK)
         return dense(D, (-2, -1), D, "out")(out_BxLxHxK)
 
+    def _qkv_norm(self, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
+                  v_BxLxHxK: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`norm_placement=qkv`: each projection's output normed over its full width."""
+        match self.cfg.norm_placement:
+            case NormPlacement.qkv:
+                def norm(x_BxLxHxK: jax.Array, name: str) -> jax.Array:
+                    B, L, H, K = x_BxLxHxK.shape
+                    y = make_norm(self.cfg, name)(x_BxLxHxK.reshape(B, L, H * K))
+                    return y.reshape(B, L, H, K).astype(x_BxLxHxK.dtype)
+                return (norm(q_BxLxHxK, "q_out_norm"), norm(k_BxLxHxK, "k_out_norm"),
+                        norm(v_BxLxHxK, "v_out_norm"))
+            case NormPlacement.pre | NormPlacement.output:
+                return q_BxLxHxK, k_BxLxHxK, v_BxLxHxK
+            case _:
+                unhandled("model.norm_placement", self.cfg.norm_placement)
+
     def _fused(self) -> bool:
-        """Fused attention unless asked not to, or a probe reads the logits or probabilities
-        (the max-logit probe must see exactly the logits the explicit path computes)."""
+        """Fused attention unless asked not to, a probe reads the logits or probabilities (the
+        max-logit probe must see exactly the logits the explicit path computes), or the logits
+        are soft-capped (jax.nn.dot_product_attention has no cap)."""
         match self.cfg.attn_impl:
             case AttnImpl.explicit:
                 return False
             case AttnImpl.auto:
-                return auto_fuses(jax.default_backend()) and not (
+                return auto_fuses(jax.default_backend()) and self.cfg.attn_softcap is None and not (
                     self.is_mutable_collection("intermediates")
                     or self.is_mutable_collection("dynamics"))
             case _:
@@ -270,16 +359,21 @@ class Attention(nn.Module):
                   dtype: jnp.dtype) -> jax.Array:
         """softmax(q·kᵀ)·v with the logits and probabilities written out (and sown if probed)."""
         logits_BxHxLxL = attn_logits(self.cfg, q_BxLxHxK, k_BxLxHxK, dtype).astype(jnp.float32)
-        L = q_BxLxHxK.shape[1]
-        causal_LxL = jnp.tril(jnp.ones((L, L), dtype=bool))
-        masked = jnp.where(causal_LxL, logits_BxHxLxL, jnp.finfo(jnp.float32).min)
+        causal_LxL = causal_mask(q_BxLxHxK.shape[1])
+        if self.is_mutable_collection(QK_CLIP):
+            self.sow(QK_CLIP, "max_logit", jax.lax.stop_gradient(head_max_logits(logits_BxHxLxL)))
+        capped_BxHxLxL = softcap(logits_BxHxLxL, self.cfg.attn_softcap)
+        masked = jnp.where(causal_LxL, capped_BxHxLxL, jnp.finfo(jnp.float32).min)
         probs_BxHxLxL = jax.nn.softmax(masked, axis=-1)
         if self.is_mutable_collection("intermediates"):
-            # Max pre-softmax logit over heads and positions, masked entries excluded.
-            self.sow("intermediates", "max_logit",
-                     jnp.max(jnp.where(causal_LxL, logits_BxHxLxL, -jnp.inf)))
+            # Max pre-softmax logit (before any soft-cap) over heads and positions.
+            self.sow("intermediates", "max_logit", jnp.max(head_max_logits(logits_BxHxLxL)))
             plogp = jnp.where(causal_LxL, probs_BxHxLxL * jnp.log(probs_BxHxLxL + 1e-30), 0.0)
-            self.sow("intermediates", "entropy", -jnp.mean(jnp.sum(plogp, axis=-1)))
+            entropy_BxHxL = -jnp.sum(plogp, axis=-1)
+            self.sow("intermediates", "entropy", jnp.mean(entropy_BxHxL))
+            # The least of the heads' mean entropies: one collapsing head shows (σReparam).
+            self.sow("intermediates", "entropy_min_head", jnp.min(
+                jnp.mean(entropy_BxHxL, axis=(0, 2))))
         sow_dynamics(self, "probs", probs_BxHxLxL)
         return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(dtype), v_BxLxHxK)
 
@@ -292,7 +386,7 @@ class Mlp(nn.Module):
         cfg = self.cfg
         D, F = cfg.d_model, mlp_hidden(cfg)
         dense = lambda feats, fan_in, name: nn.Dense(  # noqa: E731
-            feats, use_bias=cfg.use_bias, name=name, **param_policy(cfg, fan_in))
+            feats, use_bias=cfg.use_bias, name=name, **linear_policy(cfg, fan_in))
         match cfg.mlp:
             case MlpKind.swiglu:
                 gate_BxLxF = dense(F, D, "gate")(x_BxLxD)
@@ -317,19 +411,35 @@ class Block(nn.Module):
     def __call__(self, x_BxLxD):
         cfg = self.cfg
         sow_dynamics(self, "resid_in", x_BxLxD)
-        h_BxLxD = make_norm(cfg, "ln_attn")(x_BxLxD)
-        sow_dynamics(self, "attn_in", h_BxLxD)
-        x_BxLxD = x_BxLxD + Attention(cfg, name="attn")(h_BxLxD)
+        x_BxLxD = self._sublayer(x_BxLxD, Attention(cfg, name="attn"), "ln_attn", "attn_in")
         sow_dynamics(self, "resid_mid", x_BxLxD)
-        h_BxLxD = make_norm(cfg, "ln_mlp")(x_BxLxD)
-        sow_dynamics(self, "mlp_in", h_BxLxD)
-        x_BxLxD = x_BxLxD + Mlp(cfg, name="mlp")(h_BxLxD)
+        x_BxLxD = self._sublayer(x_BxLxD, Mlp(cfg, name="mlp"), "ln_mlp", "mlp_in")
         sow_dynamics(self, "resid_out", x_BxLxD)
         if self.is_mutable_collection("intermediates"):
             a = jnp.abs(x_BxLxD.astype(jnp.float32))
             self.sow("intermediates", "act_max_abs", jnp.max(a))
             self.sow("intermediates", "act_max_median_ratio", jnp.max(a) / jnp.median(a))
         return x_BxLxD
+
+    def _sublayer(self, x_BxLxD: jax.Array, f: nn.Module, norm: str, site: str) -> jax.Array:
+        """The residual update of one sublayer f, its norm where `model.norm_placement` puts it;
+        `site` is f's input as the dynamics probes name it."""
+        match self.cfg.norm_placement:
+            case NormPlacement.pre:
+                pass
+            case NormPlacement.qkv if isinstance(f, Attention):  # its q, k, v are normed instead
+                sow_dynamics(self, site, x_BxLxD)
+                return x_BxLxD + f(x_BxLxD)
+            case NormPlacement.qkv:
+                pass
+            case NormPlacement.output:
+                sow_dynamics(self, site, x_BxLxD)
+                return x_BxLxD + make_norm(self.cfg, f"{norm}_out")(f(x_BxLxD))
+            case _:
+                unhandled("model.norm_placement", self.cfg.norm_placement)
+        h_BxLxD = make_norm(self.cfg, norm)(x_BxLxD)
+        sow_dynamics(self, site, h_BxLxD)
+        return x_BxLxD + f(h_BxLxD)
 
 
 class Transformer(nn.Module):
@@ -388,7 +498,7 @@ def readout(cfg: ModelConfig, table_VxD: jax.Array, x_NxD: jax.Array) -> jax.Arr
     logits_NxV = jnp.dot(x_NxD.astype(dtype), table_VxD.astype(dtype).T).astype(jnp.float32)
     if is_mup(cfg):  # readout multiplier 1/m keeps logits O(1) with width
         logits_NxV = logits_NxV / width_mult(cfg)
-    return logits_NxV
+    return softcap(logits_NxV, cfg.logit_softcap)
 
 
 def count_params(params) -> tuple[int, int]:

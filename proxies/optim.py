@@ -10,15 +10,15 @@ from __future__ import annotations
 import math
 from functools import partial
 from types import SimpleNamespace
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from omegaconf import DictConfig
 
-from proxies.config import (ModelConfig, Parametrization, Schedule, divergence_patience,
-                            mlp_hidden, unhandled)
+from proxies.config import (ModelConfig, NormPlacement, Parametrization, Schedule,
+                            divergence_patience, mlp_hidden, unhandled)
 from proxies.model import width_mult
 
 Hparams = Dict[str, jax.Array]
@@ -222,21 +222,100 @@ def base_fan_in(name: str, cfg: ModelConfig) -> int:
 
 
 def adamw(hp: Hparams, lr_t: jax.Array, lr_mults: Any, mask: Any,
-          independent_wd: bool) -> optax.GradientTransformation:
+          independent_wd: bool, update_clip: bool = False) -> optax.GradientTransformation:
     """AdamW built from traced hyperparameters; its state layout never depends on their values.
 
     Coupled (optax/PyTorch): θ ← θ − s_t·η·(Δ + λθ).  Independent: θ ← θ − s_t·η·Δ − s_t·λ·θ,
-    i.e. decay λ/η_peak inside the LR-scaled chain, as nanodo does.
+    i.e. decay λ/η_peak inside the LR-scaled chain, as nanodo does. `update_clip`: each
+    tensor's step (Δ and decay) divided by max(1, RMS(g/sqrt(v̂))) (`clip_update_rms`).
     """
     wd = hp["weight_decay"] / hp["lr"] if independent_wd else hp["weight_decay"]
-    return optax.chain(
-        optax.scale_by_adam(b1=hp["b1"], b2=hp["b2"], eps=hp["eps"]),
-        optax.add_decayed_weights(wd, mask=mask),
-        _scale_by_tree(lr_mults),
-        optax.scale(-lr_t),
-    )
+    adam = optax.scale_by_adam(b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])
+    decay = optax.add_decayed_weights(wd, mask=mask)
+    if update_clip:
+        direction = [clip_update_rms(optax.chain(adam, decay), hp["b2"], hp["eps"])]
+    else:
+        direction = [adam, decay]
+    return optax.chain(*direction, _scale_by_tree(lr_mults), optax.scale(-lr_t))
+
+
+class UpdateClipState(NamedTuple):
+    inner: optax.OptState  # the state of chain(scale_by_adam, add_decayed_weights)
+    clipped_frac: jax.Array  # share of tensors whose step this update shrank
+
+
+def clip_update_rms(inner: optax.GradientTransformation, b2: jax.Array,
+                    eps: jax.Array) -> optax.GradientTransformation:
+    """StableAdamW's update clipping (Wortsman et al. 2023, arXiv 2304.13013): per tensor,
+    RMS = sqrt(mean(g² / max(v̂, ε²))) with v̂ Adam's bias-corrected second moment after this
+    update, and the step divided by max(1, RMS). It binds when the gradient outruns v̂ (a
+    stale second moment), which an LR-scaled step cannot see. `inner` starts with
+    scale_by_adam, whose ν it reads."""
+    def init(params: Any) -> UpdateClipState:
+        return UpdateClipState(inner.init(params), jnp.zeros((), jnp.float32))
+
+    def update(grads: Any, state: UpdateClipState, params: Any = None) -> tuple:
+        updates, inner_state = inner.update(grads, state.inner, params)
+        adam = inner_state[0]
+        v_hat_scale = 1 / (1 - b2 ** adam.count.astype(jnp.float32))
+        rms = jax.tree_util.tree_map(lambda g, nu: jnp.sqrt(jnp.mean(
+            jnp.square(g.astype(jnp.float32)) / jnp.maximum(nu * v_hat_scale, eps**2))),
+            grads, adam.nu)
+        factors = jax.tree_util.tree_map(lambda r: 1 / jnp.maximum(1.0, r), rms)
+        updates = jax.tree_util.tree_map(lambda u, f: u * f.astype(u.dtype), updates, factors)
+        shrunk = [f < 1 for f in jax.tree_util.tree_leaves(factors)]
+        frac = jnp.mean(jnp.stack(shrunk).astype(jnp.float32))
+        return updates, UpdateClipState(inner_state, frac)
+
+    return optax.GradientTransformation(init, update)
+
+
+def update_clipped_frac(opt_state: Any) -> jax.Array:
+    """The share of tensors `clip_update_rms` shrank at the last update (its state is first)."""
+    return opt_state[0].clipped_frac
 
 
 def _scale_by_tree(mults: Any) -> optax.GradientTransformation:
     return optax.stateless(lambda updates, params: jax.tree_util.tree_map(
         lambda u, m: u * m, updates, mults))
+
+
+def qk_clip(params: Any, max_logit_by_layer: Dict[str, jax.Array], tau: float,
+            cfg: ModelConfig) -> tuple[Any, jax.Array]:
+    """QK-clip (Kimi K2, arXiv 2507.20534): a head whose max attention logit S on the step's
+    batch exceeds τ has its query and key scaled by sqrt(τ/S) each, so its logits shrink by τ/S
+    (q·kᵀ is bilinear; RoPE keeps norms). What is scaled is the last tensor setting the head's
+    q and k: the query and key kernels (and the query bias); with `norm_placement=qkv` the
+    per-head slices of the q and k output norms; with qk-layernorm the q and k norms, which all
+    heads share, so they take the most-exceeding head's factor. Returns (params, heads clipped).
+    `max_logit_by_layer`: {'block_i': (H,) max logits} from the forward pass."""
+    params = jax.tree_util.tree_map(lambda x: x, params)  # a copy to write into
+    clipped = jnp.zeros((), jnp.int32)
+    for block, s_H in max_logit_by_layer.items():
+        root_H = jnp.sqrt(jnp.minimum(1.0, tau / jnp.maximum(s_H, 1e-30)))
+        clipped = clipped + jnp.sum(s_H > tau).astype(jnp.int32)
+        attn = dict(params[block]["attn"])
+        if cfg.qk_layernorm:
+            for name in ("q_norm", "k_norm"):
+                attn[name] = _scaled(attn[name], jnp.min(root_H))
+        elif cfg.norm_placement == NormPlacement.qkv:
+            for name in ("q_out_norm", "k_out_norm"):
+                attn[name] = _scaled(attn[name], root_H, heads=root_H.shape[0])
+        else:
+            for name in ("query", "key"):
+                attn[name] = _scaled(attn[name], root_H)
+        params[block] = {**params[block], "attn": attn}
+    return params, clipped
+
+
+def _scaled(layer: Dict[str, jax.Array], factor: jax.Array, heads: int = 0) -> Dict[str, Any]:
+    """Every tensor of `layer` times `factor`: a scalar, or (H,) per head on the tensor's head
+    axis (kernels (D, H, K) and biases (H, K)); `heads` > 0: a norm over the full width H·K,
+    whose vectors are split into heads first."""
+    def scale(x: jax.Array) -> jax.Array:
+        if factor.ndim == 0:
+            return x * factor
+        if heads:
+            return (x.reshape(heads, -1) * factor[:, None]).reshape(x.shape)
+        return x * factor.reshape((1,) * (x.ndim - 2) + (-1, 1))
+    return {k: scale(v) for k, v in layer.items()}

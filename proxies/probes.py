@@ -15,12 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig
 
+from proxies import metric_names as M
+
 
 def make_probe(model: nn.Module, n_layers: int) -> Callable[[Any, jax.Array], Dict[str, jax.Array]]:
-    """Jitted `(params, batch) -> {metric name: scalar}` with the names metrics.jsonl uses."""
+    """Jitted `(variables, batch) -> {metric name: scalar}` with the names metrics.jsonl uses."""
 
-    def probe(params: Any, batch_BxLp1: jax.Array) -> Dict[str, jax.Array]:
-        logits_BxLxV, state = model.apply({"params": params}, batch_BxLp1[:, :-1],
+    def probe(variables: Dict[str, Any], batch_BxLp1: jax.Array) -> Dict[str, jax.Array]:
+        logits_BxLxV, state = model.apply(variables, batch_BxLp1[:, :-1],
                                           mutable=["intermediates"])
         inter = state.get("intermediates", {})  # nothing sown by a zero-layer model
         out: Dict[str, jax.Array] = {}
@@ -28,11 +30,14 @@ def make_probe(model: nn.Module, n_layers: int) -> Callable[[Any, jax.Array], Di
             blk = inter[f"block_{i}"]
             out[f"attn/max_logit/layer_{i}"] = blk["attn"]["max_logit"][0]
             out[f"attn/entropy/layer_{i}"] = blk["attn"]["entropy"][0]
+            out[f"{M.ATTN_ENTROPY_MIN_HEAD}/layer_{i}"] = blk["attn"]["entropy_min_head"][0]
             out[f"act/max_abs/layer_{i}"] = blk["act_max_abs"][0]
             out[f"act/max_median_ratio/layer_{i}"] = blk["act_max_median_ratio"][0]
         if n_layers:  # a zero-layer (bigram) model has no attention
             out["attn/max_logit"] = jnp.max(jnp.stack(
                 [out[f"attn/max_logit/layer_{i}"] for i in range(n_layers)]))
+            out[M.ATTN_ENTROPY_MIN_HEAD] = jnp.min(jnp.stack(
+                [out[f"{M.ATTN_ENTROPY_MIN_HEAD}/layer_{i}"] for i in range(n_layers)]))
         log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
         out["logits/log_z_mean"] = jnp.mean(log_z_BxL)
         out["logits/mean"] = jnp.mean(logits_BxLxV)
@@ -117,7 +122,7 @@ def _energy(A: jax.Array, B: jax.Array, top_frac: float) -> tuple:
 
 
 def make_dynamics_probe(model: nn.Module, cfg: DictConfig) -> Callable[[Any, jax.Array], tuple]:
-    """`(params, batch) -> (scalars, arrays)`: the training-dynamics statistics of one forward
+    """`(variables, batch) -> (scalars, arrays)`: the training-dynamics statistics of one forward
     and backward pass on a fixed held-out batch. Scalars (kurtosis, outlier ratios, massive
     activations, norm compression, SwiGLU coincidence, energy vs correlation) go to
     dynamics/stats.jsonl; arrays (fixed-edge histograms, top channels/positions, E/R samples) to
@@ -134,14 +139,14 @@ def make_dynamics_probe(model: nn.Module, cfg: DictConfig) -> Callable[[Any, jax
     edges, top = D.hist_edges(per_decade=dc.per_decade), dc.top_frac
 
     @jax.jit
-    def forward_backward(params: Any, batch_BxLp1: jax.Array) -> tuple:
+    def forward_backward(variables: Dict[str, Any], batch_BxLp1: jax.Array) -> tuple:
         inputs, targets = batch_BxLp1[:, :-1], batch_BxLp1[:, 1:]
 
         def loss_fn(p):
-            logits, state = model.apply({"params": p}, inputs, mutable=["dynamics"])
+            logits, state = model.apply({**variables, "params": p}, inputs, mutable=["dynamics"])
             return cross_entropy_with_z_loss(logits, targets, 0.0)[1]["ce"], state["dynamics"]
 
-        (_, dyn), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (_, dyn), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
         return _site_tree(dyn), grads
 
     describe = jax.jit(partial(_describe, edges=edges))
@@ -151,8 +156,9 @@ def make_dynamics_probe(model: nn.Module, cfg: DictConfig) -> Callable[[Any, jax
     swiglu = jax.jit(partial(D.swiglu_coincidence, top_frac=top))
     energy = jax.jit(partial(_energy, top_frac=top))
 
-    def probe(params: Any, batch_BxLp1: jax.Array) -> tuple:
-        sites, grads = forward_backward(params, batch_BxLp1)
+    def probe(variables: Dict[str, Any], batch_BxLp1: jax.Array) -> tuple:
+        sites, grads = forward_backward(variables, batch_BxLp1)
+        params = variables["params"]
         scalars: Dict[str, jax.Array] = {}
         arrays: Dict[str, jax.Array] = {}
         tensors = {**{f"act/{k}": v for k, v in sites.items()},
@@ -169,7 +175,8 @@ def make_dynamics_probe(model: nn.Module, cfg: DictConfig) -> Callable[[Any, jax
                 m = massive(x)
                 scalars.update({f"massive/{name}/{k}": m[k] for k in ("count", "ratio", "share")})
         norms = {f"block_{i}/{ln}": (sites[f"block_{i}/{a}"], sites[f"block_{i}/{b}"])
-                 for i in range(n_layers) for ln, (a, b) in _NORMS.items()}
+                 for i in range(n_layers) for ln, (a, b) in _NORMS.items()
+                 if ln in params[f"block_{i}"]}  # input norms only (norm_placement)
         norms["ln_final"] = (sites["final_norm_in"], sites["final_out"])
         for name, (x_in, x_out) in norms.items():
             scalars.update({f"norm/{name}/{k}": v for k, v in compression(x_in, x_out).items()})

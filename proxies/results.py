@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from proxies import metric_names as M
+from proxies.config import identity_hash, identity_of
 from proxies import rundir as R
 
 SUMMARY_COLUMNS = M.SUMMARY_KEYS
@@ -80,6 +81,16 @@ def mlp0_tail(rows: List[Dict[str, Any]], steps: int,
 
 
 FINISHED = ("done", "diverged")  # the statuses of a run with a summary
+# A finished run whose config.yaml no longer hashes to the config it trained with (edited by
+# hand, or written by another version): its figures are not that config's, so never used.
+EDITED = "config_changed"
+
+
+def recorded_config_changed(run_dir: Path, summary: Dict[str, Any]) -> bool:
+    """The run's config.yaml no longer has the identity its summary recorded."""
+    trained = summary.get("config_hash")
+    recorded = R.read_config_file(run_dir / R.CONFIG)
+    return bool(trained and recorded) and identity_hash(identity_of(recorded)) != trained
 
 
 def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -88,7 +99,9 @@ def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, 
         swept = (R.read_config_file(run_dir / R.CONFIG).get("run") or {}).get("swept") or {}
     row: Dict[str, Any] = dict(swept)
     summary = R.read_summary_file(run_dir / R.SUMMARY) or {}  # unreadable: rebuilt on resume
-    if summary:
+    if summary and recorded_config_changed(run_dir, summary):
+        row["status"] = EDITED
+    elif summary:
         row["status"] = "diverged" if summary.get("diverged") else "done"
     else:
         row["status"] = "partial" if (run_dir / R.CHECKPOINTS).exists() else "pending"
@@ -99,21 +112,59 @@ def run_row(run_dir: Path, swept: Optional[Dict[str, Any]] = None) -> Dict[str, 
     return row
 
 
+MANIFEST = "runs.json"
+
+
+def read_manifest(sweep_dir: Path) -> Optional[List[Dict[str, Any]]]:
+    """A sweep directory's grid points from `runs.json` ([{run_dir, swept}], written by
+    `proxies.sweep`), None when it has none; a damaged one is refused in one line (the sweep
+    command rewrites it before it trains)."""
+    manifest = Path(sweep_dir) / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        entries = json.loads(manifest.read_text())
+        ok = isinstance(entries, list) and all(
+            isinstance(e, dict) and isinstance(e.get("run_dir"), str)
+            and isinstance(e.get("swept"), dict) for e in entries)
+        reason = "" if ok else "not a list of {run_dir, swept} entries"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}" if str(e) else "empty"
+    if reason:
+        raise R.RunDirError(f"{manifest} is damaged ({reason}); rerun the sweep command that made "
+                            "it (it rewrites runs.json and retrains nothing finished), or delete "
+                            f"it to read the run directories inside {sweep_dir}")
+    return entries
+
+
 def table_from_dirs(sweep_dir: Path) -> pd.DataFrame:
     """The table of a sweep directory: its grid points from `runs.json` (written by
     `proxies.sweep`; run directories may live outside it, shared with other sweeps), or else
     every run directory (a folder with config.yaml) inside it (Hydra multirun)."""
     sweep_dir = Path(sweep_dir)
-    manifest = sweep_dir / "runs.json"
-    if manifest.exists():
+    entries = read_manifest(sweep_dir)
+    if entries is not None:
         rows = []
-        for entry in json.loads(manifest.read_text()):
+        for entry in entries:
             row = run_row(sweep_dir / entry["run_dir"], entry["swept"])
             row["run_dir"] = entry["run_dir"]
             rows.append(row)
         return pd.DataFrame(rows)
     dirs = sorted(p.parent for p in sweep_dir.glob(f"*/{R.CONFIG}"))
     return pd.DataFrame([run_row(d) for d in dirs])
+
+
+def table_damaged(path: Path) -> Optional[str]:
+    """Why `results.csv` at `path` cannot be read back as a sweep table (None when it can, or
+    when there is none)."""
+    if not path.exists():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:  # pandas raises many types for a garbled CSV
+        return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}"
+    missing = {"run_dir", "status"} - set(df.columns)
+    return f"no {', '.join(sorted(missing))} column" if missing else None
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:

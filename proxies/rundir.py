@@ -178,7 +178,8 @@ class RunDir:
         diff = first_difference(old_id, new_id)
         if diff:
             raise RunDirError(f"out_dir {self.path} holds a run with a different config "
-                              f"({diff}); use another out_dir or delete that directory")
+                              f"({diff}; its config.yaml edited, or from another version); use "
+                              "another out_dir, or restore it, or delete that directory")
 
     # ---- config and summary
     def read_config(self) -> Dict[str, Any]:

@@ -40,7 +40,7 @@ class Compiled:
     steps: List[Any]  # [ordinary step, step with per-tensor stats]
     eval_step: Callable  # over the member axis when vmapped
     probe: Callable
-    eval_one: Callable  # one member's (params, batch), e.g. the model at init
+    eval_one: Callable  # one member's (variables, batch), e.g. the model at init
     probe_one: Callable
     dynamics: Callable  # training-dynamics probe of one member (compiled on its first call)
 
@@ -171,6 +171,7 @@ class Runner:
         for i in range(self.G):
             m = jax.tree_util.tree_map(lambda x: x[i], host) if self.vmapped else host
             row = {name: float(m[k]) for k, name in M.TRAIN_KEYS.items()}
+            row.update({name: float(m[k]) for k, name in M.STABILIZER_KEYS.items() if k in m})
             for family in M.TENSOR_FAMILIES:
                 if family in m:
                     row.update(flatten_tensor_stats(family, m[family]))
@@ -183,7 +184,7 @@ class Runner:
 
     def evaluate(self, batches: List[jax.Array]) -> np.ndarray:
         """Mean held-out CE per member."""
-        ces = [np.atleast_1d(np.asarray(self.fns.eval_step(self.state.params, b)))
+        ces = [np.atleast_1d(np.asarray(self.fns.eval_step(self.state.variables, b)))
                for b in batches]
         return np.mean(ces, axis=0)
 
@@ -193,11 +194,11 @@ class Runner:
         out = []
         for i in range(self.G):
             scalars, arrays = jax.device_get(
-                self.fns.dynamics(self.member_state(i).params, batch))
+                self.fns.dynamics(self.member_state(i).variables, batch))
             out.append(({k: np.asarray(v).item() for k, v in scalars.items()},
                         {k: np.asarray(v) for k, v in arrays.items()}))
         return out
 
     def probe(self, batch: jax.Array) -> List[Dict[str, float]]:
-        out = jax.device_get(self.fns.probe(self.state.params, batch))
+        out = jax.device_get(self.fns.probe(self.state.variables, batch))
         return [{k: float(np.atleast_1d(v)[i]) for k, v in out.items()} for i in range(self.G)]

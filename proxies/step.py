@@ -19,10 +19,10 @@ from flax import struct
 from omegaconf import DictConfig
 
 from proxies.config import InjectKind, SpikeAction, unhandled
-from proxies.model import readout, readout_table
+from proxies.model import QK_CLIP, SIGMA_REPARAM, readout, readout_table
 from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, clip_by_global_norm,
                            cross_entropy_with_z_loss, decay_mask, hparams_from_config,
-                           learning_rate, lr_multipliers)
+                           learning_rate, lr_multipliers, qk_clip, update_clipped_frac)
 from proxies.spikes import SpikeWindow, detect, init_window, push
 
 # Per-step values the training loop reads back (proxies/runner.py), in this order.
@@ -37,6 +37,14 @@ class TrainState(struct.PyTreeNode):
     # Updates in a row whose loss was above the limit (hp["loss_limit"]): divergence is a
     # sustained excursion, and the count resumes with the checkpoint.
     over_limit: jax.Array
+    # The model's variables other than its params ({} unless a stabiliser keeps some, e.g.
+    # σReparam's power-iteration vectors): not trained by the optimizer, saved and resumed.
+    model_state: Any = struct.field(default_factory=dict)
+
+    @property
+    def variables(self) -> Dict[str, Any]:
+        """What `model.apply` takes."""
+        return {"params": self.params, **self.model_state}
 
 
 def _rms(x: jax.Array) -> jax.Array:
@@ -45,17 +53,26 @@ def _rms(x: jax.Array) -> jax.Array:
 
 def _tx(cfg: DictConfig, params: Any, hp: Hparams, lr_t: jax.Array) -> optax.GradientTransformation:
     return adamw(hp, lr_t, lr_multipliers(params, cfg.model), decay_mask(params),
-                 cfg.optim.independent_wd)
+                 cfg.optim.independent_wd, cfg.optim.update_clip)
+
+
+def model_collections(cfg: DictConfig) -> Tuple[str, ...]:
+    """The variable collections besides params that the train step's forward pass writes:
+    σReparam's vectors (kept in the state) and each head's max logit (read by QK-clip)."""
+    return ((SIGMA_REPARAM,) if cfg.model.sigma_reparam else ()) + (
+        (QK_CLIP,) if cfg.optim.qk_clip_tau is not None else ())
 
 
 def init_state(model: nn.Module, cfg: DictConfig, rng: jax.Array) -> TrainState:
     tokens_BxL = jnp.zeros((1, cfg.train.seq_len), jnp.int32)
-    params = model.init(rng, tokens_BxL)["params"]
+    variables = model.init(rng, tokens_BxL)
+    params = variables["params"]
     hp = hparams_from_config(cfg)
     opt_state = _tx(cfg, params, hp, hp["lr"]).init(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       spike=init_window(cfg.train.spike.window),
-                      over_limit=jnp.zeros((), jnp.int32))
+                      over_limit=jnp.zeros((), jnp.int32),
+                      model_state={k: variables[k] for k in (SIGMA_REPARAM,) if k in variables})
 
 
 def _skips_spikes(cfg: DictConfig) -> bool:
@@ -88,17 +105,26 @@ def _grad_injection(cfg: DictConfig) -> Callable[[Any, jax.Array], Any]:
     return inject
 
 
-def loss_and_aux(model: nn.Module, params: Any, inputs_BxL: jax.Array, targets_BxL: jax.Array,
-                 z_loss: jax.Array | float, ce_chunk: int) -> Tuple[jax.Array, Dict[str, Any]]:
+def loss_and_aux(model: nn.Module, variables: Dict[str, Any], inputs_BxL: jax.Array,
+                 targets_BxL: jax.Array, z_loss: jax.Array | float, ce_chunk: int,
+                 mutable: Tuple[str, ...] = ()) -> Tuple[jax.Array, Dict[str, Any]]:
     """Loss and its parts (ce, z_loss, log_z_mean) of the model on one batch; with ce_chunk > 0
-    the readout and cross-entropy run that many tokens at a time (`train.ce_chunk`)."""
+    the readout and cross-entropy run that many tokens at a time (`train.ce_chunk`). The
+    `mutable` collections the forward pass wrote are in the parts, under "collections"."""
+    apply = partial(model.apply, variables, inputs_BxL, hidden_only=bool(ce_chunk))
+    out, collections = apply(mutable=list(mutable)) if mutable else (apply(), {})
     if not ce_chunk:
-        logits_BxLxV = model.apply({"params": params}, inputs_BxL)
-        return cross_entropy_with_z_loss(logits_BxLxV, targets_BxL, z_loss)
-    x_BxLxD = model.apply({"params": params}, inputs_BxL, hidden_only=True)
-    return chunked_cross_entropy_with_z_loss(
-        partial(readout, model.cfg), readout_table(model.cfg, params), x_BxLxD, targets_BxL,
-        z_loss, ce_chunk)
+        loss, aux = cross_entropy_with_z_loss(out, targets_BxL, z_loss)
+    else:
+        loss, aux = chunked_cross_entropy_with_z_loss(
+            partial(readout, model.cfg), readout_table(model.cfg, variables["params"]), out,
+            targets_BxL, z_loss, ce_chunk)
+    return loss, {**aux, "collections": collections} if mutable else aux
+
+
+def head_max_logits_by_layer(sown: Dict[str, Any]) -> Dict[str, jax.Array]:
+    """{'block_i': (H,)} from the `qk_clip` collection (sow keeps a 1-tuple per layer)."""
+    return {block: tree["attn"]["max_logit"][0] for block, tree in sown.items()}
 
 
 def diverged(loss: jax.Array, limit: jax.Array, over_limit: jax.Array, skipped: jax.Array,
@@ -117,31 +143,42 @@ def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False)
     sigma, min_samples = cfg.train.spike.sigma, cfg.train.spike.min_samples
     skips_spikes, inject = _skips_spikes(cfg), _grad_injection(cfg)
     ce_chunk = ce_chunk_for(cfg.train.ce_chunk, model.vocab_size)
+    mutable, tau = model_collections(cfg), cfg.optim.qk_clip_tau
 
     def train_step(state: TrainState, batch_BxLp1: jax.Array,
                    hp: Hparams) -> Tuple[TrainState, Dict[str, Any]]:
         inputs_BxL, targets_BxL = batch_BxLp1[:, :-1], batch_BxLp1[:, 1:]
 
         def loss_fn(params):
-            return loss_and_aux(model, params, inputs_BxL, targets_BxL, hp["z_loss"], ce_chunk)
+            return loss_and_aux(model, {**state.variables, "params": params}, inputs_BxL,
+                                targets_BxL, hp["z_loss"], ce_chunk, mutable)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        written = aux.get("collections", {})
         grads, grad_norm = clip_by_global_norm(inject(grads, state.step), hp["grad_clip"])
         spike, loss_z, grad_z = detect(state.spike, loss, grad_norm, sigma, min_samples)
         lr_t = learning_rate(state.step, hp, hp["total_steps"], schedule)
         updates, opt_state = _tx(cfg, state.params, hp, lr_t).update(
             grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        stabilizers = {}
+        if tau is not None:
+            params, stabilizers["qk_clipped_heads"] = qk_clip(
+                params, head_max_logits_by_layer(written.get(QK_CLIP, {})), tau, cfg.model)
+        if cfg.optim.update_clip:
+            stabilizers["update_clipped_frac"] = update_clipped_frac(opt_state)
+        model_state = {k: written[k] for k in state.model_state}
         skip = spike if skips_spikes else jnp.zeros((), bool)
         if skips_spikes:  # the update is not applied and the optimizer state does not advance
             keep_old = lambda new, old: jnp.where(skip, old, new)  # noqa: E731
             params = jax.tree_util.tree_map(keep_old, params, state.params)
             opt_state = jax.tree_util.tree_map(keep_old, opt_state, state.opt_state)
+            model_state = jax.tree_util.tree_map(keep_old, model_state, state.model_state)
         gone, over_limit = diverged(loss, hp["loss_limit"], state.over_limit, skip,
                                     hp["patience"])
         metrics = {"loss": loss, "ce": aux["ce"], "z_loss": aux["z_loss"], "lr": lr_t,
                    "grad_norm": grad_norm, "spike": spike, "skipped": skip,
-                   "loss_zscore": loss_z, "grad_zscore": grad_z, "diverged": gone}
+                   "loss_zscore": loss_z, "grad_zscore": grad_z, "diverged": gone, **stabilizers}
         if with_stats:
             tmap = jax.tree_util.tree_map
             metrics["grad_rms"] = tmap(_rms, grads)  # the (clipped) gradient Adam sees
@@ -152,7 +189,7 @@ def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False)
         # What the loop reads every step, in one array: one device-to-host copy, not six.
         metrics["watch"] = jnp.stack([jnp.asarray(metrics[k], jnp.float32) for k in WATCHED])
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                          spike=window, over_limit=over_limit), metrics
+                          spike=window, over_limit=over_limit, model_state=model_state), metrics
 
     return train_step
 
@@ -172,11 +209,11 @@ def ce_chunk_for(setting: int, vocab_size: int) -> int:
 
 
 def make_eval_step(model: nn.Module, ce_chunk: int = 0) -> Callable:
-    """`(params, batch) -> mean CE`; ce_chunk as in the train step (pass `train.ce_chunk`)."""
+    """`(variables, batch) -> mean CE`; ce_chunk as in the train step (`train.ce_chunk`)."""
     ce_chunk = ce_chunk_for(ce_chunk, model.vocab_size)
 
-    def eval_step(params: Any, batch_BxLp1: jax.Array) -> jax.Array:
-        return loss_and_aux(model, params, batch_BxLp1[:, :-1], batch_BxLp1[:, 1:], 0.0,
+    def eval_step(variables: Dict[str, Any], batch_BxLp1: jax.Array) -> jax.Array:
+        return loss_and_aux(model, variables, batch_BxLp1[:, :-1], batch_BxLp1[:, 1:], 0.0,
                             ce_chunk)[1]["ce"]
 
     return eval_step

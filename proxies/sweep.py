@@ -100,6 +100,9 @@ def train_missing(cfg: DictConfig, points: List[GridPoint], out: Path,
     """Train the runs not done yet, in this process or as the launcher's jobs. Returns one line
     per failed job (none in process: an error there stops the sweep)."""
     todo = [p for p in points if not run_finished(p.run.out_dir)]
+    for p in points:  # a finished run is reused only while its recorded config is still its own
+        if p not in todo:
+            RunDir(Path(p.run.out_dir)).check_identity(p.run)
     print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out} ({len(points) - len(todo)} "
           f"already done, runs under {cfg.sweep.run_root}/)")
     groups = plan_groups(todo, use_vmap(cfg), cfg.sweep.group_size)

@@ -621,10 +621,10 @@ def init_records(ms: List[Member], fns: Compiled, state0: Any, evals: List[jax.A
     sync_processes("step-0 rows read")  # every process decides alike before process 0 writes
     if not missing:
         return
-    ce = float(np.mean([np.asarray(fns.eval_one(state0.params, b)) for b in evals]))
+    ce = float(np.mean([np.asarray(fns.eval_one(state0.variables, b)) for b in evals]))
     row: Dict[str, Any] = {M.STEP: 0, M.EVAL_CE: ce}
     if ms[0].cfg.train.probes:
-        out = jax.device_get(fns.probe_one(state0.params, evals[0]))
+        out = jax.device_get(fns.probe_one(state0.variables, evals[0]))
         row.update({k: float(v) for k, v in out.items()})
     for m in missing:
         if m.start:

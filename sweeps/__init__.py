@@ -4,6 +4,7 @@
 `python -m sweeps.all scale=laptop` for the whole set. See sweeps/core.py.
 """
 
-# In the order `sweeps.all` runs them: later ones reuse earlier ones' runs where they can.
+# In the order `sweeps.all` runs them: later ones reuse earlier ones' runs where they can;
+# stabilizers (beyond the paper) last.
 RESULTS = ("qk_layernorm", "warmup", "weight_decay", "default_vs_none", "adam_eps", "kappa",
-           "logit_prediction", "mup", "depth_width", "z_loss")
+           "logit_prediction", "mup", "depth_width", "z_loss", "stabilizers")

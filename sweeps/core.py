@@ -98,6 +98,25 @@ class ScaleSpec:
     seeds: int = 1
     eps_size: Optional[Dict[str, int]] = None  # the ε part's model; None: the largest size
     target_params: float = DEFAULT_TARGETS[0]  # the paper's 4.8B prediction (sweep default)
+    # sweeps/stabilizers.py: its model, its LR grid (to 1, finer near where the baseline without
+    # qk-layernorm stops training), QK-clip's τ
+    stabilizer_size: Optional[Dict[str, int]] = None
+    stabilizer_lrs: Tuple[float, ...] = ()
+    qk_clip_tau: float = 100.0  # Kimi K2's τ
+
+
+def fine_lrs(centre: float, below: int, above: int, ratio: float = 10 ** 0.1) -> List[float]:
+    """LRs `centre`·ratio^k, k = -below..above (3 significant figures): a grid ~1.26× apart."""
+    return [float(f"{centre * ratio ** k:.3g}") for k in range(-below, above + 1)]
+
+
+def stabilizer_grid(lo: float, centre: float, below: int, above: int) -> Tuple[float, ...]:
+    """Half decades from `lo` to 1 plus the fine steps around `centre` (a fine step within
+    12% of a half-decade point is that point)."""
+    coarse = half_decades(lo, 1.0)
+    fine = [f for f in fine_lrs(centre, below, above)
+            if all(abs(f / c - 1) > 0.12 for c in coarse)]
+    return tuple(sorted(coarse + fine))
 
 
 def _train(steps, batch, seq, log_every, eval_every, eval_batches, checkpoint_every):
@@ -144,7 +163,8 @@ SPECS: Dict[str, ScaleSpec] = {
         extra_size=size(32, 2, 16), held_out=size(48, 2, 16),
         widths=[size(16, 1, 8), size(32, 1, 16)], depths=[size(16, 1, 8), size(16, 2, 8)],
         warmups=(warmup(4), 2), kappa_size=size(32, 1, 16), kappa_lr=1e-2,
-        kappas=[1.0, 1e2], eps_lr=1e-2, epsilons=[1e-8, 1e-2], seeds=2),
+        kappas=[1.0, 1e2], eps_lr=1e-2, epsilons=[1e-8, 1e-2], seeds=2,
+        stabilizer_size=size(16, 1, 8), stabilizer_lrs=(1e-1,), qk_clip_tau=1.0),
     # Two seeds: the laptop differences being judged (~0.01 in LR sensitivity) are about what a
     # change of seed moves, so every verdict carries an interval over seeds (with two, the
     # range of the two seeds' values: "true" needs both to show the effect). Three would take
@@ -157,7 +177,11 @@ SPECS: Dict[str, ScaleSpec] = {
         depths=[size(64, 2), size(64, 4), size(64, 8)], warmups=(warmup(200), 4 * warmup(200)),
         kappa_size=size(128, 4), kappa_lr=3e-3,
         kappas=[1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4], eps_lr=0.3,
-        epsilons=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2], seeds=2),
+        epsilons=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2], seeds=2,
+        # Without qk-layernorm the laptop sizes still train at 0.3 (qk_layernorm's (a)): fine
+        # steps from 0.19 to 0.95; τ = 30, Kimi K2's small-scale ablation value (App. D)
+        stabilizer_size=size(64, 2), stabilizer_lrs=stabilizer_grid(1e-3, 0.3, 2, 5),
+        qk_clip_tau=30.0),
     # One GPU in about a day: the paper's architecture and data, its smallest sizes (9.4M-85M),
     # 1e4 steps of 32 × 512 tokens. C4 is read with HF datasets: point data.path at a local
     # save_to_disk copy (nothing is downloaded unless data.hf_name is left to the hub).
@@ -171,7 +195,9 @@ SPECS: Dict[str, ScaleSpec] = {
         depths=[size(512, 3, 64), size(512, 6, 64), size(512, 12, 64)],
         warmups=(warmup(10_000), 4 * warmup(10_000)), kappa_size=size(512, 3, 64),
         kappa_lr=1e-2, kappas=[1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4], eps_lr=0.3,
-        epsilons=[1e-15, 1e-8, 1e-6, 1e-4], seeds=2),
+        epsilons=[1e-15, 1e-8, 1e-6, 1e-4], seeds=2,
+        # The paper's 9.4M model without qk-layernorm diverges between 1e-2 and 1e-1 (Fig. 1)
+        stabilizer_size=size(512, 3, 64), stabilizer_lrs=stabilizer_grid(1e-4, 3e-2, 3, 5)),
     # The paper's grids (9.4M ... 1.2B non-embedding params, 1e5 steps of 256 × 512, C4, bf16)
     # for a cluster; one seed, as the paper ran (verdicts then say there is no interval).
     "paper": ScaleSpec(
@@ -184,7 +210,8 @@ SPECS: Dict[str, ScaleSpec] = {
         depths=[size(512, 3, 64), size(512, 6, 64), size(512, 12, 64), size(512, 24, 64)],
         warmups=(warmup(100_000), 4 * warmup(100_000)), kappa_size=size(512, 3, 64),
         kappa_lr=1e-2, kappas=[1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4],
-        eps_lr=0.3, epsilons=[1e-15, 1e-8, 1e-6], seeds=1, eps_size=size(4096, 24, 128)),
+        eps_lr=0.3, epsilons=[1e-15, 1e-8, 1e-6], seeds=1, eps_size=size(4096, 24, 128),
+        stabilizer_size=size(768, 6, 64), stabilizer_lrs=stabilizer_grid(1e-4, 1e-2, 3, 5)),
 }
 
 

@@ -262,3 +262,41 @@ def test_analysis_cli_refuses_a_directory_without_a_sweep(tmp_path):
                          text=True, timeout=300)
     assert res.returncode == 2 and "holds no sweep" in res.stderr
     assert not (tmp_path / "analysis").exists()
+
+
+def _manifest_sweep(root):
+    """A sweep directory with runs.json naming its two runs (as proxies.sweep writes it)."""
+    import json
+    _fake_run(root, "a", 1e-3, 64, _summary(3.0, 1e5))
+    _fake_run(root, "b", 1e-2, 64, _summary(3.5, 1e5))
+    (root / "runs.json").write_text(json.dumps(
+        [{"run_dir": r, "swept": {"optim.lr": lr}} for r, lr in (("a", 1e-3), ("b", 1e-2))]))
+
+
+@pytest.mark.parametrize("damage", ["", "[{\"run_dir\": \"a\", \"swe", "{\"a\": 1}"])
+def test_a_damaged_runs_json_is_refused_in_one_line_naming_the_fix(tmp_path, damage, capsys):
+    from analysis.__main__ import main
+    root = tmp_path / "sweep"
+    _manifest_sweep(root)
+    (root / "runs.json").write_text(damage)
+    with pytest.raises(SystemExit) as e:
+        main([str(root)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "runs.json is damaged" in err and "rerun the sweep command" in err
+    assert not (root / "analysis").exists()
+
+
+def test_a_damaged_results_csv_is_rewritten_from_the_runs(tmp_path):
+    import pandas as pd
+    from analysis.report import analyze
+    root = tmp_path / "sweep"
+    _manifest_sweep(root)
+    (root / "results.csv").write_text("run_dir,sta\n\"a,,,\n\x00garbage")
+    rep = analyze(root)
+    assert any("results.csv was damaged" in n for n in rep.notes)
+    table = pd.read_csv(root / "results.csv")
+    assert sorted(table["run_dir"]) == ["a", "b"] and set(table["status"]) == {"done"}
+    assert not list(root.glob(".results.csv.*"))  # written atomically: no temp file left
+    rep = analyze(root)  # a sound table is left alone
+    assert not any("damaged" in n for n in rep.notes)

@@ -48,7 +48,7 @@ def test_each_statistic_is_the_brute_force_value(mlp, norm, make_cfg):
     model = Transformer(cfg.model, 256, cfg.train.seq_len)
     params = init_state(model, cfg, jax.random.key(1)).params
     batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, cfg.train.seq_len + 1)))
-    scalars, arrays = jax.device_get(make_dynamics_probe(model, cfg)(params, batch))
+    scalars, arrays = jax.device_get(make_dynamics_probe(model, cfg)({"params": params}, batch))
     _, state = model.apply({"params": params}, batch[:, :-1], mutable=["dynamics"])
     site = lambda name: np.asarray(_get(state["dynamics"], name), np.float64)  # noqa: E731
 

@@ -79,7 +79,7 @@ def assert_trees_close(a: Any, b: Any, tol: float, case: Any = "") -> None:
 def loss_and_grads(model: Transformer, params: Any, batch_BxLp1: jax.Array, ce_chunk: int = 0,
                    z_loss: float = 1e-4) -> tuple:
     """((loss, aux), grads)."""
-    fn = lambda p: loss_and_aux(model, p, batch_BxLp1[:, :-1], batch_BxLp1[:, 1:], z_loss,  # noqa
+    fn = lambda p: loss_and_aux(model, {"params": p}, batch_BxLp1[:, :-1], batch_BxLp1[:, 1:], z_loss,  # noqa
                                 ce_chunk)
     return jax.value_and_grad(fn, has_aux=True)(params)
 
@@ -233,7 +233,7 @@ def test_train_and_eval_steps_with_ce_chunk():
     @jit0
     def both(state: Any, batch_BxLp1: jax.Array, hp: Any) -> dict:
         return {c: steps[c](state, batch_BxLp1, hp)
-                + (make_eval_step(model, c)(state.params, batch_BxLp1),) for c in steps}
+                + (make_eval_step(model, c)(state.variables, batch_BxLp1),) for c in steps}
 
     out = both(state, tokens_BxLp1(), hparams_from_config(cfg))
     (s0, m0, e0), (s5, m5, e5) = out[0], out[5]

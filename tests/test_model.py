@@ -93,7 +93,7 @@ def test_attention_logit_probe_matches_brute_force():
         k = np.einsum("bld,dhk->blhk", h, att["key"]["kernel"])
         logits = np.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(16)
         expected = logits[:, :, causal].max()
-        got = probe(params, jnp.asarray(tokens))
+        got = probe({"params": params}, jnp.asarray(tokens))
         np.testing.assert_allclose(float(got["attn/max_logit/layer_0"]), expected, rtol=1e-4)
         assert float(got["attn/max_logit"]) >= float(got["attn/max_logit/layer_0"])
         mask_mattered += logits.max() > expected + 1e-3  # a future logit was the largest

@@ -93,6 +93,18 @@ def test_bad_lr_lists_are_config_errors(tmp_path, corpus_dir, cache_dir, overrid
         expand_grid(sweep_cfg(tmp_path, corpus_dir, cache_dir, override))
 
 
+@pytest.mark.parametrize("section,key", [("sweep", "bogus"), ("model", "bogus"),
+                                         ("train.spike", "bogus")])
+def test_keys_added_outside_the_schema_are_refused(tmp_path, corpus_dir, cache_dir, section, key):
+    """What a Hydra `+sweep.bogus=1` override leaves: a key the schema does not have."""
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    node = OmegaConf.select(cfg, section)
+    OmegaConf.set_struct(node, False)
+    node[key] = 1
+    with pytest.raises(ConfigError, match=f"unknown config key '{section}.{key}'"):
+        expand_grid(cfg)
+
+
 def test_unknown_axis_key_is_a_config_error(tmp_path, corpus_dir, cache_dir):
     cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
     cfg.sweep.axes = {"model": {"qk_layrnorm": [True]}}
@@ -336,3 +348,45 @@ def test_cost_estimate_counts_the_params_the_model_has(make_cfg, overrides):
     est_all, est_nonembed = run_params(cfg, 256)
     assert est_all == pytest.approx(real_all, rel=0.05)  # norms and biases left out
     assert est_nonembed == pytest.approx(real_nonembed, rel=0.1)
+
+
+def test_a_finished_runs_hand_edited_config_is_reported_not_reused(tmp_path, corpus_dir,
+                                                                    cache_dir):
+    import yaml
+    from analysis.report import analyze
+    from proxies.rundir import RunDirError
+    from proxies.sweep import run_sweep
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    out, table = run_sweep(cfg.copy())
+    run = out / table["run_dir"][0]
+    summary = (run / "summary.json").read_text()
+    edited = yaml.safe_load((run / "config.yaml").read_text())
+    edited["optim"]["lr"] = 0.5
+    (run / "config.yaml").write_text(yaml.safe_dump(edited))
+    with pytest.raises(RunDirError, match=r"holds a run with a different config \(optim.lr: "
+                                          r"0.5 -> 0.001; its config.yaml edited"):
+        run_sweep(cfg.copy())
+    assert (run / "summary.json").read_text() == summary  # nothing touched
+    rep = analyze(out)
+    assert any("no longer matches the config they trained with" in n for n in rep.notes)
+    assert rep.series["runs"].tolist() == ["1/2"]  # the edited run is left out, not reused
+
+
+def test_a_sweep_rerun_rewrites_damaged_runs_json_and_results_csv(tmp_path, corpus_dir,
+                                                                   cache_dir, capsys):
+    import json
+    from proxies.sweep import run_sweep
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir)
+    out, first = run_sweep(cfg.copy())
+    manifest = (out / "runs.json").read_text()
+    (out / "runs.json").write_text('[{"run_dir": "d32')
+    (out / "results.csv").write_text("\x00\x00garbage")
+    capsys.readouterr()
+    _, again = run_sweep(cfg.copy())
+    assert "(2 already done" in capsys.readouterr().out  # nothing retrained
+    assert (out / "runs.json").read_text() == manifest and json.loads(manifest)
+    table = pd.read_csv(out / "results.csv")
+    assert table["run_dir"].tolist() == again["run_dir"].tolist()
+    assert set(table["status"]) == {"done"}
+    assert again.drop(columns=["wall_s", "tokens_per_s"]).equals(
+        first.drop(columns=["wall_s", "tokens_per_s"]))

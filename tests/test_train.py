@@ -119,6 +119,7 @@ def start_cli(*args, cwd):
 
 BAD_INPUT = [
     (["model.d_modle=64"], "unknown config key 'model.d_modle'"),
+    (["+optim.bogus=1"], "unknown config key 'optim.bogus'"),  # a + adds no key to the schema
     (["model.d_model=100", "model.n_heads=3"], "not divisible by model.n_heads"),
     (["data.source=text", "data.path=/no/such/corpus"], "no text files at data.path"),
     (["optim.lr=nan"], "optim.lr=nan must be finite"),

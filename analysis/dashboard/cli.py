@@ -20,7 +20,7 @@ from analysis.dashboard.wandb_objects import (build_report, build_workspace, exi
                                               workspace_json)
 from analysis.dashboard.workspaces import workspace_plan
 from proxies.config import WandbConfig
-from proxies.rundir import atomic_write_text
+from proxies.rundir import RunDirError, atomic_write_text
 
 REPORT_JSON = "wandb_report.json"
 
@@ -117,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         for line in run(args):
             print(line)
-    except DashboardError as e:
+    except (DashboardError, RunDirError) as e:  # RunDirError: a damaged sweep record
         fail(str(e), 2)
     except WandbUnavailable as e:
         fail(str(e), 1)

@@ -16,6 +16,7 @@ import yaml
 from analysis.dashboard.panels import PanelSpec
 from analysis.load import load_sweep
 from proxies.config import nonembed_params
+from proxies.results import read_manifest
 from proxies.rundir import CONFIG, read_config_file
 from proxies.tracking import run_id, series_name
 
@@ -107,9 +108,9 @@ def sweep_name(sweep_dir: Path) -> str:
 def swept_values(sweep_dir: Path) -> Dict[str, Dict[str, Any]]:
     """Each grid point's swept values by its `run_dir` as load_sweep names it: from runs.json,
     or each run's config.yaml (`run.swept`) in a Hydra multirun directory."""
-    manifest = sweep_dir / "runs.json"
-    if manifest.exists():
-        return {e["run_dir"]: e["swept"] for e in json.loads(manifest.read_text())}
+    entries = read_manifest(sweep_dir)
+    if entries is not None:
+        return {e["run_dir"]: e["swept"] for e in entries}
     return {d.parent.name: (read_config_file(d).get("run") or {}).get("swept") or {}
             for d in sweep_dir.glob(f"*/{CONFIG}")}
 

@@ -1,0 +1,343 @@
+"""The stabilisers of large runs since the paper, each against a brute-force reference: soft-caps,
+QK-clip, σReparam, StableAdamW's update clipping, norm placement; and like every toggle they
+agree across attention paths, vmapped groups and resumes."""
+
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+import proxies.model as model_lib
+from proxies.config import Config, ConfigError, validate
+from proxies.model import QK_CLIP, SIGMA_REPARAM, Transformer, power_iteration
+from proxies.optim import adamw, hparams_from_config, qk_clip
+from proxies.rundir import read_metrics
+from proxies.step import head_max_logits_by_layer, init_state, loss_and_aux, make_train_step
+from proxies.train import train, train_group
+from sweeps import stabilizers as S
+
+V, L = 64, 16
+
+
+def model_cfg(*overrides: str):
+    base = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "train.seq_len=16",
+            "train.batch_size=4"]
+    return OmegaConf.merge(OmegaConf.structured(Config),
+                           OmegaConf.from_dotlist(base + list(overrides)))
+
+
+def setup(*overrides: str, seed: int = 0):
+    cfg = model_cfg(*overrides)
+    model = Transformer(cfg.model, V, L)
+    state = init_state(model, cfg, jax.random.key(seed))
+    batch = jax.random.randint(jax.random.key(seed + 100), (4, L + 1), 0, V)
+    return cfg, model, state, batch
+
+
+def causal_softmax(logits_BxHxLxL: np.ndarray) -> np.ndarray:
+    masked = np.where(np.tril(np.ones((L, L), bool)), logits_BxHxLxL, -np.inf)
+    e = np.exp(masked - masked.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def head_max(variables, model, batch) -> np.ndarray:
+    """(layers, H) max attention logits, from the forward pass's `qk_clip` collection."""
+    _, cols = model.apply(variables, batch[:, :-1], mutable=[QK_CLIP])
+    by_layer = head_max_logits_by_layer(cols[QK_CLIP])
+    return np.stack([np.asarray(by_layer[f"block_{i}"]) for i in range(len(by_layer))])
+
+
+# ------------------------------------------------------------------------------- soft-caps
+
+def test_attention_softcap_is_c_tanh_of_the_logits_and_probes_read_them_uncapped():
+    c = 0.5
+    cfg, model, state, batch = setup(f"model.attn_softcap={c}")
+    _, cols = model.apply(state.variables, batch[:, :-1], mutable=["dynamics", "intermediates"])
+    attn, inter = cols["dynamics"]["block_0"]["attn"], cols["intermediates"]["block_0"]["attn"]
+    q, k = np.asarray(attn["q"][0], np.float64), np.asarray(attn["k"][0], np.float64)
+    logits = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
+    np.testing.assert_allclose(attn["probs"][0], causal_softmax(c * np.tanh(logits / c)),
+                               atol=2e-6)
+    uncapped_max = np.max(np.where(np.tril(np.ones((L, L), bool)), logits, -np.inf))
+    assert uncapped_max > c  # the cap binds on this batch ...
+    np.testing.assert_allclose(inter["max_logit"][0], uncapped_max, rtol=1e-5)  # ... not the probe
+
+
+def test_output_logit_softcap_is_c_tanh_of_the_uncapped_logits():
+    c = 0.3
+    cfg, model, state, batch = setup()
+    capped = Transformer(model_cfg(f"model.logit_softcap={c}").model, V, L)
+    plain = np.asarray(model.apply(state.variables, batch[:, :-1]), np.float64)
+    assert np.abs(plain).max() > c
+    np.testing.assert_allclose(capped.apply(state.variables, batch[:, :-1]),
+                               c * np.tanh(plain / c), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- QK-clip
+
+@pytest.mark.parametrize("variant", [[], ["model.norm_placement=qkv"],
+                                     ["model.qk_layernorm=true"], ["model.pos_emb=rope"]])
+def test_qk_clip_brings_each_head_over_tau_down_to_tau(variant):
+    cfg, model, state, batch = setup(*variant, "model.use_bias=true")
+    if "model.qk_layernorm=true" in variant:  # norms at init are the identity: perturb them
+        state = state.replace(params=jax.tree_util.tree_map(
+            lambda x: x * 1.7 if x.ndim == 1 else x, state.params))
+    before = head_max(state.variables, model, batch)
+    _, cols = model.apply(state.variables, batch[:, :-1], mutable=[QK_CLIP])
+    s_max = head_max_logits_by_layer(cols[QK_CLIP])
+    for i in range(len(before)):  # one layer at a time: a clipped layer changes the next's input
+        tau = float(np.median(before[i]))
+        params, n_clipped = qk_clip(state.params, {f"block_{i}": s_max[f"block_{i}"]}, tau,
+                                    cfg.model)
+        after = head_max(state.replace(params=params).variables, model, batch)
+        assert int(n_clipped) == int(np.sum(before[i] > tau)) > 0
+        np.testing.assert_array_equal(after[:i], before[:i])
+        if cfg.model.qk_layernorm:  # the heads share the q/k norms: the worst head's factor
+            expect = before[i] * min(1.0, tau / before[i].max())
+        else:
+            expect = np.minimum(before[i], tau)
+        np.testing.assert_allclose(after[i], expect, rtol=1e-5)
+
+
+def test_the_step_clips_the_updated_weights_by_the_max_logits_of_its_own_batch():
+    tau = 0.2
+    cfg, model, state, batch = setup()
+    clip_cfg = model_cfg(f"optim.qk_clip_tau={tau}")
+    hp = hparams_from_config(cfg)
+    plain, _ = jax.jit(make_train_step(model, cfg))(state, batch, hp)
+    clipped, metrics = jax.jit(make_train_step(model, clip_cfg))(state, batch, hp)
+    _, cols = model.apply(state.variables, batch[:, :-1], mutable=[QK_CLIP])
+    expect, n = qk_clip(plain.params, head_max_logits_by_layer(cols[QK_CLIP]), tau, cfg.model)
+    assert int(metrics["qk_clipped_heads"]) == int(n) > 0
+    for a, b in zip(jax.tree_util.tree_leaves(clipped.params), jax.tree_util.tree_leaves(expect)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_qk_clip_refuses_what_it_cannot_clip():
+    for extra in ("model.attn_kappa=100", "model.sigma_reparam=true"):
+        with pytest.raises(ConfigError, match="qk_clip_tau"):
+            validate(model_cfg("optim.qk_clip_tau=100", extra))
+
+
+# ------------------------------------------------------------------------------- σReparam
+
+@pytest.mark.parametrize("shape", [(32, 32), (48, 16), (16, 96)])
+def test_power_iteration_finds_the_largest_singular_value(shape):
+    W = np.asarray(jax.random.normal(jax.random.key(shape[0]), shape))
+    u = power_iteration(jnp.asarray(W), jax.random.normal(jax.random.key(1), (shape[1],)), 300)
+    np.testing.assert_allclose(np.linalg.norm(W @ np.asarray(u)),
+                               np.linalg.svd(W, compute_uv=False)[0], rtol=1e-4)
+
+
+def test_sigma_reparam_layers_start_as_their_kernels_with_sigma_from_svd():
+    cfg, model, state, batch = setup("model.sigma_reparam=true")
+    p, u = state.params["block_0"], state.model_state[SIGMA_REPARAM]["block_0"]
+    W = np.asarray(p["mlp"]["up"]["kernel"])
+    sigma_svd = np.linalg.svd(W, compute_uv=False)[0]
+    u_up = np.asarray(u["mlp"]["up"]["SigmaReparam_0"]["u"])
+    np.testing.assert_allclose(np.linalg.norm(W @ u_up), sigma_svd, rtol=1e-3)
+    np.testing.assert_allclose(p["mlp"]["up"]["SigmaReparam_0"]["gamma"], sigma_svd, rtol=1e-3)
+    # γ = σ at init: the model computes what the plain model with the same kernels computes
+    plain_model = Transformer(model_cfg().model, V, L)
+    strip = lambda t: {k: strip(v) for k, v in t.items() if k != "SigmaReparam_0"} \
+        if isinstance(t, dict) else t  # noqa: E731
+    np.testing.assert_allclose(model.apply(state.variables, batch[:, :-1]),
+                               plain_model.apply({"params": strip(state.params)}, batch[:, :-1]),
+                               rtol=2e-4, atol=2e-4)
+    # ... and γ scales the layer: Ŵ = (γ/σ)·W, so doubling γ doubles the layer's output
+    up = lambda g: model.apply(  # noqa: E731
+        {**state.variables, "params": jax.tree_util.tree_map_with_path(
+            lambda path, x: x * g if "up" in str(path) and "gamma" in str(path) else x,
+            state.params)}, batch[:, :-1], mutable=["dynamics"])[1]["dynamics"]["block_0"]["mlp"]
+    np.testing.assert_allclose(up(2.0)["up_out"][0] - 2 * up(1.0)["up_out"][0],
+                               -np.asarray(p["mlp"]["up"]["bias"]) * np.ones((4, L, 1)), atol=1e-5)
+
+
+def test_the_step_advances_the_power_iteration_vectors_in_the_state():
+    cfg, model, state, batch = setup("model.sigma_reparam=true")
+    new, _ = jax.jit(make_train_step(model, cfg))(state, batch, hparams_from_config(cfg))
+    u0 = state.model_state[SIGMA_REPARAM]["block_1"]["attn"]["out"]["SigmaReparam_0"]["u"]
+    u1 = new.model_state[SIGMA_REPARAM]["block_1"]["attn"]["out"]["SigmaReparam_0"]["u"]
+    expect = np.asarray(power_iteration(jnp.asarray(state.params["block_1"]["attn"]["out"][
+        "kernel"]).reshape(32, 32), u0, 1))
+    np.testing.assert_allclose(u1, expect, rtol=1e-5, atol=1e-6)  # from the pre-update W
+    assert not np.allclose(u0, u1)
+
+
+# ------------------------------------------------------------------------------ update clip
+
+def test_update_clip_divides_each_tensors_step_by_max_1_rms_g_over_sqrt_v_hat():
+    cfg = model_cfg("optim.weight_decay=0.1", "optim.eps=1e-8")
+    hp = hparams_from_config(cfg)
+    lr = 0.01
+    params = {"a": jnp.ones((4, 3)), "b": jnp.ones((5,))}
+    tx = adamw(hp, jnp.asarray(lr), {"a": 1.0, "b": 1.0}, {"a": True, "b": False}, False, True)
+    rng = np.random.default_rng(0)
+    g1 = {"a": rng.normal(size=(4, 3)), "b": rng.normal(size=5)}
+    g2 = {"a": 50 * rng.normal(size=(4, 3)), "b": 0.5 * g1["b"]}  # a's gradient jumps
+    state, theta = tx.init(params), {k: np.asarray(v, np.float64) for k, v in params.items()}
+    m = {k: 0.0 for k in params}
+    v = {k: 0.0 for k in params}
+    b1, b2, eps, wd = 0.9, 0.95, 1e-8, 0.1
+    for t, g in enumerate((g1, g2), start=1):
+        upd, state = tx.update(jax.tree_util.tree_map(jnp.asarray, g), state, params)
+        for k in params:
+            m[k] = b1 * m[k] + (1 - b1) * g[k]
+            v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+            m_hat, v_hat = m[k] / (1 - b1**t), v[k] / (1 - b2**t)
+            rms = np.sqrt(np.mean(g[k] ** 2 / np.maximum(v_hat, eps**2)))
+            step = m_hat / (np.sqrt(v_hat) + eps) + (wd * theta[k] if k == "a" else 0)
+            np.testing.assert_allclose(upd[k], -lr * step / max(1.0, rms), rtol=2e-5)
+    assert float(state[0].clipped_frac) == 0.5  # step 2: a shrank, b did not
+
+
+# -------------------------------------------------------------------------- norm placement
+
+def test_output_norm_placement_norms_each_sublayers_output():
+    cfg, model, state, batch = setup("model.norm_placement=output", "model.norm=rmsnorm")
+    blk = state.params["block_0"]
+    assert {"ln_attn_out", "ln_mlp_out"} <= set(blk) and "ln_attn" not in blk
+    _, cols = model.apply(state.variables, batch[:, :-1], mutable=["dynamics"])
+    d = cols["dynamics"]["block_0"]
+    x, mid = np.asarray(d["resid_in"][0], np.float64), np.asarray(d["resid_mid"][0], np.float64)
+    np.testing.assert_allclose(d["attn_in"][0], x)  # the attention reads the stream unnormed
+    update = mid - x  # = RMSNorm(attn(x)) with scale 1 at init: unit RMS per token
+    np.testing.assert_allclose(np.sqrt(np.mean(update**2, -1)), 1.0, rtol=1e-3)  # eps 1e-6
+
+
+def test_qkv_norm_placement_norms_q_k_v_not_the_attention_input():
+    cfg, model, state, batch = setup("model.norm_placement=qkv", "model.norm=rmsnorm")
+    blk = state.params["block_0"]
+    assert "ln_attn" not in blk and "ln_mlp" in blk
+    assert {"q_out_norm", "k_out_norm", "v_out_norm"} <= set(blk["attn"])
+    _, cols = model.apply(state.variables, batch[:, :-1], mutable=["dynamics"])
+    a = cols["dynamics"]["block_0"]["attn"]
+    for name in ("q", "k", "v"):  # each normed over its full width H·K (scale 1 at init)
+        x = np.asarray(a[name][0], np.float64).reshape(4, L, -1)
+        np.testing.assert_allclose(np.sqrt(np.mean(x**2, -1)), 1.0, rtol=1e-3)
+
+
+# ------------------------------------------------------- the same run, whichever way it runs
+
+# Combined so each path is covered once. RMSNorm: a LayerNorm bias on k (like γ of σReparam
+# before a norm) has an exactly zero gradient, so Adam walks it on rounding noise, which vmap and
+# a single run round differently; the loss cannot see it, but the probes (and QK-clip) can.
+STABILIZED = {
+    "caps_clips_output": ["model.attn_softcap=1.0", "model.logit_softcap=5.0",
+                          "optim.qk_clip_tau=0.5", "optim.update_clip=true",
+                          "model.norm_placement=output", "model.norm=rmsnorm"],
+    "sigma": ["model.sigma_reparam=true"],
+    "qkv_qkln_clip": ["model.norm_placement=qkv", "model.qk_layernorm=true",
+                      "optim.qk_clip_tau=0.5", "model.norm=rmsnorm"],
+}
+
+
+@pytest.mark.parametrize("name", STABILIZED)
+def test_fused_attention_path_gives_the_explicit_paths_loss_and_gradient(name, monkeypatch):
+    cfg, model, state, batch = setup(*STABILIZED[name])
+    fused_cfg = model_cfg(*STABILIZED[name], "model.attn_impl=auto")
+    explicit = Transformer(model_cfg(*STABILIZED[name], "model.attn_impl=explicit").model, V, L)
+    monkeypatch.setattr(model_lib, "auto_fuses", lambda backend: True)
+    fused = Transformer(fused_cfg.model, V, L)
+    mutable = (QK_CLIP,) if cfg.optim.qk_clip_tau else ()
+
+    def run(m):
+        fn = lambda p: loss_and_aux(m, {**state.variables, "params": p}, batch[:, :-1],  # noqa
+                                    batch[:, 1:], 1e-4, 0, mutable)
+        return jax.value_and_grad(fn, has_aux=True)(state.params)
+    (la, aux_a), ga = run(explicit)
+    (lb, aux_b), gb = run(fused)
+    np.testing.assert_allclose(la, lb, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves((ga, aux_a)), jax.tree_util.tree_leaves((gb, aux_b))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", STABILIZED)
+def test_with_each_stabilizer_a_vmapped_group_matches_runs_one_by_one_and_resumes_exactly(
+        name, make_cfg):
+    lrs = ["3e-3", "3e-2"]
+    group = [make_cfg(*STABILIZED[name], f"optim.lr={lr}", out=f"g{lr}") for lr in lrs]
+    train_group(group, vmap=True)
+    solo = make_cfg(*STABILIZED[name], f"optim.lr={lrs[1]}", out="solo")
+    train(solo)
+    cut = make_cfg(*STABILIZED[name], f"optim.lr={lrs[1]}", out="cut")
+    train(cut, stop_after=7)
+    shutil.rmtree(Path(cut.out_dir) / "checkpoints" / "7")  # resume from step 4
+    train(cut)
+    rows = lambda c: [{k: v for k, v in r.items() if not k.startswith("perf/")}  # noqa: E731
+                      for r in read_metrics(Path(c.out_dir) / "metrics.jsonl")]
+    assert rows(cut) == rows(solo)
+    g, s = rows(group[1]), rows(solo)
+    assert [r.keys() for r in g] == [r.keys() for r in s]
+    for rg, rs in zip(g, s):
+        np.testing.assert_allclose([rg[k] for k in sorted(rg)], [rs[k] for k in sorted(rs)],
+                                   rtol=2e-4, atol=1e-5)
+    stab = {"caps_clips_output": ["train/qk_clipped_heads", "train/update_clipped_frac"],
+            "sigma": [], "qkv_qkln_clip": ["train/qk_clipped_heads"]}[name]
+    assert all(k in s[-1] for k in stab)
+
+
+# ------------------------------------------------- sweeps/stabilizers.py's rules on synthetic data
+
+def per_seed_table(**by_setting) -> pd.DataFrame:
+    """A per-seed statistics table: setting -> {column: [seed 0 value, seed 1 value]}."""
+    rows = []
+    for setting, cols in by_setting.items():
+        for seed in range(len(next(iter(cols.values())))):
+            rows.append({"setting": setting, "train.seed": seed,
+                         **{k: v[seed] for k, v in cols.items()}})
+    return pd.DataFrame(rows)
+
+
+def test_softcap_lr_claim_needs_1_5x_in_every_seed_and_room_on_the_grid():
+    qk = {"top_trained_lr": [0.3, 0.3]}
+    ps = lambda capped: per_seed_table(qk_layernorm=qk,  # noqa: E731
+                                       **{"attn_softcap+qk_layernorm": {"top_trained_lr": capped}})
+    assert S.judge_softcap_lr(ps([0.6, 0.6]), 1.0)[0] == "true"  # 2x
+    assert S.judge_softcap_lr(ps([0.3, 0.378]), 1.0)[0] == "false"  # 1x, 1.26x
+    assert S.judge_softcap_lr(ps([0.6, 0.378]), 1.0)[0] == "inconclusive"  # seeds disagree
+    censored = per_seed_table(qk_layernorm={"top_trained_lr": [1.0, 0.6]},
+                              **{"attn_softcap+qk_layernorm": {"top_trained_lr": [1.0, 1.0]}})
+    assert S.judge_softcap_lr(censored, 1.0)[0] == "inconclusive"
+
+
+def test_qk_clip_claim_needs_logits_held_a_small_cost_and_something_to_clip():
+    ps = lambda clipped, cost, none_logit=500.0: per_seed_table(  # noqa: E731
+        none={"max_logit_any_lr": [none_logit] * 2, "best_loss": [2.0, 2.1]},
+        qk_clip={"max_logit_any_lr": clipped, "best_loss": [2.0 + cost[0], 2.1 + cost[1]]})
+    assert S.judge_qk_clip(ps([29.0, 32.0], [0.0, 0.01]), 30.0)[0] == "true"
+    assert S.judge_qk_clip(ps([29.0, 60.0], [0.0, 0.01]), 30.0)[0] == "false"  # not held
+    assert S.judge_qk_clip(ps([29.0, 29.0], [0.1, 0.2]), 30.0)[0] == "false"  # costly
+    assert S.judge_qk_clip(ps([29.0, 29.0], [0.0, 0.05]), 30.0)[0] == "inconclusive"
+    assert S.judge_qk_clip(ps([9.0, 9.0], [0.0, 0.0], none_logit=20.0), 30.0)[0] == "inconclusive"
+
+
+def test_sigma_reparam_claim_needs_the_baseline_to_collapse_and_sigma_not_to():
+    ps = lambda none, sigma: per_seed_table(  # noqa: E731
+        none={"top_lr_entropy": none, "top_lr_entropy_init": [2.0, 2.0]},
+        sigma_reparam={"top_lr_entropy": sigma, "top_lr_entropy_init": [2.0, 2.0]})
+    assert S.judge_sigma_reparam(ps([0.1, 0.2], [1.5, 1.8]))[0] == "true"
+    assert S.judge_sigma_reparam(ps([0.1, 0.2], [0.3, 0.1]))[0] == "false"
+    assert S.judge_sigma_reparam(ps([0.1, 0.2], [0.3, 1.8]))[0] == "inconclusive"
+    assert S.judge_sigma_reparam(ps([1.9, 0.2], [1.5, 1.8]))[0] == "inconclusive"  # no collapse
+
+
+def test_update_clip_claim_is_lower_lr_sensitivity_in_every_seed():
+    ps = lambda clipped: per_seed_table(none={"lr_sensitivity": [0.30, 0.32]},  # noqa: E731
+                                        update_clip={"lr_sensitivity": clipped})
+    assert S.judge_update_clip(ps([0.20, 0.25]), 7)[0] == "true"
+    assert S.judge_update_clip(ps([0.35, 0.33]), 7)[0] == "false"
+    assert S.judge_update_clip(ps([0.20, 0.40]), 7)[0] == "inconclusive"
+    assert S.judge_update_clip(ps([0.20, 0.25]), 1)[0] == "inconclusive"  # one LR: 0 by design
+
+
+def test_each_table_row_is_named_by_the_stabilisers_it_turns_on():
+    from sweeps.core import SPECS
+    for name, keys in S.settings(SPECS["laptop"]).items():
+        assert S.setting_of(pd.Series({k: (float("nan") if v is None else v)
+                                       for k, v in keys.items()})) == name

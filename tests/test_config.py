@@ -119,7 +119,7 @@ def _choice_types():
 
 def test_choice_members_are_named_by_their_values():
     kinds = _choice_types()
-    assert len(kinds) == 15  # 11 options, spike.action, inject_spike_kind, attn_impl, distributed
+    assert len(kinds) == 16  # 12 options, spike.action, inject_spike_kind, attn_impl, distributed
     for kind in kinds:
         assert all(m.name == m.value for m in kind), kind  # OmegaConf reads enums by name
 

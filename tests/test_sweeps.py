@@ -192,6 +192,8 @@ VARIES = {
     "z_loss": {"main": {"optim.z_loss": {0.0, 1e-4}, "optim.weight_decay": {0.0}},
                "late": {"optim.z_loss": {0.0, 1e-4}, "optim.weight_decay": {0.0},
                         "optim.warmup_steps": None}},
+    # beyond the paper: the stabilisers from the baseline without qk-layernorm, each also with it
+    "stabilizers": {"main": {"model.qk_layernorm": {False, True}}},
 }
 
 

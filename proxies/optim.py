@@ -289,7 +289,7 @@ def qk_clip(params: Any, max_logit_by_layer: Dict[str, jax.Array], tau: float,
     per-head slices of the q and k output norms; with qk-layernorm the q and k norms, which all
     heads share, so they take the most-exceeding head's factor. Returns (params, heads clipped).
     `max_logit_by_layer`: {'block_i': (H,) max logits} from the forward pass."""
-    params = jax.tree_util.tree_map(lambda x: x, params)  # a copy to write into
+    params = dict(params)  # the blocks it rescales are replaced, the input left as it is
     clipped = jnp.zeros((), jnp.int32)
     for block, s_H in max_logit_by_layer.items():
         root_H = jnp.sqrt(jnp.minimum(1.0, tau / jnp.maximum(s_H, 1e-30)))

@@ -4,6 +4,7 @@ run's RNG, with a fall-back past damaged ones."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
@@ -12,7 +13,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from proxies.rundir import RunDirError
+from proxies.rundir import RunDirError, StorageError, storage_message, writing
 
 
 def stored_fields(state: Any) -> Any:
@@ -42,7 +43,24 @@ class Checkpointer:
     def save(self, step: int, state: Any, rng: jax.Array) -> None:
         # The key as host numpy: a host-local device array cannot be saved by a multi-host run.
         item = {"state": stored_fields(state), "rng": np.asarray(jax.random.key_data(rng))}
-        self._mngr.save(step, args=ocp.args.StandardSave(item))
+        self.check_space(item)
+        with writing(self.directory):  # orbax writes in the background: an earlier save's
+            self._mngr.save(step, args=ocp.args.StandardSave(item))  # failure shows here
+
+    def check_space(self, item: Any) -> None:
+        """Refuse a save the disk cannot hold, before it starts: orbax writes in background
+        threads, and a disk that fills under them leaves a torrent of their errors behind."""
+        latest = self._mngr.latest_step()
+        step_dir = self.directory / str(latest) if latest is not None else None
+        if step_dir is not None and step_dir.is_dir():
+            need = sum(f.stat().st_size for f in step_dir.rglob("*") if f.is_file())
+        else:  # the first save: the arrays, and as much again for orbax's files
+            need = 2 * sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(item))
+        free = shutil.disk_usage(self.directory).free
+        if free < need:
+            raise StorageError(storage_message(
+                self.directory, errno.ENOSPC, f" (the next checkpoint needs about "
+                f"{need / 1e6:.2g} MB, {free / 1e6:.2g} MB are free)"))
 
     def restore(self, step: int, like_state: Any, like_rng: jax.Array) -> Tuple[Any, jax.Array]:
         """Restore into the structure (and shardings) of `like_state`."""
@@ -84,6 +102,15 @@ class Checkpointer:
         shutil.move(str(self.directory / str(step)), str(dest))
         self._mngr = self._open()
 
-    def close(self) -> None:
-        self._mngr.wait_until_finished()
-        self._mngr.close()
+    def close(self, failing: bool = False) -> None:
+        """Wait for the saves in flight. `failing`: the run is ending on an error already, so a
+        save's failure (the same full disk, most often) is not raised over it; the incomplete
+        step directory is orbax's temporary one, ignored on resume."""
+        try:
+            with writing(self.directory):
+                self._mngr.wait_until_finished()
+        except Exception:
+            if not failing:
+                raise
+        finally:
+            self._mngr.close()

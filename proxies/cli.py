@@ -1,5 +1,6 @@
 """Command-line entry glue: Hydra errors and our own ConfigErrors become one line and exit 2; a
-stop on a signal is one line and exits 75 (SIGTERM/SIGUSR1) or 130 (Ctrl-C), see stopping.py."""
+write the disk refused (full, quota, read-only) one line and exit 74 (EX_IOERR); a stop on a
+signal is one line and exits 75 (SIGTERM/SIGUSR1) or 130 (Ctrl-C), see stopping.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, OmegaConfBas
                               ValidationError)
 
 from proxies.config import ConfigError, choice_message
+from proxies.rundir import StorageError, storage_error
 from proxies.stopping import EXIT_INTERRUPTED, Stopped
 
 # OmegaConf's message for a value outside an Enum's members (omegaconf/nodes.py, EnumNode).
@@ -64,6 +66,14 @@ def _fail(e: BaseException) -> None:
     sys.exit(2)
 
 
+EXIT_STORAGE = 74  # sysexits.h EX_IOERR: the fix is on the machine, not in the command
+
+
+def _storage(e: StorageError) -> None:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_STORAGE)
+
+
 def _stopped(e: Stopped) -> None:
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)
@@ -87,6 +97,11 @@ def one_line_errors() -> Iterator[None]:
         _stopped(e)
     except KeyboardInterrupt:
         _interrupted()
+    except Exception as e:  # a refused write outside the run's own files (a table, a report)
+        se = storage_error(e)
+        if se is None:
+            raise
+        _storage(se)
 
 
 def run_cli(hydra_main: Callable[[], None]) -> None:
@@ -103,3 +118,8 @@ def run_cli(hydra_main: Callable[[], None]) -> None:
         _interrupted()
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         _fail(e)
+    except Exception as e:
+        se = storage_error(e)
+        if se is None:
+            raise
+        _storage(se)

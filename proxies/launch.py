@@ -5,7 +5,8 @@ table at the end and runs the analysis). Each group of `proxies.sweep.plan_group
 launcher job: its spec (plain run configs, swept values, the coordinator's working directory) is
 written to `<sweep_dir>/jobs/<group id>.json`, and the job, `run_group_job(spec_path)`, trains
 the group (`train_group` takes the run directories' locks, skips finished runs and resumes
-interrupted ones) and rebuilds the sweep's table under its lock. Engines, chosen by the Hydra
+interrupted ones; runs another process is training are left to it, `train_free`) and rebuilds the
+sweep's table under its lock. Engines, chosen by the Hydra
 launcher config the sweep was started with (`proxies/configs/hydra/launcher/`):
 
     local        joblib.Parallel (loky processes), the yaml's n_jobs etc.
@@ -21,6 +22,7 @@ A failed job is reported in one line; rerunning the same command retries what is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -150,19 +152,20 @@ def run_group_job(spec_path: str) -> List[str]:
     Returns the run directories. On failure the error's first line and traceback go to
     `<id>.error` (read by the coordinator whatever the engine) and the exception fails the job."""
     from proxies.results import update_table
-    from proxies.train import train_group
+    from proxies.train import train_free
 
     path = Path(spec_path)
     spec = json.loads(path.read_text())
     os.chdir(spec["cwd"])  # relative run and data paths mean what they meant to the coordinator
     cfgs = [OmegaConf.merge(OmegaConf.structured(Config), run) for run in spec["runs"]]
     try:
-        train_group(cfgs, swept=spec["swept"], vmap=spec["vmap"])
+        train_free(cfgs, spec["swept"], spec["vmap"])  # runs another sweep trains: left to it
     except BaseException as e:
-        atomic_write_text(error_file(path), first_line(e) + "\n\n" + traceback.format_exc())
+        with contextlib.suppress(Exception):  # a full disk: the error itself is what matters
+            atomic_write_text(error_file(path), first_line(e) + "\n\n" + traceback.format_exc())
+            update_table(Path(spec["sweep_dir"]))
         raise
-    finally:
-        update_table(Path(spec["sweep_dir"]))
+    update_table(Path(spec["sweep_dir"]))
     return [c.out_dir for c in cfgs]
 
 

@@ -169,8 +169,13 @@ def table_damaged(path: Path) -> Optional[str]:
 
 def write_table(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel jobs write their own
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)  # atomic: a kill never leaves a half-written table
+    with R.writing(path):
+        try:
+            df.to_csv(tmp, index=False)
+            os.replace(tmp, path)  # atomic: a kill never leaves a half-written table
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 TABLE = "results.csv"

@@ -11,17 +11,22 @@
       .lock           held by the process training here
 
 Nothing already written is thrown away: a bad metrics line is moved to metrics.bad.jsonl, a damaged
-checkpoint to checkpoints.damaged/.
+checkpoint to checkpoints.damaged/. A write the disk refuses (full, over quota, read-only, failing)
+is a `StorageError`: one line naming the path and the fix, the run left to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import yaml
@@ -49,6 +54,88 @@ class RunDirError(ConfigError):
     """A run directory that cannot be used as it is; the message names the fix."""
 
 
+class RunBusy(RunDirError):
+    """Another process is training in the run directory (it holds the lock)."""
+
+
+# ------------------------------------------------------------------------------ write errors
+
+class StorageError(Exception):
+    """The OS refused a write: the fix is on the machine (space, quota, the disk), not in the
+    config. Nothing already written is lost and the run resumes from its last checkpoint."""
+
+
+# Errors of the disk, not of the program: each has one fix, on the machine.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+_TS_ERRNO = re.compile(r"os_error_code='?(\d+)")  # tensorstore's form (orbax checkpoints)
+_TS_PATH = re.compile(r'(?:Failed writing:|local file) "([^"]+)"')
+
+
+def storage_message(path: Any, code: int, detail: str = "") -> str:
+    fix = ("free space there" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+           else "fix that disk")
+    return (f"cannot write {path or 'the run directory'}: {os.strerror(code)}{detail}; {fix} "
+            "(or point "
+            "out_dir / sweep.run_root at another disk) and rerun the same command: what was "
+            "written is kept and unfinished runs resume from their last checkpoints")
+
+
+def storage_error(e: BaseException, where: Any = None) -> Optional[StorageError]:
+    """The one-line StorageError for a refused write anywhere in `e`'s chain (an OSError, or
+    tensorstore's text of one); None when `e` is something else. `where` names the path when
+    the error's own is an internal file (a checkpoint shard)."""
+    seen = set()
+    x: Optional[BaseException] = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, StorageError):
+            return x
+        if isinstance(x, OSError) and x.errno in STORAGE_ERRNOS:
+            return StorageError(storage_message(where or x.filename, x.errno))
+        code = _TS_ERRNO.search(str(x))
+        if code and int(code.group(1)) in STORAGE_ERRNOS:
+            path = _TS_PATH.search(str(x))
+            return StorageError(storage_message(where or (path and path.group(1)),
+                                                int(code.group(1))))
+        x = x.__cause__ or x.__context__
+    return None
+
+
+@contextlib.contextmanager
+def writing(where: Any = None) -> Iterator[None]:
+    """Turn a refused write inside the block into its one-line StorageError."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as e:
+        se = storage_error(e, where)
+        if se is None:
+            raise
+        raise se from None
+
+
+class _StorageNoise(logging.Filter):
+    """Drops the log records orbax's writer threads and asyncio emit for a write the disk
+    refused: the same failure reaches the caller as one StorageError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]!r}"
+        code = _TS_ERRNO.search(text)
+        return not ((code and int(code.group(1)) in STORAGE_ERRNOS)
+                    or any(os.strerror(c) in text for c in STORAGE_ERRNOS))
+
+
+def quiet_storage_noise() -> None:
+    """Keep a refused write to its one line: orbax's and asyncio's own reports of it dropped."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _StorageNoise) for f in logger.filters):
+            logger.addFilter(_StorageNoise())
+
+
 # ------------------------------------------------------------------------------ plain files
 
 def finite_or_none(v: Any) -> Any:
@@ -59,10 +146,15 @@ def finite_or_none(v: Any) -> Any:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file and rename: a kill leaves the old file or the new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_json(path: Path, obj: Dict[str, Any]) -> None:
@@ -104,7 +196,7 @@ def read_summary_file(path: Path) -> Optional[Dict[str, Any]]:
     """A summary.json, or None when missing or unreadable (a truncated file from a disk fault)."""
     try:
         obj = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -160,7 +252,7 @@ class RunDir:
         """Refuse (one line) when another process trains in this directory. The OS drops the
         lock when its holder dies, even by kill -9, so a stale lock never blocks a resume."""
         self._lock = take_lock(self.path / LOCK, f"another process is training in {self.path}",
-                               "wait for it to finish or pass another out_dir")
+                               "wait for it to finish or pass another out_dir", RunBusy)
 
     def release(self) -> None:
         self.close_metrics()
@@ -240,9 +332,19 @@ class RunDir:
         self.repair_records(-1, lambda _: None)
 
     def log(self, row: Dict[str, Any]) -> None:
-        if self._metrics_file is None:
-            self._metrics_file = open(self.metrics, "a")
-        append_line(self._metrics_file, row)
+        """Append a row; a refused write leaves the file as it was before the row."""
+        with writing(self.metrics):
+            if self._metrics_file is None:
+                self._metrics_file = open(self.metrics, "a")
+            size = os.fstat(self._metrics_file.fileno()).st_size
+            try:
+                append_line(self._metrics_file, row)
+            except OSError:
+                f, self._metrics_file = self._metrics_file, None
+                os.ftruncate(f.fileno(), size)
+                with contextlib.suppress(OSError):
+                    f.close()  # its buffer still holds the row: this flush may fail again
+                raise
 
     def close_metrics(self) -> None:
         if self._metrics_file is not None:
@@ -254,12 +356,17 @@ class RunDir:
                        arrays: Dict[str, np.ndarray]) -> None:
         """The arrays first (atomically), then the stats row that marks the step recorded."""
         hist = self.dynamics / DYN_HIST
-        hist.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=hist, prefix=".step.", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, hist / f"step_{step:07d}.npz")
-        with open(self.dynamics / DYN_STATS, "a") as f:
+        with writing(hist):
+            hist.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=hist, prefix=".step.", suffix=".npz")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez_compressed(f, **arrays)
+                os.replace(tmp, hist / f"step_{step:07d}.npz")
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        with writing(self.dynamics / DYN_STATS), open(self.dynamics / DYN_STATS, "a") as f:
             append_line(f, {STEP: step, **scalars})
 
     # ---- spike events
@@ -268,7 +375,7 @@ class RunDir:
 
     def append_event(self, event: Dict[str, Any]) -> None:
         """Durable before anything acts on it: a rollback must be found again after a kill."""
-        with open(self.events, "a") as f:
+        with writing(self.events), open(self.events, "a") as f:
             append_line(f, event)
             os.fsync(f.fileno())
 
@@ -318,7 +425,7 @@ def run_dir(path: Path) -> RunDir:
     return RunDir(path) if jax.process_index() == 0 else FollowerRunDir(path)
 
 
-def take_lock(path: Path, held: str, fix: str) -> IO[str]:
+def take_lock(path: Path, held: str, fix: str, error: type = RunDirError) -> IO[str]:
     """An exclusive lock on `path` (fcntl, released by the OS when the holder exits)."""
     import fcntl
 
@@ -327,14 +434,32 @@ def take_lock(path: Path, held: str, fix: str) -> IO[str]:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.seek(0)
-        pid = f.read().strip() or "?"
+        pid = f.read().strip()
         f.close()
-        raise RunDirError(f"{held} (pid {pid}); {fix}") from None
+        raise error(f"{held} ({f'pid {pid}' if pid else 'a process just starting'}); "
+                    f"{fix}") from None
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))
     f.flush()
     return f
+
+
+def lock_holder(run_dir: str | Path) -> Optional[str]:
+    """The pid of the process training in `run_dir` ('' while it is writing it), None when no
+    process is."""
+    import fcntl
+
+    try:
+        f = open(Path(run_dir) / LOCK)
+    except OSError:  # never locked
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: two lookers never collide
+        except OSError:
+            return f.read().strip()
+    return None
 
 
 def hist_files(run_dir: Path) -> Dict[int, Path]:

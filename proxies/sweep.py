@@ -6,10 +6,13 @@ sweep already finished reuses it. A sweep directory `<sweep.root>/<name>-<grid h
 `sweep.dir`) holds `runs.json` (its grid points: swept values and the run directory of each),
 `results.csv`, `sweep.yaml` and `analysis/`. Re-running the same command skips finished runs and
 resumes interrupted ones from their checkpoints; extending the grid trains only the new points.
+Sweeps sharing a run store cooperate: a run another process is training is left to it and waited
+for (`train_missing`), never a reason to stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -25,13 +28,13 @@ from proxies.cli import one_line_errors, run_cli
 from proxies.config import (LR_KEY, ConfigError, VmapMode, register_configs, unhandled)
 from proxies.cost import print_plan, run_flops
 from proxies.grid import expand_grid, label_runs, sweep_dir, write_manifest
-from proxies.launch import (CoreWorkers, JobsFailed, Launcher, GridPoint, available_cores,
-                            dispatch, from_hydra, run_jobs)
+from proxies.launch import (POLL_S, CoreWorkers, JobsFailed, Launcher, GridPoint,
+                            available_cores, dispatch, from_hydra, run_jobs)
 from proxies.results import TABLE, update_table
-from proxies.rundir import RunDir, atomic_write_text, run_finished, take_lock
+from proxies.rundir import RunDir, atomic_write_text, lock_holder, run_finished, take_lock
 from proxies.sharding import initialize_distributed
 from proxies.stopping import stop_requests
-from proxies.train import CONFIG_DIR, group_key, train_group
+from proxies.train import CONFIG_DIR, group_key, train_free
 
 SWEEP_LOCK = ".sweep.lock"
 
@@ -97,14 +100,65 @@ def run_sweep(cfg: DictConfig, points: Optional[List[GridPoint]] = None,
 
 def train_missing(cfg: DictConfig, points: List[GridPoint], out: Path,
                   launcher: Optional[Launcher] = None) -> List[str]:
-    """Train the runs not done yet, in this process or as the launcher's jobs. Returns one line
-    per failed job (none in process: an error there stops the sweep)."""
-    todo = [p for p in points if not run_finished(p.run.out_dir)]
+    """Train the runs not done yet, in this process or as the launcher's jobs, in rounds: a run
+    another process is training (a sweep sharing the run store) is left to it, and once a round
+    has trained the rest the sweep waits for it; one its trainer left unfinished is trained in
+    the next round. Returns one line per failed job (none in process: an error there stops the
+    sweep)."""
     for p in points:  # a finished run is reused only while its recorded config is still its own
-        if p not in todo:
+        if run_finished(p.run.out_dir):
             RunDir(Path(p.run.out_dir)).check_identity(p.run)
+    todo = unfinished(points)
     print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out} ({len(points) - len(todo)} "
           f"already done, runs under {cfg.sweep.run_root}/)")
+    while todo:
+        holders = {p.run.out_dir: lock_holder(p.run.out_dir) for p in todo}
+        free = [p for p in todo if holders[p.run.out_dir] is None]
+        if not free:
+            wait_for_trainers(todo, out)
+        else:
+            if len(free) < len(todo):
+                print(f"sweep: {len(todo) - len(free)} run(s) are being trained by "
+                      f"{trainers(holders)}; left to it while this sweep trains the other "
+                      f"{len(free)}")
+            failures = train_round(cfg, free, points, out, launcher)
+            if failures:
+                return failures
+            left = unfinished(free)
+            if left and all(lock_holder(p.run.out_dir) is None for p in left):
+                return [f"{p.run.out_dir}: not finished by its job and held by no process; rerun "
+                        "the same command" for p in left]  # a job that returned early
+        todo = unfinished(points)
+    return []
+
+
+def unfinished(points: List[GridPoint]) -> List[GridPoint]:
+    return [p for p in points if not run_finished(p.run.out_dir)]
+
+
+def wait_for_trainers(points: List[GridPoint], out: Path) -> None:
+    """Wait while other processes train these runs (each holds its run's lock); the table is
+    refreshed as they finish."""
+    holders = {p.run.out_dir: lock_holder(p.run.out_dir) for p in points}
+    print(f"sweep: the {len(points)} run(s) left are being trained by {trainers(holders)}; "
+          "waiting for them")
+    with stop_requests() as stop:
+        while any(lock_holder(d) is not None for d in holders):
+            stop.check()
+            time.sleep(POLL_S)
+            if any(run_finished(d) for d in holders):
+                update_table(out)
+    update_table(out)
+
+
+def trainers(holders: Dict[str, Optional[str]]) -> str:
+    pids = sorted({pid or "?" for pid in holders.values() if pid is not None})
+    return f"another process (pid {', '.join(pids)}: a sweep sharing the run store?)"
+
+
+def train_round(cfg: DictConfig, todo: List[GridPoint], points: List[GridPoint], out: Path,
+                launcher: Optional[Launcher]) -> List[str]:
+    """Train `todo` (runs no other process holds) once: in process, or as jobs."""
     groups = plan_groups(todo, use_vmap(cfg), cfg.sweep.group_size)
     if len(groups) < len(todo):
         print(f"vmapped: {len(groups)} groups of up to {cfg.sweep.group_size} runs")
@@ -155,13 +209,19 @@ def train_in_process(groups: List[List[GridPoint]], out: Path, n_runs: int) -> N
                 values = g[0].swept
                 bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()
                                              if k != LR_KEY or len(g) == 1))
-                train_group([run for _, run in g], swept=[v for v, _ in g], vmap=len(g) > 1)
+                for d in train_free([run for _, run in g], [v for v, _ in g], vmap=len(g) > 1):
+                    bar.write(f"{d}: another process is training it; left to it (waited for "
+                              "once the others are done)")
                 update_table(out)
                 bar.update(len(g))
                 stop.check()  # a signal that arrived as the group finished its last step
-        finally:
+        except BaseException:
             bar.close()
-            update_table(out)  # what finished is in the table, whatever stopped the sweep
+            with contextlib.suppress(Exception):  # a full disk: the error itself is what matters
+                update_table(out)  # what finished is in the table, whatever stopped the sweep
+            raise
+        bar.close()
+        update_table(out)
 
 
 # `sweep.axes=...` on the command line replaces the experiment's axes (Hydra would merge the two

@@ -35,7 +35,8 @@ from proxies.data import Dataset, cache_dir, eval_batches, load_dataset, train_b
 from proxies.model import Transformer, count_params
 from proxies.optim import HPARAM_KEYS, hparams_from_config
 from proxies.results import early_logits, grad_rms_summary, mlp0_tail
-from proxies.rundir import RunDir, run_dir
+from proxies.rundir import (RunBusy, RunDir, lock_holder, quiet_storage_noise, run_dir,
+                            writing)
 from proxies.runner import Compiled, Runner
 from proxies.sharding import group_layout, initialize_distributed, run_layout, sync_processes
 from proxies.step import init_state
@@ -178,10 +179,11 @@ class Member:
         if self.tracker is not None:
             self.tracker.alert(title, text)
 
-    def close(self, summary: Optional[Dict[str, Any]] = None) -> None:
+    def close(self, summary: Optional[Dict[str, Any]] = None, failing: bool = False) -> None:
+        """Release the run; `failing`: it stops on an error, which the closing must not hide."""
         if self.ckpt is not None:
-            self.ckpt.close()
-            self.ckpt = None
+            ckpt, self.ckpt = self.ckpt, None
+            ckpt.close(failing)
         if self.tracker is not None:
             self.tracker.finish(summary or {})
             self.tracker = None
@@ -507,15 +509,33 @@ def train_group(cfgs: List[DictConfig], stop_after: Optional[int] = None,
     over their states and hparams, one shared batch per step (same seed, same data order, same
     init). Each run keeps its own directory, records and checkpoints; a diverging run is frozen
     and recorded without disturbing the others. Returns the runs' summaries in order.
-    Raises `Stopped` after SIGTERM/SIGUSR1/SIGINT, with every member's records and checkpoint saved.
+    Raises `Stopped` after SIGTERM/SIGUSR1/SIGINT, with every member's records and checkpoint saved;
+    `StorageError` (one line) when the disk refuses a write, every record before it kept.
     """
     swept = list(swept or [None] * len(cfgs))
     for cfg in cfgs:
         validate(cfg)
     if len({group_key(c) for c in cfgs}) != 1:
         raise ValueError("train_group needs runs that differ only in scalar hyperparameters")
-    with stop_requests() as stop:
+    quiet_storage_noise()
+    with stop_requests() as stop, writing():
         return _train_group(cfgs, stop_after, swept, vmap, stop)
+
+
+def train_free(cfgs: List[DictConfig], swept: List[Optional[Dict[str, Any]]],
+               vmap: bool) -> List[str]:
+    """A sweep's group in a run store other sweeps share: train the runs no other process is
+    training and leave those it is to it (their sweep waits for them, proxies/sweep.py). Returns
+    the run directories left."""
+    busy = [i for i, c in enumerate(cfgs) if lock_holder(resolve_out_dir(c)) is not None]
+    free = [i for i in range(len(cfgs)) if i not in busy]
+    if free:
+        try:
+            train_group([cfgs[i] for i in free], swept=[swept[i] for i in free],
+                        vmap=vmap and len(free) > 1)
+        except RunBusy:  # taken between the look and the lock: the sweep's next round sees it
+            busy = list(range(len(cfgs)))
+    return [str(resolve_out_dir(cfgs[i])) for i in busy]
 
 
 def _train_group(cfgs: List[DictConfig], stop_after: Optional[int],
@@ -543,7 +563,7 @@ def _train_group(cfgs: List[DictConfig], stop_after: Optional[int],
                 restore_member(m, state0, rng, say)
     except BaseException:
         for _, m in members:
-            m.close()
+            m.close(failing=True)
         raise
     if not members:
         return summaries  # type: ignore[return-value]
@@ -561,7 +581,7 @@ def _train_group(cfgs: List[DictConfig], stop_after: Optional[int],
                               state0, say)
     except BaseException:  # Stopped, Ctrl-C twice, any error: records are append-only or atomic
         for _, m in members:
-            m.close()
+            m.close(failing=True)
         raise
 
 

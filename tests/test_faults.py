@@ -4,8 +4,10 @@ Each test interrupts or damages a tiny run, then checks that rerunning the same 
 exactly the records of an uninterrupted run (every row present, none duplicated).
 """
 
+import errno
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from proxies import rundir as R
 from proxies.results import run_row
@@ -181,10 +184,8 @@ def run_cli(*args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def cli_args(tmp_path, corpus_dir, cache_dir, out):
-    cfg = tiny_cfg(out, corpus_dir, cache_dir, "train.steps=400", "train.log_every=1",
-                   "train.eval_every=50", "train.checkpoint_every=200")
-    from omegaconf import OmegaConf
+def cfg_args(cfg):
+    """The command-line arguments of a tiny_cfg run."""
     flat = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     keys = ["model.d_model", "model.n_layers", "model.n_heads", "train.steps", "train.batch_size",
             "train.seq_len", "train.log_every", "train.eval_every", "train.eval_batches",
@@ -196,6 +197,11 @@ def cli_args(tmp_path, corpus_dir, cache_dir, out):
         v = flat[sec][key] if sec else flat[key]
         vals.append(f"{k}={str(v).lower() if isinstance(v, bool) else v}")
     return vals
+
+
+def cli_args(tmp_path, corpus_dir, cache_dir, out):
+    return cfg_args(tiny_cfg(out, corpus_dir, cache_dir, "train.steps=400", "train.log_every=1",
+                             "train.eval_every=50", "train.checkpoint_every=200"))
 
 
 @pytest.mark.parametrize("signame,code", [  # SIGINT's code path is SIGTERM's (tested in-process)
@@ -395,3 +401,204 @@ def test_a_signal_stops_the_sweep_after_its_group_and_the_rerun_finishes_it(
     out, df = run_sweep(cfg)
     assert list(df["status"]) == ["done"] * 3
     assert list(pd.read_csv(out / "results.csv")["status"]) == ["done"] * 3
+
+
+# ---------------------------------------------------------------------------------- refused writes
+
+def refuse_metrics_row(monkeypatch, at_step: int):
+    """The disk fills as the row of `at_step` is written: half of it reaches the file."""
+    real = R.append_line
+
+    def append(f, row):
+        if row.get("step") == at_step:
+            f.write(json.dumps(row)[:40])
+            f.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(f, row)
+    monkeypatch.setattr(R, "append_line", append)
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_rerun_is_exact(make_cfg, reference,
+                                                                  monkeypatch):
+    cfg = make_cfg()
+    refuse_metrics_row(monkeypatch, 8)
+    with pytest.raises(R.StorageError) as e:
+        train(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"cannot write {cfg.out_dir}/metrics.jsonl: No "
+                                              "space left on device; free space there")
+    assert "rerun the same command" in msg
+    assert records(cfg) == reference[0][:len(records(cfg))]  # no half row: the rows before it
+    assert read_metrics(Path(cfg.out_dir) / R.METRICS)[-1]["step"] == 6
+    assert (Path(cfg.out_dir) / R.CHECKPOINTS / "4").exists()
+    monkeypatch.undo()
+    train(cfg)
+    assert records(cfg) == reference[0]
+    assert not (Path(cfg.out_dir) / R.BAD_METRICS).exists()
+
+
+def test_a_checkpoint_the_disk_refuses_is_one_line_naming_the_checkpoints(make_cfg, reference,
+                                                                          monkeypatch):
+    import orbax.checkpoint as ocp
+    cfg = make_cfg()
+    real = ocp.CheckpointManager.save
+    shard = f"{cfg.out_dir}/checkpoints/8.orbax-checkpoint-tmp/d/0a1b"
+
+    def save(self, step, *a, **k):  # tensorstore's words for it, as orbax raises them
+        if step == 8:
+            raise ValueError(f'RESOURCE_EXHAUSTED: Error writing local file "{shard}": Failed '
+                             f'writing: "{shard}": No space left on device [os_error_code=\'28\']')
+        return real(self, step, *a, **k)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(R.StorageError, match=f"^cannot write {cfg.out_dir}/checkpoints: No space"):
+        train(cfg)
+    monkeypatch.undo()
+    train(cfg)
+    assert records(cfg) == reference[0]
+
+
+def test_a_storage_errors_text_is_recognised_in_any_link_of_the_chain():
+    assert R.storage_error(ValueError("bad value")) is None
+    assert R.storage_error(OSError(errno.ENOENT, "missing", "/x")) is None  # not the disk's
+    try:
+        try:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/runs/a/summary.json")
+        except OSError:
+            raise RuntimeError("while saving")
+    except RuntimeError as e:
+        assert str(R.storage_error(e)).startswith(
+            "cannot write /runs/a/summary.json: Disk quota exceeded; free space there")
+    ro = R.storage_error(OSError(errno.EROFS, os.strerror(errno.EROFS), "/ro/x"))
+    assert "Read-only file system; fix that disk" in str(ro)
+
+
+def mountable_tmpfs(tmp_path: Path) -> bool:
+    """A 1 MB tmpfs mounts here (root, or a user namespace where unprivileged ones are allowed)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    res = subprocess.run(["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs "
+                          f"{probe}"], capture_output=True)
+    return res.returncode == 0
+
+
+def test_the_command_on_a_full_tmpfs_says_one_line_and_resumes_once_space_is_freed(
+        tmp_path, corpus_dir, cache_dir, reference):
+    if not mountable_tmpfs(tmp_path):
+        pytest.skip("cannot mount a tmpfs here (needs root or unprivileged user namespaces); "
+                    "the injected full disks above cover the same code")
+    disk, keep = tmp_path / "disk", tmp_path / "kept"
+    disk.mkdir()
+    keep.mkdir()
+    args = " ".join(shlex.quote(a) for a in cfg_args(tiny_cfg(disk / "run", corpus_dir,
+                                                              cache_dir)))
+    train_cmd = f"{shlex.quote(sys.executable)} -m proxies.train {args}"
+    # Two checkpoints of this run take about 1.2 MB: 1.5 MB of filler on a 3 MB disk fills it.
+    script = f"""
+        mount -t tmpfs -o size=3m tmpfs {disk} || exit 9
+        head -c 1500000 /dev/zero > {disk}/filler
+        {train_cmd} > /dev/null 2> {keep}/err1; echo $? > {keep}/rc1
+        cp -r {disk}/run {keep}/full
+        rm {disk}/filler
+        {train_cmd} > /dev/null 2> {keep}/err2; echo $? > {keep}/rc2
+        cp -r {disk}/run {keep}/run
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    subprocess.run(["unshare", "-Urm", "sh", "-c", script], env=env, cwd=tmp_path, timeout=600,
+                   check=True)
+    err = (keep / "err1").read_text()
+    assert (keep / "rc1").read_text().strip() == "74", err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot write {disk}/run"), err
+    assert "No space left on device" in err and "; free space there" in err
+    full = comparable(read_metrics(keep / "full" / R.METRICS))
+    assert full == reference[0][:len(full)]  # what was written before the disk filled
+    assert (keep / "rc2").read_text().strip() == "0", (keep / "err2").read_text()
+    assert comparable(read_metrics(keep / "run" / R.METRICS)) == reference[0]
+
+
+def test_a_full_disk_stops_a_sweep_in_one_line_keeping_its_table(tmp_path, corpus_dir, cache_dir,
+                                                                  monkeypatch):
+    import pandas as pd
+    from test_sweep import sweep_cfg
+
+    from proxies.sweep import run_sweep
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-3,3e-3]", "sweep.vmap='off'")
+    real, files = R.append_line, set()
+
+    def append(f, row):  # the second run's first row finds the disk full
+        files.add(f.name)
+        if len(files) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(f, row)
+    monkeypatch.setattr(R, "append_line", append)
+    with pytest.raises(R.StorageError, match="No space left on device"):
+        run_sweep(cfg)
+    out = next((tmp_path / "sweeps").iterdir())
+    assert list(pd.read_csv(out / "results.csv")["status"]) == ["done", "partial"]
+    monkeypatch.undo()
+    assert list(run_sweep(cfg)[1]["status"]) == ["done", "done"]
+
+
+# ---------------------------------------------------------------------------------- shared stores
+
+def test_a_run_another_process_trains_is_left_to_it_and_waited_for(tmp_path, corpus_dir,
+                                                                     cache_dir, capsys):
+    from test_sweep import sweep_cfg
+
+    from proxies.grid import expand_grid
+    from proxies.sweep import run_sweep
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-3,3e-3,1e-2]",
+                    "sweep.vmap='off'")
+    dirs = [Path(p.run.out_dir) for p in expand_grid(cfg)]
+    dirs[0].mkdir(parents=True)
+    held = take_lock(dirs[0] / R.LOCK, "held", "")  # another sweep is training the first run
+
+    def holder_stops_unfinished():  # once this sweep has trained the others
+        while not all(R.run_finished(d) for d in dirs[1:]):
+            threading.Event().wait(0.1)
+        threading.Event().wait(1.5)
+        held.close()
+    threading.Thread(target=holder_stops_unfinished, daemon=True).start()
+    out, df = run_sweep(cfg)
+    printed = capsys.readouterr()
+    assert (f"sweep: 1 run(s) are being trained by another process (pid {os.getpid()}: a sweep "
+            "sharing the run store?); left to it while this sweep trains the other 2"
+            in printed.out)
+    assert "sweep: the 1 run(s) left are being trained by another process (pid" in printed.out
+    assert list(df["status"]) == ["done"] * 3  # the holder stopped: this sweep trained it
+
+
+def sweep_cli(tmp_path, corpus_dir, cache_dir, name, lrs, run_root):
+    args = [f"sweep.name={name}", f"sweep.root={tmp_path / 'sweeps'}",
+            f"sweep.run_root={run_root}", f"sweep.lrs={lrs}", "sweep.workers=1",
+            "sweep.analysis=false", "sweep.vmap=off", "model.d_model=32", "model.n_layers=1",
+            "model.n_heads=2", "train.steps=6", "train.batch_size=4", "train.seq_len=16",
+            "train.log_every=3", "train.eval_every=6", "train.eval_batches=1",
+            "train.checkpoint_every=3", "wandb.mode=disabled", "data.source=text",
+            f"data.path={corpus_dir}", f"data.cache_dir={cache_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen([sys.executable, "-m", "proxies.sweep", *args], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_overlapping_sweeps_on_one_run_store_both_finish_with_one_sweeps_table(
+        tmp_path, corpus_dir, cache_dir):
+    import pandas as pd
+
+    shared, alone = tmp_path / "runs", tmp_path / "alone"
+    a = sweep_cli(tmp_path, corpus_dir, cache_dir, "a", "[1e-3,3e-3,1e-2]", shared)
+    b = sweep_cli(tmp_path, corpus_dir, cache_dir, "b", "[1e-3,3e-3,3e-2]", shared)
+    one = sweep_cli(tmp_path, corpus_dir, cache_dir, "one", "[1e-3,3e-3,1e-2,3e-2]", alone)
+    for proc in (a, b, one):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    tables = {d.name.split("-")[0]: pd.read_csv(d / "results.csv")
+              for d in (tmp_path / "sweeps").iterdir()}
+    timing = ["run_dir", "tokens_per_s", "wall_s"]  # the only figures that depend on the machine
+    whole = tables["one"].set_index("optim.lr").drop(columns=timing)
+    for name in ("a", "b"):
+        t = tables[name].set_index("optim.lr").drop(columns=timing)
+        assert list(t["status"]) == ["done"] * 3
+        pd.testing.assert_frame_equal(t, whole.loc[t.index])
+    assert len(list(shared.iterdir())) == 4  # each run trained once, by one of the two

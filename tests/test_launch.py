@@ -22,7 +22,6 @@ from omegaconf import OmegaConf
 from proxies.config import Config, ConfigError, SweepRoot, config_hash
 from proxies.launch import (SINGLE_THREAD_XLA, JobsFailed, Launcher, LauncherName, core_shares,
                             run_group_job, write_spec)
-from proxies.rundir import take_lock
 from proxies.grid import expand_grid, sweep_dir, write_manifest
 from proxies.sweep import main, n_workers, plan_groups, run_sweep
 from proxies.train import CONFIG_DIR
@@ -157,17 +156,15 @@ def test_failed_job_is_reported_and_the_rerun_trains_only_what_is_missing(
     cfg = grid_cfg(tmp_path, corpus_dir, cache_dir)
     launcher = composed_launcher("local", "hydra.launcher.n_jobs=2")
     victim = Path(expand_grid(cfg)[0][1].out_dir)
-    victim.mkdir(parents=True)
-    held = take_lock(victim / ".lock", "held by the test", "")  # the job cannot train there
-    try:
-        with pytest.raises(JobsFailed, match="1 job"):
-            run_sweep(cfg, launcher=launcher)
-    finally:
-        held.close()
+    victim.parent.mkdir(parents=True)
+    victim.write_text("in the way")  # the job cannot train there
+    with pytest.raises(JobsFailed, match="1 job"):
+        run_sweep(cfg, launcher=launcher)
+    victim.unlink()
     err = capsys.readouterr().err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("job ")]
     assert line.startswith(f"job {victim.name} failed (runs {victim.name}): ")
-    assert "RunDirError: another process is training in" in line
+    assert "RunDirError: out_dir" in line and "is a file, not a directory" in line
     assert line.endswith("rerun the same command to retry them")
     out = sweep_dir(cfg, expand_grid(cfg))
     table = outcomes(out)

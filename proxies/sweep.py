@@ -111,6 +111,7 @@ def train_missing(cfg: DictConfig, points: List[GridPoint], out: Path,
     todo = unfinished(points)
     print(f"sweep {cfg.sweep.name}: {len(points)} runs in {out} ({len(points) - len(todo)} "
           f"already done, runs under {cfg.sweep.run_root}/)")
+    stalled = 0  # rounds in a row that finished nothing
     while todo:
         holders = {p.run.out_dir: lock_holder(p.run.out_dir) for p in todo}
         free = [p for p in todo if holders[p.run.out_dir] is None]
@@ -124,11 +125,12 @@ def train_missing(cfg: DictConfig, points: List[GridPoint], out: Path,
             failures = train_round(cfg, free, points, out, launcher)
             if failures:
                 return failures
-            left = unfinished(free)
-            if left and all(lock_holder(p.run.out_dir) is None for p in left):
-                return [f"{p.run.out_dir}: not finished by its job and held by no process; rerun "
-                        "the same command" for p in left]  # a job that returned early
-        todo = unfinished(points)
+        left = unfinished(points)
+        stalled = 0 if len(left) < len(todo) else stalled + 1
+        if stalled > 2:  # a job that returns without finishing its runs, and no error
+            return [f"{p.run.out_dir}: still unfinished after {stalled} rounds, held by no "
+                    "process; rerun the same command" for p in left]
+        todo = left
     return []
 
 
@@ -142,12 +144,15 @@ def wait_for_trainers(points: List[GridPoint], out: Path) -> None:
     holders = {p.run.out_dir: lock_holder(p.run.out_dir) for p in points}
     print(f"sweep: the {len(points)} run(s) left are being trained by {trainers(holders)}; "
           "waiting for them")
+    finished: set = set()
     with stop_requests() as stop:
         while any(lock_holder(d) is not None for d in holders):
             stop.check()
             time.sleep(POLL_S)
-            if any(run_finished(d) for d in holders):
+            now = {d for d in holders if run_finished(d)}
+            if now - finished:
                 update_table(out)
+                finished = now
     update_table(out)
 
 

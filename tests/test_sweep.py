@@ -257,14 +257,14 @@ def test_sweep_plans_vmapped_groups_by_series(tmp_path, corpus_dir, cache_dir):
 
 def _count_trained(monkeypatch):
     """Record every run config the sweep hands to the trainer."""
-    import proxies.sweep as sweep_mod
+    import proxies.train as train_mod
     trained = []
-    real = sweep_mod.train_group
+    real = train_mod.train_group
 
     def counting(cfgs, *a, **k):
         trained.extend(cfgs)
         return real(cfgs, *a, **k)
-    monkeypatch.setattr(sweep_mod, "train_group", counting)
+    monkeypatch.setattr(train_mod, "train_group", counting)
     return trained
 
 

@@ -50,6 +50,8 @@ class Checkpointer:
     def check_space(self, item: Any) -> None:
         """Refuse a save the disk cannot hold, before it starts: orbax writes in background
         threads, and a disk that fills under them leaves a torrent of their errors behind."""
+        if jax.process_count() > 1:  # each process would decide alone: orbax's save syncs them
+            return
         latest = self._mngr.latest_step()
         step_dir = self.directory / str(latest) if latest is not None else None
         if step_dir is not None and step_dir.is_dir():
@@ -60,7 +62,7 @@ class Checkpointer:
         if free < need:
             raise StorageError(storage_message(
                 self.directory, errno.ENOSPC, f" (the next checkpoint needs about "
-                f"{need / 1e6:.2g} MB, {free / 1e6:.2g} MB are free)"))
+                f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free)"))
 
     def restore(self, step: int, like_state: Any, like_rng: jax.Array) -> Tuple[Any, jax.Array]:
         """Restore into the structure (and shardings) of `like_state`."""

@@ -135,11 +135,17 @@ def write_spec(sweep_dir: Path, group: List[GridPoint]) -> Path:
     path = jobs / f"{group_id(group)}.json"
     atomic_write_text(path, json.dumps(spec, indent=1) + "\n")
     error_file(path).unlink(missing_ok=True)  # an earlier attempt's failure is not this one's
+    left_file(path).unlink(missing_ok=True)
     return path
 
 
 def error_file(spec_path: Path) -> Path:
     return spec_path.with_suffix(".error")
+
+
+def left_file(spec_path: Path) -> Path:
+    """`<id>.left`: the runs a job left to another process training them (a JSON list)."""
+    return spec_path.with_suffix(".left")
 
 
 def first_line(e: BaseException) -> str:
@@ -159,12 +165,15 @@ def run_group_job(spec_path: str) -> List[str]:
     os.chdir(spec["cwd"])  # relative run and data paths mean what they meant to the coordinator
     cfgs = [OmegaConf.merge(OmegaConf.structured(Config), run) for run in spec["runs"]]
     try:
-        train_free(cfgs, spec["swept"], spec["vmap"])  # runs another sweep trains: left to it
+        left = train_free(cfgs, spec["swept"], spec["vmap"])  # runs another sweep trains
     except BaseException as e:
         with contextlib.suppress(Exception):  # a full disk: the error itself is what matters
             atomic_write_text(error_file(path), first_line(e) + "\n\n" + traceback.format_exc())
+        with contextlib.suppress(Exception):
             update_table(Path(spec["sweep_dir"]))
         raise
+    if left:  # not a failure: the sweep's next round waits for them
+        atomic_write_text(left_file(path), json.dumps(left) + "\n")
     update_table(Path(spec["sweep_dir"]))
     return [c.out_dir for c in cfgs]
 
@@ -491,14 +500,20 @@ def run_jobs(engine: Engine, via: str, groups: List[List[GridPoint]], sweep_dir:
 
 def job_error(spec: Path, group: List[GridPoint], engine_error: Optional[str]) -> Optional[str]:
     """Why a job failed: its own first line if it wrote one, else the engine's (a job killed, out
-    of memory or timed out writes nothing); a job that ended with runs unfinished failed too."""
+    of memory or timed out writes nothing); a job that ended with runs unfinished failed too,
+    unless it left them to another process training them (`<id>.left`)."""
     if engine_error is not None:
         try:
             own = error_file(spec).read_text().splitlines()[0]
         except (FileNotFoundError, IndexError):
             return engine_error
         return f"{own} (traceback in {error_file(spec)})"
-    unfinished = [run for _, run in group if not run_finished(run.out_dir)]
+    try:
+        left = set(json.loads(left_file(spec).read_text()))
+    except (OSError, ValueError):
+        left = set()
+    unfinished = [run for _, run in group
+                  if not run_finished(run.out_dir) and str(run.out_dir) not in left]
     if unfinished:
         return f"the job ended with {len(unfinished)} of its runs unfinished"
     return None

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -46,6 +47,7 @@ DYN_STATS = "stats.jsonl"
 DYN_HIST = "hist"
 DAMAGED = "checkpoints.damaged"
 LOCK = ".lock"
+LOCK_TRIES = 5  # over 0.2 s
 
 Say = Callable[[str], None]
 
@@ -72,12 +74,20 @@ _TS_PATH = re.compile(r'(?:Failed writing:|local file) "([^"]+)"')
 
 
 def storage_message(path: Any, code: int, detail: str = "") -> str:
-    fix = ("free space there" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-           else "fix that disk")
-    return (f"cannot write {path or 'the run directory'}: {os.strerror(code)}{detail}; {fix} "
-            "(or point "
-            "out_dir / sweep.run_root at another disk) and rerun the same command: what was "
-            "written is kept and unfinished runs resume from their last checkpoints")
+    elsewhere = "or point out_dir / sweep.run_root / data.cache_dir at another disk"
+    match code:
+        case errno.ENOSPC | errno.EDQUOT:
+            fix = f"free space there ({elsewhere})"
+        case errno.EROFS:
+            fix = f"make it writable ({elsewhere})"
+        case errno.EFBIG:
+            fix = "raise the file-size limit (ulimit -f)"
+        case _:
+            fix = f"check that disk ({elsewhere})"
+    what = "disk error at" if code == errno.EIO else "cannot write"
+    return (f"{what} {path or 'the run directory'}: {os.strerror(code)}{detail}; {fix}; then "
+            "rerun the same command: what was written is kept and unfinished runs resume from "
+            "their last checkpoints")
 
 
 def storage_error(e: BaseException, where: Any = None) -> Optional[StorageError]:
@@ -90,6 +100,8 @@ def storage_error(e: BaseException, where: Any = None) -> Optional[StorageError]
         seen.add(id(x))
         if isinstance(x, StorageError):
             return x
+        if isinstance(x, ConfigError):  # already our one line (an unwritable out_dir, ...)
+            return None
         if isinstance(x, OSError) and x.errno in STORAGE_ERRNOS:
             return StorageError(storage_message(where or x.filename, x.errno))
         code = _TS_ERRNO.search(str(x))
@@ -112,7 +124,7 @@ def writing(where: Any = None) -> Iterator[None]:
         se = storage_error(e, where)
         if se is None:
             raise
-        raise se from None
+        raise se from e
 
 
 class _StorageNoise(logging.Filter):
@@ -341,9 +353,11 @@ class RunDir:
                 append_line(self._metrics_file, row)
             except OSError:
                 f, self._metrics_file = self._metrics_file, None
-                os.ftruncate(f.fileno(), size)
-                with contextlib.suppress(OSError):
-                    f.close()  # its buffer still holds the row: this flush may fail again
+                try:
+                    with contextlib.suppress(OSError):
+                        f.close()  # its buffer still holds the row: this flush may fail again
+                finally:
+                    os.truncate(self.metrics, size)  # after the close: no tail written past it
                 raise
 
     def close_metrics(self) -> None:
@@ -430,9 +444,14 @@ def take_lock(path: Path, held: str, fix: str, error: type = RunDirError) -> IO[
     import fcntl
 
     f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:  # held, or a sweep's `lock_holder` looking for an instant: try again
+            if attempt < LOCK_TRIES - 1:
+                time.sleep(0.05)
+    else:
         f.seek(0)
         pid = f.read().strip()
         f.close()

@@ -31,10 +31,10 @@ from proxies.grid import expand_grid, label_runs, sweep_dir, write_manifest
 from proxies.launch import (POLL_S, CoreWorkers, JobsFailed, Launcher, GridPoint,
                             available_cores, dispatch, from_hydra, run_jobs)
 from proxies.results import TABLE, update_table
-from proxies.rundir import RunDir, atomic_write_text, lock_holder, run_finished, take_lock
+from proxies.rundir import RunDir, atomic_write_text, run_finished, take_lock
 from proxies.sharding import initialize_distributed
 from proxies.stopping import stop_requests
-from proxies.train import CONFIG_DIR, group_key, train_free
+from proxies.train import CONFIG_DIR, group_key, held_elsewhere, train_free
 
 SWEEP_LOCK = ".sweep.lock"
 
@@ -113,7 +113,7 @@ def train_missing(cfg: DictConfig, points: List[GridPoint], out: Path,
           f"already done, runs under {cfg.sweep.run_root}/)")
     stalled = 0  # rounds in a row that finished nothing
     while todo:
-        holders = {p.run.out_dir: lock_holder(p.run.out_dir) for p in todo}
+        holders = {p.run.out_dir: held_elsewhere(p.run.out_dir) for p in todo}
         free = [p for p in todo if holders[p.run.out_dir] is None]
         if not free:
             wait_for_trainers(todo, out)
@@ -128,8 +128,8 @@ def train_missing(cfg: DictConfig, points: List[GridPoint], out: Path,
         left = unfinished(points)
         stalled = 0 if len(left) < len(todo) else stalled + 1
         if stalled > 2:  # a job that returns without finishing its runs, and no error
-            return [f"{p.run.out_dir}: still unfinished after {stalled} rounds, held by no "
-                    "process; rerun the same command" for p in left]
+            return [f"{p.run.out_dir}: still unfinished after {stalled} rounds of this sweep; "
+                    "rerun the same command" for p in left]
         todo = left
     return []
 
@@ -141,12 +141,12 @@ def unfinished(points: List[GridPoint]) -> List[GridPoint]:
 def wait_for_trainers(points: List[GridPoint], out: Path) -> None:
     """Wait while other processes train these runs (each holds its run's lock); the table is
     refreshed as they finish."""
-    holders = {p.run.out_dir: lock_holder(p.run.out_dir) for p in points}
+    holders = {p.run.out_dir: held_elsewhere(p.run.out_dir) for p in points}
     print(f"sweep: the {len(points)} run(s) left are being trained by {trainers(holders)}; "
           "waiting for them")
     finished: set = set()
     with stop_requests() as stop:
-        while any(lock_holder(d) is not None for d in holders):
+        while any(held_elsewhere(d) is not None for d in holders):
             stop.check()
             time.sleep(POLL_S)
             now = {d for d in holders if run_finished(d)}
@@ -214,11 +214,12 @@ def train_in_process(groups: List[List[GridPoint]], out: Path, n_runs: int) -> N
                 values = g[0].swept
                 bar.set_postfix_str(" ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()
                                              if k != LR_KEY or len(g) == 1))
-                for d in train_free([run for _, run in g], [v for v, _ in g], vmap=len(g) > 1):
+                left = train_free([run for _, run in g], [v for v, _ in g], vmap=len(g) > 1)
+                for d in left:
                     bar.write(f"{d}: another process is training it; left to it (waited for "
                               "once the others are done)")
                 update_table(out)
-                bar.update(len(g))
+                bar.update(len(g) - len(left))
                 stop.check()  # a signal that arrived as the group finished its last step
         except BaseException:
             bar.close()

@@ -522,12 +522,19 @@ def train_group(cfgs: List[DictConfig], stop_after: Optional[int] = None,
         return _train_group(cfgs, stop_after, swept, vmap, stop)
 
 
+def held_elsewhere(out_dir: str | Path) -> Optional[str]:
+    """The pid of another process training in `out_dir` (see rundir.lock_holder). Never in a
+    multi-host run: its processes train every group together, so none may decide alone to skip
+    one (only process 0 locks, and a run store is not shared with other sweeps there)."""
+    return None if jax.process_count() > 1 else lock_holder(out_dir)
+
+
 def train_free(cfgs: List[DictConfig], swept: List[Optional[Dict[str, Any]]],
                vmap: bool) -> List[str]:
     """A sweep's group in a run store other sweeps share: train the runs no other process is
     training and leave those it is to it (their sweep waits for them, proxies/sweep.py). Returns
     the run directories left."""
-    busy = [i for i, c in enumerate(cfgs) if lock_holder(resolve_out_dir(c)) is not None]
+    busy = [i for i, c in enumerate(cfgs) if held_elsewhere(resolve_out_dir(c)) is not None]
     free = [i for i in range(len(cfgs)) if i not in busy]
     if free:
         try:

@@ -469,7 +469,34 @@ def test_a_storage_errors_text_is_recognised_in_any_link_of_the_chain():
         assert str(R.storage_error(e)).startswith(
             "cannot write /runs/a/summary.json: Disk quota exceeded; free space there")
     ro = R.storage_error(OSError(errno.EROFS, os.strerror(errno.EROFS), "/ro/x"))
-    assert "Read-only file system; fix that disk" in str(ro)
+    assert "Read-only file system; make it writable" in str(ro)
+    try:  # our own one line, raised while handling an OSError, stays ours
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/.write_test")
+        except OSError:
+            raise RunDirError("cannot write to out_dir /x; pass a writable out_dir") from None
+    except RunDirError as e:
+        assert R.storage_error(e) is None
+
+
+def test_a_checkpoint_that_would_not_fit_is_refused_before_orbax_writes_it(
+        make_cfg, reference, monkeypatch):
+    import proxies.checkpoint as C
+    cfg = make_cfg()
+    real, saves = C.shutil.disk_usage, []
+
+    def usage(path):  # the disk is full from the second checkpoint on
+        saves.append(path)
+        return real(path)._replace(free=0) if len(saves) >= 2 else real(path)
+    monkeypatch.setattr(C.shutil, "disk_usage", usage)
+    with pytest.raises(R.StorageError, match=r"^cannot write .*/checkpoints: No space left on "
+                       r"device \(the next checkpoint needs about [0-9.]+ MB, 0.0 MB are free\)"):
+        train(cfg)
+    ckpts = Path(cfg.out_dir) / R.CHECKPOINTS
+    assert sorted(p.name for p in ckpts.iterdir()) == ["4"]  # nothing half-written after it
+    monkeypatch.undo()
+    train(cfg)
+    assert records(cfg) == reference[0]
 
 
 def mountable_tmpfs(tmp_path: Path) -> bool:
@@ -601,4 +628,32 @@ def test_two_overlapping_sweeps_on_one_run_store_both_finish_with_one_sweeps_tab
         t = tables[name].set_index("optim.lr").drop(columns=timing)
         assert list(t["status"]) == ["done"] * 3
         pd.testing.assert_frame_equal(t, whole.loc[t.index])
-    assert len(list(shared.iterdir())) == 4  # each run trained once, by one of the two
+    assert len(list(shared.iterdir())) == 4
+    for run in shared.iterdir():  # each trained once, by one of the two: no step twice
+        steps = [r["step"] for r in read_metrics(run / R.METRICS)]
+        assert len(steps) == len(set(steps)), run
+
+
+def test_a_launcher_job_that_leaves_a_held_run_has_not_failed(tmp_path, corpus_dir, cache_dir):
+    from test_sweep import sweep_cfg
+
+    from proxies.grid import expand_grid, sweep_dir, write_manifest
+    from proxies.launch import job_error, left_file, run_group_job, write_spec
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-3,3e-3]", "sweep.vmap='off'")
+    points = expand_grid(cfg)
+    out = sweep_dir(cfg, points)
+    out.mkdir(parents=True)
+    write_manifest(points, out)
+    held_dir = Path(points[0].run.out_dir)
+    held_dir.mkdir(parents=True)
+    held = take_lock(held_dir / R.LOCK, "held", "")
+    try:
+        spec = write_spec(out, points)  # one job holding both runs
+        run_group_job(str(spec))
+    finally:
+        held.close()
+    assert json.loads(left_file(spec).read_text()) == [str(held_dir)]
+    assert R.run_finished(points[1].run.out_dir) and not R.run_finished(held_dir)
+    assert job_error(spec, points, None) is None  # its sweep's next round waits for the run
+    left_file(spec).unlink()
+    assert job_error(spec, points, None) == "the job ended with 1 of its runs unfinished"

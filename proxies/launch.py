@@ -26,6 +26,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import shutil
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
@@ -360,6 +361,10 @@ def submitit_executor(settings: Dict[str, Any], cluster: str) -> Any:
         from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     except ImportError:
         raise missing_package("slurm", "submitit and hydra-submitit-launcher") from None
+    if cluster == "slurm" and shutil.which("sbatch") is None:  # submitit's error: a traceback
+        raise ConfigError("hydra/launcher=slurm submits with sbatch, which this machine lacks; "
+                          "run the sweep on the cluster's login node, or try the path here with "
+                          "hydra/launcher=slurm_local")
     preempt_with_sigusr1()
     params = dict(settings)
     init = {"folder": params.pop("submitit_folder")}

@@ -40,3 +40,15 @@ def test_the_gpu_benchmark_runs_on_cpu_at_tiny_sizes(tmp_path):
                                                  / 1e3))
     assert math.isclose(group["speedup"],
                         group["runs_per_hour_vmapped"] / group["runs_per_hour_sequential"])
+
+
+def test_the_vmap_benchmark_times_a_group_against_one_by_one_on_cpu(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "sweep_vmap_benchmark", BENCH.with_name("sweep_vmap.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.bench(16, 1, 2, group=2, batch=2, seq=8, steps=1, repeats=1, run_steps=10,
+                 dtype="float32")
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("d16 L1 H2  group 2: one by one") and "runs/h) -> x" in line
+    assert float(line.rsplit("-> x", 1)[1]) > 0

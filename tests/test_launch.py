@@ -230,6 +230,10 @@ def test_unknown_launcher_and_missing_packages_are_one_line_errors(tmp_path, mon
         RayJobs({})
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[slurm\]'"):
         SubmititJobs({"submitit_folder": str(tmp_path)}, on_slurm=True)
+    monkeypatch.undo()
+    if submitit is not None and shutil.which("sbatch") is None:  # off a cluster: one line
+        with pytest.raises(ConfigError, match="submits with sbatch, which this machine lacks"):
+            SubmititJobs({"submitit_folder": str(tmp_path)}, on_slurm=True)
 
 
 @pytest.mark.slow

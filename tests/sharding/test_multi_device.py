@@ -33,10 +33,10 @@ def series(run_dir: Path) -> dict:
     return {(r["step"], k): r[k] for r in rows for k in KEYS if r.get(k) is not None}
 
 
-def assert_same(a: dict, b: dict) -> None:
+def assert_same(a: dict, b: dict, rtol: float = RTOL) -> None:
     assert a.keys() == b.keys() and a
     for k in a:
-        np.testing.assert_allclose(a[k], b[k], rtol=RTOL, err_msg=str(k))
+        np.testing.assert_allclose(a[k], b[k], rtol=rtol, err_msg=str(k))
 
 
 # data=8 alone and fsdp=8 alone: test_a_run_resumes_on_another_mesh trains on each of them.

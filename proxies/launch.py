@@ -23,6 +23,7 @@ A failed job is reported in one line; rerunning the same command retries what is
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -192,6 +193,32 @@ def job_outcome(spec_path: str) -> Tuple[str, Optional[str]]:
 
 def missing_package(extra: str, package: str) -> ConfigError:
     return ConfigError(f"this launcher needs {package}; pip install -e '.[{extra}]'")
+
+
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError, AttributeError):  # a parent missing, or blocked in sys.modules
+        return False
+
+
+def check_installed(name: LauncherName) -> None:
+    """The launcher's packages are installed: what a dry run checks, starting nothing."""
+    match name:
+        case LauncherName.basic:
+            return
+        case LauncherName.local:
+            needs = ("joblib", "joblib", ["joblib"])
+        case LauncherName.slurm | LauncherName.slurm_local:
+            needs = ("slurm", "submitit and hydra-submitit-launcher",
+                     ["submitit", "hydra_plugins.hydra_submitit_launcher"])
+        case LauncherName.ray:
+            needs = ("ray", "ray", ["ray"])
+        case _:
+            unhandled("hydra/launcher", name)
+    extra, package, modules = needs
+    if not all(importable(m) for m in modules):
+        raise missing_package(extra, package)
 
 
 class JoblibJobs:

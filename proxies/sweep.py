@@ -29,7 +29,7 @@ from proxies.config import (LR_KEY, ConfigError, VmapMode, register_configs, unh
 from proxies.cost import print_plan, run_flops
 from proxies.grid import expand_grid, label_runs, sweep_dir, write_manifest
 from proxies.launch import (POLL_S, CoreWorkers, JobsFailed, Launcher, GridPoint,
-                            available_cores, dispatch, from_hydra, run_jobs)
+                            available_cores, check_installed, dispatch, from_hydra, run_jobs)
 from proxies.results import TABLE, update_table
 from proxies.rundir import RunDir, atomic_write_text, run_finished, take_lock
 from proxies.sharding import initialize_distributed
@@ -78,6 +78,8 @@ def run_sweep(cfg: DictConfig, points: Optional[List[GridPoint]] = None,
     cfg.wandb.group = cfg.wandb.group or out.name
     label_runs(points, cfg)
     if cfg.sweep.dry_run:
+        if launcher is not None:
+            check_installed(launcher.name)
         print_plan(f"sweep {cfg.sweep.name} (dry run, nothing trained)", points)
         return out, pd.DataFrame()
     RunDir(out).prepare("sweep.dir")

@@ -20,8 +20,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from proxies.config import Config, ConfigError, SweepRoot, config_hash
-from proxies.launch import (SINGLE_THREAD_XLA, JobsFailed, Launcher, LauncherName, core_shares,
-                            run_group_job, write_spec)
+from proxies.launch import (SINGLE_THREAD_XLA, JobsFailed, Launcher, LauncherName,
+                            check_installed, core_shares, run_group_job, write_spec)
 from proxies.grid import expand_grid, sweep_dir, write_manifest
 from proxies.sweep import main, n_workers, plan_groups, run_sweep
 from proxies.train import CONFIG_DIR
@@ -228,6 +228,11 @@ def test_unknown_launcher_and_missing_packages_are_one_line_errors(tmp_path, mon
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[ray\]'"):
         RayJobs({})
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[ray\]'"):
+        check_installed(LauncherName.ray)  # what a dry run checks
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[slurm\]'"):
+        check_installed(LauncherName.slurm_local)
+    check_installed(LauncherName.basic)
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[slurm\]'"):
         SubmititJobs({"submitit_folder": str(tmp_path)}, on_slurm=True)
     monkeypatch.undo()

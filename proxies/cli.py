@@ -14,7 +14,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, OmegaConfBas
                               ValidationError)
 
 from proxies.config import ConfigError, choice_message
-from proxies.rundir import StorageError, storage_error
+from proxies.rundir import storage_error
 from proxies.stopping import EXIT_INTERRUPTED, Stopped
 
 # OmegaConf's message for a value outside an Enum's members (omegaconf/nodes.py, EnumNode).
@@ -69,8 +69,12 @@ def _fail(e: BaseException) -> None:
 EXIT_STORAGE = 74  # sysexits.h EX_IOERR: the fix is on the machine, not in the command
 
 
-def _storage(e: StorageError) -> None:
-    print(f"error: {e}", file=sys.stderr)
+def _storage_or_raise(e: Exception) -> None:
+    """A refused write anywhere in `e`'s chain: its one line, exit 74; anything else re-raised."""
+    se = storage_error(e)
+    if se is None:
+        raise e
+    print(f"error: {se}", file=sys.stderr)
     sys.exit(EXIT_STORAGE)
 
 
@@ -98,10 +102,7 @@ def one_line_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         _interrupted()
     except Exception as e:  # a refused write outside the run's own files (a table, a report)
-        se = storage_error(e)
-        if se is None:
-            raise
-        _storage(se)
+        _storage_or_raise(e)
 
 
 def run_cli(hydra_main: Callable[[], None]) -> None:
@@ -119,7 +120,4 @@ def run_cli(hydra_main: Callable[[], None]) -> None:
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         _fail(e)
     except Exception as e:
-        se = storage_error(e)
-        if se is None:
-            raise
-        _storage(se)
+        _storage_or_raise(e)

@@ -25,6 +25,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from proxies.config import ConfigError, DataConfig, DataSource, TokenDtype, unhandled
+from proxies.rundir import atomic_write, atomic_write_text
 
 EVAL_STREAM = 1_000_003  # rng stream id of the fixed held-out batches, apart from train steps
 
@@ -189,9 +190,7 @@ def train_bpe(docs: Sequence[str], vocab_size: int, out_file: Path) -> None:
                                   show_progress=False)
     tok.train_from_iterator(docs, trainer=trainer)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_suffix(".tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, out_file)
+    atomic_write_text(out_file, tok.to_str())
 
 
 def make_tokenizer(cfg: DataConfig, train_docs: Callable[[], Sequence[str]],
@@ -248,10 +247,10 @@ def _cached_tokens(cfg: DataConfig, key: str, build: Callable[[], Tuple[np.ndarr
     if not (tr.exists() and va.exists()):
         train, val = build()
         d.mkdir(parents=True, exist_ok=True)
+        # Sweep workers on a fresh machine build the same cache at once: each writes its own
+        # temporary, and the renames leave one whole file.
         for arr, f in ((train, tr), (val, va)):
-            tmp = f.with_name(f.stem + ".tmp.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, f)  # atomic: a killed run never leaves a half-written cache
+            atomic_write(f, lambda h, a=arr: np.save(h, a), "wb")
     return np.load(tr, mmap_mode="r"), np.load(va, mmap_mode="r")
 
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from proxies.config import (LR_KEY, SEED_KEY, Config, ConfigError, config_hash, to_plain,
                             validate)
 from proxies.launch import GridPoint
+from proxies.rundir import atomic_write_text
 from proxies.tracking import series_name
 from proxies.train import run_name
 
@@ -103,9 +104,7 @@ def _rel(path: Path, start: Path) -> str:
 def write_manifest(points: List[GridPoint], out: Path) -> None:
     """`runs.json`: the sweep's grid points, each with its run directory relative to `out`."""
     rows = [{"run_dir": _rel(Path(run.out_dir), out), "swept": values} for values, run in points]
-    tmp = out / f".runs.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    os.replace(tmp, out / "runs.json")
+    atomic_write_text(out / "runs.json", json.dumps(rows, indent=1) + "\n")
 
 
 def label_runs(points: List[GridPoint], cfg: DictConfig) -> None:

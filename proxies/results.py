@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -168,14 +167,7 @@ def table_damaged(path: Path) -> Optional[str]:
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel jobs write their own
-    with R.writing(path):
-        try:
-            df.to_csv(tmp, index=False)
-            os.replace(tmp, path)  # atomic: a kill never leaves a half-written table
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    R.atomic_write(path, lambda f: df.to_csv(f, index=False))
 
 
 TABLE = "results.csv"

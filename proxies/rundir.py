@@ -156,17 +156,22 @@ def finite_or_none(v: Any) -> Any:
     return v
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: a kill leaves the old file or the new, never half."""
+def atomic_write(path: Path, write: Callable[[IO[Any]], None], mode: str = "w") -> None:
+    """Write `path` through a temporary file of its own and a rename: a kill leaves the old file
+    or the new, never half, and writers in parallel (sweep workers) never share a temporary."""
     with writing(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+            with os.fdopen(fd, mode) as f:
+                write(f)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
 
 
 def write_json(path: Path, obj: Dict[str, Any]) -> None:
@@ -372,14 +377,8 @@ class RunDir:
         hist = self.dynamics / DYN_HIST
         with writing(hist):
             hist.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=hist, prefix=".step.", suffix=".npz")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez_compressed(f, **arrays)
-                os.replace(tmp, hist / f"step_{step:07d}.npz")
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        atomic_write(hist / f"step_{step:07d}.npz", lambda f: np.savez_compressed(f, **arrays),
+                     "wb")
         with writing(self.dynamics / DYN_STATS), open(self.dynamics / DYN_STATS, "a") as f:
             append_line(f, {STEP: step, **scalars})
 

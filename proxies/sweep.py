@@ -268,12 +268,8 @@ def _main(cfg: DictConfig) -> Optional[Path]:
         initialize_distributed(cfg.mesh)  # a multi-host sweep (groups share all the hosts)
         if _AXES_REPLACEMENT:
             apply_axes_replacement(cfg, _AXES_REPLACEMENT[0])
-        try:
-            out, _ = run_sweep(cfg, launcher=from_hydra())
-            return None if cfg.sweep.dry_run else out
-        except JobsFailed as e:  # each failed job has had its line already
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
+        out, _ = run_sweep(cfg, launcher=from_hydra())
+        return None if cfg.sweep.dry_run else out
 
 
 def cli_argv(argv: List[str]) -> List[str]:

@@ -161,3 +161,36 @@ def test_token_files_refuse_the_wrong_dtype(tmp_path, cache_dir):
     (tmp_path / "odd.bin").write_bytes(b"\x01\x00\x02")  # 3 bytes: no whole number of ids
     with pytest.raises(DataError, match="not a multiple of 2"):
         load_dataset(dcfg(cache_dir, **{**base, "train_bin": str(tmp_path / "odd.bin")}))
+
+
+def test_workers_building_the_same_token_cache_at_once_both_get_it(tmp_path, monkeypatch):
+    """Sweep workers on a fresh machine: each saves its arrays before either renames them."""
+    import threading
+
+    both_saved = threading.Barrier(2, timeout=10)
+    real_save = np.save
+
+    def save_then_wait(file, arr, *a, **kw):
+        real_save(file, arr, *a, **kw)
+        both_saved.wait()  # the other worker has saved its own copy too
+
+    monkeypatch.setattr(np, "save", save_then_wait)
+    (tmp_path / "doc.txt").write_text("some text to tokenize " * 200)
+    cfg = dcfg(tmp_path / "cache", source="text", path=str(tmp_path / "doc.txt"))
+    got, errors = [], []
+
+    def worker():
+        try:
+            got.append(load_dataset(cfg))
+        except Exception as e:  # noqa: BLE001 - the test reports what a worker raised
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    np.testing.assert_array_equal(got[0].train, got[1].train)
+    assert len(got[0].train) + len(got[0].val) == len("some text to tokenize " * 200)
+    assert not list((tmp_path / "cache").rglob("*.tmp*"))

@@ -212,6 +212,28 @@ def test_job_spec_rebuilds_the_run_configs_exactly(tmp_path, corpus_dir, cache_d
     assert len(list((out / "jobs").glob("*+1.json"))) == 6  # 12 runs differing only in scalars
 
 
+def test_failed_jobs_end_every_entry_point_in_one_line_exit_1(capsys):
+    """The paper scripts (run_cli) as the sweep CLI (one_line_errors): no traceback after the
+    jobs' own lines."""
+    from proxies.cli import one_line_errors, run_cli
+
+    why = "2 job(s) failed; table t/results.csv holds what finished, no analysis"
+
+    def sweep():
+        raise JobsFailed(why)
+
+    def in_hydra_task():
+        with one_line_errors():
+            sweep()
+
+    for entry in (sweep, in_hydra_task):
+        with pytest.raises(SystemExit) as e:
+            run_cli(entry)
+        assert e.value.code == 1
+        err = capsys.readouterr().err
+        assert err == f"error: {why}\n"
+
+
 def test_unknown_launcher_and_missing_packages_are_one_line_errors(tmp_path, monkeypatch,
                                                                    capsys):
     monkeypatch.setattr(sys, "argv", ["proxies.sweep", f"sweep.root={tmp_path}",

@@ -13,7 +13,9 @@ training (`ScaleSpec.stabilizer_lrs`):
   instead of the attention's input (Rybakov et al., arXiv 2410.16682).
 
 Per setting: LR sensitivity (the paper's statistic, on the half-decade points of the grid, so
-the fine steps do not weigh the top of the range twice) with its interval over seeds, the
+the fine steps do not weigh the top of the range twice) with its interval over seeds, and again
+over the other results' LRs only (up to the top of `ScaleSpec.lrs`, where the grid stops short of
+1: a stabiliser can rank first by failing less badly where every setting has diverged), the
 highest LR within 0.1 nats of the best loss, the best loss, and at the grid's top LR the max
 attention logit and the lowest head's attention entropy; ranked by LR sensitivity.
 
@@ -164,12 +166,22 @@ def max_logit_after_init(g: pd.DataFrame) -> float:
     return max(peaks) if peaks else float("nan")
 
 
-def per_seed(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (setting, seed): LR sensitivity, best loss, highest LR within NEAR_BEST of it, the
-    highest LR that trains, and at the grid's top LR the max attention logit and the lowest
-    head's attention entropy at the end and at init."""
-    lr_range = (float(df[LR_KEY].min()), float(df[LR_KEY].max()))
-    sens = P.series_stats(coarse(df), [SETTING], lr_range)
+def sensitivity_upto(df: pd.DataFrame, top: float) -> pd.DataFrame:
+    """LR sensitivity per (setting, seed) over the half-decade points up to `top` (none when
+    fewer than two: it would be 0 by construction)."""
+    c = coarse(df)
+    c = c[c[LR_KEY] <= top * (1 + 1e-9)]
+    if c[LR_KEY].nunique() < 2:
+        return pd.DataFrame(columns=[SETTING, P.SEED, "lr_sensitivity"])
+    return P.series_stats(c, [SETTING], (float(c[LR_KEY].min()), top))
+
+
+def per_seed(df: pd.DataFrame, main_top: float = math.inf) -> pd.DataFrame:
+    """Per (setting, seed): LR sensitivity (over the grid, and up to `main_top`), best loss,
+    highest LR within NEAR_BEST of it, the highest LR that trains, and at the grid's top LR the
+    max attention logit and the lowest head's attention entropy at the end and at init."""
+    sens = sensitivity_upto(df, float(df[LR_KEY].max()))
+    sens_main = sensitivity_upto(df, min(main_top, float(df[LR_KEY].max())))
     top_lr = float(df[LR_KEY].max())
     rows = []
     for (setting, seed), g in df.groupby([SETTING, P.SEED], sort=True):
@@ -179,10 +191,14 @@ def per_seed(df: pd.DataFrame) -> pd.DataFrame:
         near = g[LR_KEY].to_numpy(float)[~div & (loss <= best + NEAR_BEST)]
         top = g[np.isclose(g[LR_KEY], top_lr)]
         r = top.iloc[0] if len(top) else None
-        s = sens[(sens[SETTING] == setting) & (sens[P.SEED] == seed)]
+
+        def of(t: pd.DataFrame) -> float:
+            v = t[(t[SETTING] == setting) & (t[P.SEED] == seed)]["lr_sensitivity"]
+            return float(v.iloc[0]) if len(v) else float("nan")
+
         rows.append({
-            SETTING: setting, P.SEED: seed,
-            "lr_sensitivity": float(s["lr_sensitivity"].iloc[0]) if len(s) else float("nan"),
+            SETTING: setting, P.SEED: seed, "lr_sensitivity": of(sens),
+            "lr_sensitivity_main": of(sens_main),
             "best_loss": best, "near_best_lr": float(near.max()) if len(near) else float("nan"),
             "top_trained_lr": top_trained_lr(g),
             # read from each run's metrics; only claim (2) needs it
@@ -204,18 +220,29 @@ def paired(ps: pd.DataFrame, a: str, b: str, column: str,
     return P.bootstrap([f(va[k], vb[k]) for k in seeds])
 
 
-def ranked(ps: pd.DataFrame) -> Dict[str, str]:
+def _sens(v: pd.Series) -> str:
+    e = P.bootstrap(v.to_numpy(float))
+    return f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]" if e.n >= 2 else f"{e.mean:.3f}"
+
+
+def two_ranges(ps: pd.DataFrame) -> bool:
+    """Whether the other results' LRs stop short of the grid (then both ranges are reported)."""
+    return bool(ps["lr_sensitivity_main"].notna().any() and
+                not np.allclose(ps["lr_sensitivity_main"], ps["lr_sensitivity"], equal_nan=True))
+
+
+def ranked(ps: pd.DataFrame, main_top: float) -> Dict[str, str]:
     """Settings by mean LR sensitivity, each with its statistics (seed means; intervals)."""
     out = {}
     means = ps.groupby(SETTING)["lr_sensitivity"].mean().sort_values()
     for i, setting in enumerate(means.index, start=1):
         g = ps[ps[SETTING] == setting]
-        e = P.bootstrap(g["lr_sensitivity"].to_numpy(float))
-        sens = (f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]" if e.n >= 2 else f"{e.mean:.3f}")
+        main_range = (f" (up to LR {main_top:g}: {_sens(g['lr_sensitivity_main'])})"
+                      if two_ranges(ps) else "")
         out[f"{i}. {label(setting)}"] = (
-            f"LR sensitivity {sens}; LR within {NEAR_BEST} of best "
-            f"{_geo(g['near_best_lr']):.3g}; best loss {g['best_loss'].mean():.3f}; at the top "
-            f"LR max logit {g['top_lr_max_logit'].median():.3g}, min-head entropy "
+            f"LR sensitivity {_sens(g['lr_sensitivity'])}{main_range}; LR within {NEAR_BEST} "
+            f"of best {_geo(g['near_best_lr']):.3g}; best loss {g['best_loss'].mean():.3f}; "
+            f"at the top LR max logit {g['top_lr_max_logit'].median():.3g}, min-head entropy "
             f"{g['top_lr_entropy'].median():.3f}")
     return out
 
@@ -290,28 +317,35 @@ def judge_update_clip(ps: pd.DataFrame, n_lrs: int) -> Tuple[Reproduced, str, P.
     return r, f"update clipping {word} LR sensitivity without qk-LN (none − clipped {e})", e
 
 
-def redundancy(ps: pd.DataFrame) -> Dict[str, str]:
-    """Per stabiliser: LR sensitivity (it + qk-LN) − (qk-LN), and what that says."""
+def redundancy(ps: pd.DataFrame, main_top: float) -> Dict[str, str]:
+    """Per stabiliser: LR sensitivity (it + qk-LN) − (qk-LN), and what that says; also up to
+    `main_top` when that range differs."""
+    def says(name: str, column: str) -> str:
+        e = paired(ps, f"{name}+qk_layernorm", "qk_layernorm", column)
+        r = P.below(e, -P.RESOLUTION)
+        return f"{e}: " + {"true": "adds to qk-LN", "false": "redundant with qk-LN (no lower)"}.get(
+            r, "not resolved")
+
     out = {}
     for name in STABILIZERS:
-        e = paired(ps, f"{name}+qk_layernorm", "qk_layernorm", "lr_sensitivity")
-        r = P.below(e, -P.RESOLUTION)
-        word = {"true": "adds to qk-LN", "false": "redundant with qk-LN (no lower)"}.get(
-            r, "not resolved")
-        out[f"{STABILIZERS[name][0]} + qk-LN − qk-LN, LR sensitivity"] = f"{e}: {word}"
+        main_range = (f"; up to LR {main_top:g}: {says(name, 'lr_sensitivity_main')}"
+                      if two_ranges(ps) else "")
+        out[f"{STABILIZERS[name][0]} + qk-LN − qk-LN, LR sensitivity"] = (
+            says(name, "lr_sensitivity") + main_range)
     return out
 
 
 def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     df = with_settings(t["main"])
-    ps = per_seed(df)
+    main_top = max(s.lrs)
+    ps = per_seed(df, main_top)
     grid_top = float(df[LR_KEY].max())
     c1, w1 = judge_softcap_lr(ps, grid_top)
     c2, w2 = judge_qk_clip(ps, s.qk_clip_tau)
     c3, w3 = judge_sigma_reparam(ps)
     c4, w4, _ = judge_update_clip(ps, coarse(df)[LR_KEY].nunique())
     why = f"(1) {c1}: {w1}; (2) {c2}: {w2}; (3) {c3}: {w3}; (4) {c4}: {w4}"
-    measured = {**ranked(ps), **redundancy(ps),
+    measured = {**ranked(ps, main_top), **redundancy(ps, main_top),
                 "claims (1)-(4)": f"{c1}, {c2}, {c3}, {c4}",
                 "verdict rule": "all four true: true; any false: false; else inconclusive"}
     return P.all_of([c1, c2, c3, c4]), why, measured
@@ -327,7 +361,8 @@ def colour(setting: str) -> Any:
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     df = with_settings(t["main"])
-    ps = per_seed(df)
+    main_top = max(s.lrs)
+    ps = per_seed(df, main_top)
     fig, axs = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1, 1, 1.1]})
     for ax, qk in zip(axs[:2], (False, True)):
         for setting, g in df.groupby(SETTING, sort=False):
@@ -351,9 +386,14 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         err = [[e.mean - e.lo], [e.hi - e.mean]] if e.n >= 2 else None
         ax.barh(i, e.mean, xerr=err, color=colour(setting), capsize=2,
                 hatch="//" if "qk_layernorm" in setting else None, edgecolor="white")
+    if two_ranges(ps):
+        short = ps.groupby(SETTING)["lr_sensitivity_main"].mean()[order]
+        ax.plot(short.to_numpy(), range(len(order)), "D", color="black", ms=4)
     ax.set_yticks(range(len(order)), [label(x) for x in order], fontsize=7)
     ax.set_xlabel("LR sensitivity (lower is better; 95% interval over seeds)")
-    ax.set_title("ranked, best on top (hatched: with qk-LN)", fontsize=10)
+    ax.set_title("ranked, best on top (hatched: with qk-LN)" + (
+        f"\n◆: over LRs up to {main_top:g} only (the other results' range)" if two_ranges(ps)
+        else ""), fontsize=9)
     size = s.stabilizer_size or {}
     fig.suptitle(f"Stabilisers from the baseline without qk-layernorm, d={size.get('d_model')} "
                  f"L={size.get('n_layers')}: LR vs loss and LR sensitivity", fontsize=11)

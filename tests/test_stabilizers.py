@@ -341,3 +341,55 @@ def test_each_table_row_is_named_by_the_stabilisers_it_turns_on():
     for name, keys in S.settings(SPECS["laptop"]).items():
         assert S.setting_of(pd.Series({k: (float("nan") if v is None else v)
                                        for k, v in keys.items()})) == name
+
+
+def stabilizer_table(tail: dict) -> pd.DataFrame:
+    """Two settings on the laptop stabiliser grid, 2 seeds: a parabola in log10 LR, best at 1e-2,
+    diverged (NaN) from LR 0.5 on unless `tail[setting]` gives the loss there."""
+    from sweeps.core import SPECS
+    rows = []
+    for setting in ("qk_layernorm", "logit_softcap+qk_layernorm"):
+        for seed in (0, 1):
+            for lr in SPECS["laptop"].stabilizer_lrs:
+                loss = 2.0 + 0.05 * (np.log10(lr) + 2) ** 2 + 0.01 * seed
+                if lr > 0.5:
+                    loss = tail.get(setting, float("nan"))
+                rows.append({"model.d_model": 64, "model.n_layers": 2, "model.n_heads": 2,
+                             "optim.lr": lr, "train.seed": seed, "final_eval_ce": loss,
+                             "loss_at_init": 6.0, "diverged": not np.isfinite(loss),
+                             "status": "done", "n_params_nonembed": 98304.0, "max_attn_logit": 8.0,
+                             "setting": setting})
+    return pd.DataFrame(rows)
+
+
+def test_lr_sensitivity_is_also_read_over_the_other_results_lrs_where_the_grid_goes_further():
+    """A setting that fails less badly where every other has diverged leads over the grid to 1,
+    and not over the grid up to 0.3: both are reported, each the paper's mean over half decades."""
+    df = stabilizer_table(tail={"logit_softcap+qk_layernorm": 4.5})
+    whole, upto = S.sensitivity_upto(df, 1.0), S.sensitivity_upto(df, 0.3)
+    half = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+    cols = {}
+    for setting, tail in (("qk_layernorm", 6.0), ("logit_softcap+qk_layernorm", 4.5)):
+        cols[setting] = {"lr_sensitivity": [], "lr_sensitivity_main": [], "best_loss": [2.0] * 2,
+                         "near_best_lr": [0.03] * 2, "top_lr_max_logit": [8.0] * 2,
+                         "top_lr_entropy": [2.0] * 2}
+        for seed in (0, 1):
+            curve = [2.0 + 0.05 * (np.log10(lr) + 2) ** 2 + 0.01 * seed for lr in half]
+            excess = [c - min(curve) for c in curve]
+            pick = lambda t: t[(t["setting"] == setting) & (t["train.seed"] == seed)]  # noqa
+            got_whole = pick(whole)["lr_sensitivity"].iloc[0]
+            got_upto = pick(upto)["lr_sensitivity"].iloc[0]
+            assert got_whole == pytest.approx(np.mean(excess + [tail - min(curve)]))
+            assert got_upto == pytest.approx(np.mean(excess))
+            cols[setting]["lr_sensitivity"].append(got_whole)
+            cols[setting]["lr_sensitivity_main"].append(got_upto)
+    ps = per_seed_table(**cols)
+    said = S.redundancy(ps, 0.3)["output soft-cap 30 + qk-LN − qk-LN, LR sensitivity"]
+    over_grid, over_main = said.split("; up to LR 0.3: ")
+    assert over_grid.endswith("adds to qk-LN")
+    assert over_main.endswith("redundant with qk-LN (no lower)")
+    assert "(up to LR 0.3: " in S.ranked(ps, 0.3)["1. output soft-cap 30 + qk-LN"]
+    one_range = ps.assign(lr_sensitivity_main=ps["lr_sensitivity"])  # the grid is the others'
+    assert "up to LR" not in S.redundancy(one_range, 1.0)[
+        "output soft-cap 30 + qk-LN − qk-LN, LR sensitivity"]
+    assert len(S.sensitivity_upto(df, 1e-3)) == 0  # one half-decade LR: 0 by construction

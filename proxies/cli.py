@@ -14,7 +14,6 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, OmegaConfBas
                               ValidationError)
 
 from proxies.config import ConfigError, choice_message
-from proxies.launch import JobsFailed
 from proxies.rundir import storage_error
 from proxies.stopping import EXIT_INTERRUPTED, Stopped
 
@@ -84,8 +83,13 @@ def _stopped(e: Stopped) -> None:
     sys.exit(e.exit_code)
 
 
-def _jobs_failed(e: JobsFailed) -> None:
-    print(f"error: {e}", file=sys.stderr)  # each failed job has had its own line already
+class Failed(Exception):
+    """A failure whose details were reported already (a sweep's failed jobs, each in its line):
+    the command ends with this one line, exit 1."""
+
+
+def _failed(e: Failed) -> None:
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
@@ -105,8 +109,8 @@ def one_line_errors() -> Iterator[None]:
         _fail(e)
     except Stopped as e:
         _stopped(e)
-    except JobsFailed as e:
-        _jobs_failed(e)
+    except Failed as e:
+        _failed(e)
     except KeyboardInterrupt:
         _interrupted()
     except Exception as e:  # a refused write outside the run's own files (a table, a report)
@@ -123,8 +127,8 @@ def run_cli(hydra_main: Callable[[], None]) -> None:
         hydra_main()
     except Stopped as e:  # SIGTERM/SIGUSR1/SIGINT in the loop: records and checkpoint saved
         _stopped(e)
-    except JobsFailed as e:  # a sweep outside a Hydra task (the paper scripts)
-        _jobs_failed(e)
+    except Failed as e:  # a sweep outside a Hydra task (the paper scripts)
+        _failed(e)
     except KeyboardInterrupt:  # Ctrl-C outside the loop (start-up, Hydra's own work)
         _interrupted()
     except (ConfigError, HydraException, OmegaConfBaseException) as e:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tu
 
 from omegaconf import DictConfig, OmegaConf
 
+from proxies.cli import Failed
 from proxies.config import Choice, Config, ConfigError, choice_message, to_plain, unhandled
 from proxies.rundir import atomic_write_text, run_finished
 from proxies.stopping import StopRequest, Stopped, stop_requests
@@ -77,7 +78,7 @@ class Launcher:
         return self.name is not LauncherName.basic
 
 
-class JobsFailed(Exception):
+class JobsFailed(Failed):
     """Some jobs of a dispatched sweep failed; each was reported in one line already."""
 
 

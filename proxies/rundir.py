@@ -73,6 +73,12 @@ _TS_ERRNO = re.compile(r"os_error_code='?(\d+)")  # tensorstore's form (orbax ch
 _TS_PATH = re.compile(r'(?:Failed writing:|local file) "([^"]+)"')
 
 
+def _tensorstore_errno(text: str) -> Optional[int]:
+    """The storage errno in tensorstore's text of an OS error; None if it names none."""
+    m = _TS_ERRNO.search(text)
+    return int(m.group(1)) if m and int(m.group(1)) in STORAGE_ERRNOS else None
+
+
 def storage_message(path: Any, code: int, detail: str = "") -> str:
     elsewhere = "or point out_dir / sweep.run_root / data.cache_dir at another disk"
     match code:
@@ -104,11 +110,10 @@ def storage_error(e: BaseException, where: Any = None) -> Optional[StorageError]
             return None
         if isinstance(x, OSError) and x.errno in STORAGE_ERRNOS:
             return StorageError(storage_message(where or x.filename, x.errno))
-        code = _TS_ERRNO.search(str(x))
-        if code and int(code.group(1)) in STORAGE_ERRNOS:
+        code = _tensorstore_errno(str(x))
+        if code is not None:
             path = _TS_PATH.search(str(x))
-            return StorageError(storage_message(where or (path and path.group(1)),
-                                                int(code.group(1))))
+            return StorageError(storage_message(where or (path and path.group(1)), code))
         x = x.__cause__ or x.__context__
     return None
 
@@ -135,8 +140,7 @@ class _StorageNoise(logging.Filter):
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += f" {record.exc_info[1]!r}"
-        code = _TS_ERRNO.search(text)
-        return not ((code and int(code.group(1)) in STORAGE_ERRNOS)
+        return not (_tensorstore_errno(text) is not None
                     or any(os.strerror(c) in text for c in STORAGE_ERRNOS))
 
 

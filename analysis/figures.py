@@ -1,6 +1,7 @@
 """Figures of a sweep (matplotlib). Each function returns its Figure so notebooks can restyle it.
 
-Conventions, the same in every figure: one panel per toggle setting, sizes coloured small to
+Conventions, the same in every figure: one panel per toggle setting (MAX_COLUMNS to a row, then
+the next row), sizes coloured small to
 large on a sequential map, LRs coloured on a log colour bar, losses drawn as LR sensitivity
 counts them (min(loss, loss at init); diverged and NaN runs at the loss at init, marked ×),
 log axes where the paper uses them.
@@ -8,6 +9,7 @@ log axes where the paper uses them.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,6 +28,7 @@ from analysis.sensitivity import counted_loss  # noqa: E402
 from proxies.config import LR_KEY
 
 LINE_STYLES = ["-", "--", ":", "-."]
+MAX_COLUMNS = 4  # more panels wrap: one row of 30 (16 settings × 2 seeds) is unreadable
 
 
 def toggle_label(keys: Sequence[str], vals) -> str:
@@ -47,6 +50,32 @@ def panels(df: pd.DataFrame) -> Tuple[List[str], List[Tuple[tuple, pd.DataFrame]
     for vals, g in df.groupby(keys, sort=True, dropna=False):
         out.append((vals if isinstance(vals, tuple) else (vals,), g))
     return keys, out
+
+
+def panel_grid(n: int, width: float, height: float, rows: int = 1, extra_width: float = 0.0,
+               **kw: Any) -> Tuple[plt.Figure, List[List[plt.Axes]]]:
+    """Axes for `n` panels, each `rows` axes tall, MAX_COLUMNS panels to a row: [panel][row of
+    the panel]. The unused cells of the last row are hidden."""
+    cols = min(n, MAX_COLUMNS)
+    lines = -(-n // cols)
+    fig, axs = plt.subplots(rows * lines, cols, figsize=(width * cols + extra_width,
+                                                         height * lines), squeeze=False,
+                            layout="constrained", **kw)
+    pax = [[axs[(i // cols) * rows + r][i % cols] for r in range(rows)] for i in range(n)]
+    for i in range(n, lines * cols):
+        for r in range(rows):
+            axs[(i // cols) * rows + r][i % cols].set_visible(False)
+    return fig, pax
+
+
+def panel_title(ax: plt.Axes, keys: Sequence[str], vals) -> None:
+    """The panel's setting, wrapped: a sweep over many toggles names them all."""
+    ax.set_title(textwrap.fill(toggle_label(keys, vals), 48), fontsize=8 if keys else 9)
+
+
+def starts_row(i: int) -> bool:
+    """Whether panel i is the first of its row (it carries the y label)."""
+    return i % MAX_COLUMNS == 0
 
 
 def size_colours(sizes: Sequence[float]) -> Dict[float, Any]:
@@ -94,10 +123,9 @@ def log_axes(ax: plt.Axes, x: bool = True, y: bool = False) -> None:
 def lr_curves(df: pd.DataFrame) -> plt.Figure:
     """Final eval loss vs LR: one panel per toggle setting, one line per model size."""
     keys, pans = panels(df)
-    fig, axs = plt.subplots(1, len(pans), figsize=(4.3 * len(pans), 3.5), sharey=True,
-                            squeeze=False)
+    fig, pax = panel_grid(len(pans), 4.3, 3.5, sharey=True)
     col = size_colours(df["n_params_nonembed"])
-    for ax, (tvals, pdf) in zip(axs[0], pans):
+    for i, ((ax,), (tvals, pdf)) in enumerate(zip(pax, pans)):
         for n, g in pdf.groupby("n_params_nonembed", sort=True):
             g = g.sort_values(LR_KEY)
             loss, div = counted_loss(g)
@@ -106,27 +134,31 @@ def lr_curves(df: pd.DataFrame) -> plt.Figure:
                 ax.plot(g[LR_KEY][div], loss[div], "x", ms=9, mew=2, color=col[float(n)])
         log_axes(ax)
         ax.set_xlabel("learning rate")
-        ax.set_title(toggle_label(keys, tvals), fontsize=9)
-    axs[0][0].set_ylabel("final eval loss (×: diverged, at loss at init)")
-    axs[0][-1].legend(title="non-emb. params", fontsize=7, title_fontsize=7)
-    fig.tight_layout()
+        panel_title(ax, keys, tvals)
+        if starts_row(i):
+            ax.set_ylabel("final eval loss (×: diverged, at loss at init)")
+    pax[-1][0].legend(title="non-emb. params", fontsize=7, title_fontsize=7)
     return fig
 
 
 def sensitivity_vs_params(series: pd.DataFrame) -> plt.Figure:
     """LR sensitivity vs non-embedding params, one line per toggle setting (paper Fig. 1)."""
     keys = [k for k in toggle_keys(series) if k in series.columns]
-    fig, ax = plt.subplots(figsize=(4.8, 3.5))
-    groups = series.groupby(keys, sort=True, dropna=False) if keys else [((), series)]
-    for i, (tvals, g) in enumerate(groups):
+    groups = list(series.groupby(keys, sort=True, dropna=False)) if keys else [((), series)]
+    labels = [textwrap.fill(toggle_label(keys, tvals), 60) for tvals, _ in groups]
+    text_lines = sum(lb.count("\n") + 1 for lb in labels)
+    # The legend sits beside the axes; the figure grows with it.
+    widest = max(len(line) for lb in labels for line in lb.split("\n"))
+    fig, ax = plt.subplots(figsize=(4.8 + 0.06 * widest, max(3.5, 0.15 * text_lines + 0.8)),
+                           layout="constrained")
+    for i, ((tvals, g), lb) in enumerate(zip(groups, labels)):
         g = g.sort_values("n_params_nonembed")
-        ax.plot(g["n_params_nonembed"], g["lr_sensitivity"], "o-", color=f"C{i}",
-                label=toggle_label(keys, tvals))
+        ax.plot(g["n_params_nonembed"], g["lr_sensitivity"], marker="o", color=f"C{i % 10}",
+                ls=LINE_STYLES[i // 10 % 4], label=lb)
     log_axes(ax)
     ax.set_xlabel("non-embedding params")
     ax.set_ylabel("LR sensitivity")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=7 if len(ax.lines) > 6 else 8, loc="upper left", bbox_to_anchor=(1.02, 1))
     return fig
 
 
@@ -137,13 +169,12 @@ def attn_logit_fits(df: pd.DataFrame, fits: Dict[tuple, QuadraticLogFit],
     (stars), quadratic-in-log fits (solid over the fitted sizes, dashed when extrapolated; drawn
     only where positive), the divergence threshold and the target sizes, labelled."""
     keys, pans = panels(df)
-    fig, axs = plt.subplots(1, len(pans), figsize=(5.0 * len(pans), 3.9), sharey=True,
-                            squeeze=False)
+    fig, pax = panel_grid(len(pans), 5.0, 3.9, sharey=True)
     held_out = held_out if held_out is not None else pd.Series(False, index=df.index)
     norm = lr_norm(df[LR_KEY])
     n_all = df["n_params_nonembed"].dropna()
     hi = max([n_all.max()] + list(target_params)) * 1.5 if len(n_all) else 1.0
-    for ax, (tvals, pdf) in zip(axs[0], pans):
+    for i, ((ax,), (tvals, pdf)) in enumerate(zip(pax, pans)):
         for lr, g in pdf.groupby(LR_KEY, sort=True):
             c = lr_colour(norm, lr)
             ho = held_out.loc[g.index]
@@ -167,14 +198,16 @@ def attn_logit_fits(df: pd.DataFrame, fits: Dict[tuple, QuadraticLogFit],
                         fontsize=7, rotation=90, ha="right", va="bottom")
         log_axes(ax, x=True, y=True)
         ax.set_xlabel("non-embedding params")
-        ax.set_title(toggle_label(keys, tvals), fontsize=9)
-    axs[0][0].set_ylabel("max attention logit")
-    lr_colourbar(fig, axs[0], norm)
-    axs[0][0].plot([], [], "k-", lw=1.2, label="fit (fitted sizes)")
-    axs[0][0].plot([], [], "k--", lw=1, label="fit, extrapolated")
+        panel_title(ax, keys, tvals)
+        if starts_row(i):
+            ax.set_ylabel("max attention logit")
+    lr_colourbar(fig, [a for p in pax for a in p], norm)
+    first = pax[0][0]
+    first.plot([], [], "k-", lw=1.2, label="fit (fitted sizes)")
+    first.plot([], [], "k--", lw=1, label="fit, extrapolated")
     if held_out.any():
-        axs[0][0].plot([], [], "k*", mfc="none", label="held out of the fit")
-    axs[0][0].legend(fontsize=7, loc="upper left")
+        first.plot([], [], "k*", mfc="none", label="held out of the fit")
+    first.legend(fontsize=7, loc="upper left")
     return fig
 
 
@@ -184,11 +217,10 @@ def training_curves(sweep_dir: Path, df: pd.DataFrame, metric: str, ylabel: str,
     line style by model size; `markers` (e.g. eval/ce) adds that metric's points on top.
     Diverged runs end with ×."""
     keys, pans = panels(df)
-    fig, axs = plt.subplots(1, len(pans), figsize=(4.6 * len(pans) + 0.8, 3.6), sharey=True,
-                            squeeze=False)
+    fig, pax = panel_grid(len(pans), 4.6, 3.6, extra_width=0.8, sharey=True)
     norm = lr_norm(df[LR_KEY])
     sizes = sorted(df["n_params_nonembed"].dropna().unique())
-    for ax, (tvals, pdf) in zip(axs[0], pans):
+    for i, ((ax,), (tvals, pdf)) in enumerate(zip(pax, pans)):
         for r in pdf.sort_values(["n_params_nonembed", LR_KEY]).itertuples():
             m = load_metrics(sweep_dir, r.run_dir)
             if m.empty or metric not in m.columns:
@@ -203,18 +235,19 @@ def training_curves(sweep_dir: Path, df: pd.DataFrame, metric: str, ylabel: str,
             if bool(r.diverged) and len(s):
                 ax.plot(s.index[-1], s.values[-1], "x", ms=8, mew=2, color=c)
         ax.set_xlabel("step")
-        ax.set_title(toggle_label(keys, tvals), fontsize=9)
+        panel_title(ax, keys, tvals)
         ax.grid(alpha=0.3, lw=0.5)
-    axs[0][0].set_ylabel(ylabel)
+        if starts_row(i):
+            ax.set_ylabel(ylabel)
     if len(sizes) > 1:
         for i, n in enumerate(sizes):
-            axs[0][0].plot([], [], LINE_STYLES[i % 4], color="gray", label=size_label(n))
-        axs[0][0].legend(title="non-emb. params", fontsize=7, title_fontsize=7)
+            pax[0][0].plot([], [], LINE_STYLES[i % 4], color="gray", label=size_label(n))
+        pax[0][0].legend(title="non-emb. params", fontsize=7, title_fontsize=7)
     if markers:
-        axs[0][-1].plot([], [], "o", ms=3, color="gray", label=markers)
-        axs[0][-1].plot([], [], "-", color="gray", label=metric)
-        axs[0][-1].legend(fontsize=7)
-    lr_colourbar(fig, axs[0], norm)
+        pax[-1][0].plot([], [], "o", ms=3, color="gray", label=markers)
+        pax[-1][0].plot([], [], "-", color="gray", label=metric)
+        pax[-1][0].legend(fontsize=7)
+    lr_colourbar(fig, [a for p in pax for a in p], norm)
     return fig
 
 
@@ -222,25 +255,25 @@ def grad_rms_vs_params(df: pd.DataFrame, eps_by: Dict[str, float]) -> plt.Figure
     """Median gradient RMS (top) and update RMS ÷ LR (bottom) vs params: one column per toggle
     setting, one line per LR (colour bar); AdamW ε drawn on the gradient panels."""
     keys, pans = panels(df)
-    fig, axs = plt.subplots(2, len(pans), figsize=(4.4 * len(pans) + 0.8, 6.4), sharex=True,
-                            sharey="row", squeeze=False)
+    fig, pax = panel_grid(len(pans), 4.4, 3.2, rows=2, extra_width=0.8, sharex=True,
+                          sharey="row")
     norm = lr_norm(df[LR_KEY])
-    for j, (tvals, pdf) in enumerate(pans):
+    for j, ((grad_ax, upd_ax), (tvals, pdf)) in enumerate(zip(pax, pans)):
         for lr, g in pdf.groupby(LR_KEY, sort=True):
             g = g.sort_values("n_params_nonembed")
-            for i, col in enumerate(("grad_rms_median", "update_rms_median")):
+            for ax, col in ((grad_ax, "grad_rms_median"), (upd_ax, "update_rms_median")):
                 if col in g.columns:
-                    axs[i][j].plot(g["n_params_nonembed"], g[col], "o-", ms=3,
-                                   color=lr_colour(norm, lr))
+                    ax.plot(g["n_params_nonembed"], g[col], "o-", ms=3, color=lr_colour(norm, lr))
         for eps in sorted(set(pdf["optim.eps"].dropna())) if "optim.eps" in pdf else []:
-            axs[0][j].axhline(eps, color="k", ls="--", lw=1)
-            axs[0][j].annotate(f"AdamW ε {eps:g}", (0.01, eps), xycoords=("axes fraction", "data"),
-                               fontsize=7, va="bottom")
-        axs[0][j].set_title(toggle_label(keys, tvals), fontsize=9)
-        axs[1][j].set_xlabel("non-embedding params")
-        for i in range(2):
-            log_axes(axs[i][j], x=True, y=True)
-    axs[0][0].set_ylabel("median gradient RMS")
-    axs[1][0].set_ylabel("median update RMS / LR")
-    lr_colourbar(fig, axs, norm)
+            grad_ax.axhline(eps, color="k", ls="--", lw=1)
+            grad_ax.annotate(f"AdamW ε {eps:g}", (0.01, eps), xycoords=("axes fraction", "data"),
+                             fontsize=7, va="bottom")
+        panel_title(grad_ax, keys, tvals)
+        upd_ax.set_xlabel("non-embedding params")
+        for ax in (grad_ax, upd_ax):
+            log_axes(ax, x=True, y=True)
+        if starts_row(j):
+            grad_ax.set_ylabel("median gradient RMS")
+            upd_ax.set_ylabel("median update RMS / LR")
+    lr_colourbar(fig, [a for p in pax for a in p], norm)
     return fig

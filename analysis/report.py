@@ -197,7 +197,7 @@ def select(df: pd.DataFrame, where: Dict[str, Any]) -> pd.DataFrame:
 
 
 def _save(fig: plt.Figure, path: Path) -> str:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120)  # laid out already (constrained layout): one draw, not two
     plt.close(fig)
     return path.name
 

@@ -228,9 +228,13 @@ def run_finished(run_dir: str | Path) -> bool:
     rebuilt by training the run's tail again)."""
     return bool(read_summary_file(Path(run_dir) / SUMMARY))
 
+# libyaml's parser where PyYAML has it: a sweep's table reads every run's config, ~10× faster.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_config_file(path: Path) -> Dict[str, Any]:
     try:
-        obj = yaml.safe_load(path.read_text())
+        obj = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     except (FileNotFoundError, yaml.YAMLError):
         return {}
     return obj if isinstance(obj, dict) else {}

@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import (FuncFormatter, LogFormatterSciNotation, LogLocator,  # noqa: E402
+                               MaxNLocator, NullFormatter, NullLocator)
 
 from analysis.fits import QuadraticLogFit  # noqa: E402
 from analysis.load import load_metrics, toggle_keys  # noqa: E402
@@ -95,8 +96,12 @@ def lr_colour(norm: LogNorm, lr: float):
 
 def lr_colourbar(fig: plt.Figure, axs, norm: LogNorm) -> None:
     cmap = matplotlib.colors.ListedColormap(plt.cm.plasma(np.linspace(0, 0.85, 256)))
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs, label="learning rate",
-                 pad=0.01, fraction=0.03)
+    one_lr = norm.vmax / norm.vmin < 1.01  # lr_norm widened a single LR by 1e-4
+    cb = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs,
+                      label="learning rate", pad=0.01, fraction=0.03)
+    if one_lr:
+        cb.set_ticks([norm.vmin], labels=[f"{norm.vmin:g}"])
+        cb.ax.yaxis.set_minor_locator(NullLocator())
 
 
 def log_axes(ax: plt.Axes, x: bool = True, y: bool = False) -> None:
@@ -111,7 +116,11 @@ def log_axes(ax: plt.Axes, x: bool = True, y: bool = False) -> None:
             if lo <= 0:
                 continue
             powers = np.floor(np.log10(hi)) - np.ceil(np.log10(lo)) + 1
-            if powers >= 2:
+            if hi / lo < 3:  # a few percent (one size's variants): log ticks would be linear
+                axis.set_major_locator(MaxNLocator(3))  # ones, labelled 3.3×10³ 3.32×10³ …
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+                axis.set_minor_locator(NullLocator())
+            elif powers >= 2:
                 axis.set_minor_formatter(NullFormatter())
             else:  # within about a decade: label 2× and 5× only, so labels do not collide
                 axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))

@@ -69,6 +69,10 @@ def panel_grid(n: int, width: float, height: float, rows: int = 1, extra_width: 
     return fig, pax
 
 
+def every_axis(pax: List[List[plt.Axes]]) -> List[plt.Axes]:
+    return [ax for panel in pax for ax in panel]
+
+
 def panel_title(ax: plt.Axes, keys: Sequence[str], vals) -> None:
     """The panel's setting, wrapped: a sweep over many toggles names them all."""
     ax.set_title(textwrap.fill(toggle_label(keys, vals), 48), fontsize=8 if keys else 9)
@@ -210,7 +214,7 @@ def attn_logit_fits(df: pd.DataFrame, fits: Dict[tuple, QuadraticLogFit],
         panel_title(ax, keys, tvals)
         if starts_row(i):
             ax.set_ylabel("max attention logit")
-    lr_colourbar(fig, [a for p in pax for a in p], norm)
+    lr_colourbar(fig, every_axis(pax), norm)
     first = pax[0][0]
     first.plot([], [], "k-", lw=1.2, label="fit (fitted sizes)")
     first.plot([], [], "k--", lw=1, label="fit, extrapolated")
@@ -256,7 +260,7 @@ def training_curves(sweep_dir: Path, df: pd.DataFrame, metric: str, ylabel: str,
         pax[-1][0].plot([], [], "o", ms=3, color="gray", label=markers)
         pax[-1][0].plot([], [], "-", color="gray", label=metric)
         pax[-1][0].legend(fontsize=7)
-    lr_colourbar(fig, [a for p in pax for a in p], norm)
+    lr_colourbar(fig, every_axis(pax), norm)
     return fig
 
 
@@ -284,5 +288,5 @@ def grad_rms_vs_params(df: pd.DataFrame, eps_by: Dict[str, float]) -> plt.Figure
         if starts_row(j):
             grad_ax.set_ylabel("median gradient RMS")
             upd_ax.set_ylabel("median update RMS / LR")
-    lr_colourbar(fig, [a for p in pax for a in p], norm)
+    lr_colourbar(fig, every_axis(pax), norm)
     return fig

@@ -180,9 +180,8 @@ def per_seed(df: pd.DataFrame, main_top: float = math.inf) -> pd.DataFrame:
     """Per (setting, seed): LR sensitivity (over the grid, and up to `main_top`), best loss,
     highest LR within NEAR_BEST of it, the highest LR that trains, and at the grid's top LR the
     max attention logit and the lowest head's attention entropy at the end and at init."""
-    sens = sensitivity_upto(df, float(df[LR_KEY].max()))
-    sens_main = sensitivity_upto(df, min(main_top, float(df[LR_KEY].max())))
     top_lr = float(df[LR_KEY].max())
+    sens, sens_main = sensitivity_upto(df, top_lr), sensitivity_upto(df, min(main_top, top_lr))
     rows = []
     for (setting, seed), g in df.groupby([SETTING, P.SEED], sort=True):
         g = g.sort_values(LR_KEY)
@@ -235,10 +234,11 @@ def ranked(ps: pd.DataFrame, main_top: float) -> Dict[str, str]:
     """Settings by mean LR sensitivity, each with its statistics (seed means; intervals)."""
     out = {}
     means = ps.groupby(SETTING)["lr_sensitivity"].mean().sort_values()
+    both = two_ranges(ps)
     for i, setting in enumerate(means.index, start=1):
         g = ps[ps[SETTING] == setting]
         main_range = (f" (up to LR {main_top:g}: {_sens(g['lr_sensitivity_main'])})"
-                      if two_ranges(ps) else "")
+                      if both else "")
         out[f"{i}. {label(setting)}"] = (
             f"LR sensitivity {_sens(g['lr_sensitivity'])}{main_range}; LR within {NEAR_BEST} "
             f"of best {_geo(g['near_best_lr']):.3g}; best loss {g['best_loss'].mean():.3f}; "
@@ -326,10 +326,10 @@ def redundancy(ps: pd.DataFrame, main_top: float) -> Dict[str, str]:
         return f"{e}: " + {"true": "adds to qk-LN", "false": "redundant with qk-LN (no lower)"}.get(
             r, "not resolved")
 
-    out = {}
+    out, both = {}, two_ranges(ps)
     for name in STABILIZERS:
         main_range = (f"; up to LR {main_top:g}: {says(name, 'lr_sensitivity_main')}"
-                      if two_ranges(ps) else "")
+                      if both else "")
         out[f"{STABILIZERS[name][0]} + qk-LN − qk-LN, LR sensitivity"] = (
             says(name, "lr_sensitivity") + main_range)
     return out

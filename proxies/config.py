@@ -99,6 +99,9 @@ class Parametrization(Choice):
 class ComputeDtype(Choice):
     float32 = "float32"
     bfloat16 = "bfloat16"
+    # Everything in float64, params included: a reference where rounding cannot decide a
+    # comparison (the equivalence tests); needs JAX's 64-bit mode (JAX_ENABLE_X64=1), CPU speed.
+    float64 = "float64"
 
 
 class Schedule(Choice):  # after warmup
@@ -177,6 +180,7 @@ class ModelConfig:
     parametrization: Parametrization = Parametrization.sp
     mup_base_width: int = 128  # μParam's base width (width multiplier m = d_model / this)
     dtype: ComputeDtype = ComputeDtype.float32  # compute dtype; params, softmax, loss stay float32
+    # (float64: all of it float64)
     # κ experiment: q and k each become sqrt(κ)·z/‖z‖ per head, so logit = κ·cos(q, k) and the
     # max attention logit is ≈ κ (no 1/sqrt(d_head)). None = off.
     attn_kappa: Optional[float] = None
@@ -522,6 +526,12 @@ def validate_sweep(sw: DictConfig | SweepConfig) -> None:
                           "sweep.seeds=3")
 
 
+def _x64_enabled() -> bool:
+    import jax  # here: the schema itself needs no JAX
+
+    return bool(jax.config.jax_enable_x64)
+
+
 def validate(cfg: DictConfig | Config) -> None:
     """Raise ConfigError (one line, naming the fix) for any impossible value."""
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
@@ -543,6 +553,9 @@ def validate(cfg: DictConfig | Config) -> None:
         if m.sigma_reparam:
             raise ConfigError("model.sigma_reparam normalises the kernels optim.qk_clip_tau would "
                               "scale, undoing the clip; use one of them")
+    if m.dtype == ComputeDtype.float64 and not _x64_enabled():
+        raise ConfigError("model.dtype=float64 needs JAX's 64-bit mode; set JAX_ENABLE_X64=1 in "
+                          "the environment (or use model.dtype=float32)")
     if m.d_model % m.n_heads:
         raise ConfigError(
             f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "

@@ -47,8 +47,21 @@ def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
             return jnp.dtype(jnp.float32)
         case ComputeDtype.bfloat16:
             return jnp.dtype(jnp.bfloat16)
+        case ComputeDtype.float64:
+            return jnp.dtype(jnp.float64)
         case _:
             unhandled("model.dtype", cfg.dtype)
+
+
+def wide_dtype(cfg: ModelConfig) -> jnp.dtype:
+    """What stays wide whatever the compute dtype (params, norm statistics, softmax, logits):
+    float32, or float64 in a float64 run."""
+    return jnp.promote_types(compute_dtype(cfg), jnp.float32)
+
+
+def upcast(x: jax.Array) -> jax.Array:
+    """x in at least float32 (a float64 x stays float64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def width_mult(cfg: ModelConfig) -> float:
@@ -78,9 +91,9 @@ def init_std(cfg: ModelConfig, fan_in: int, kind: str = "hidden") -> float:
 
 def param_policy(cfg: ModelConfig, fan_in: int, kind: str = "hidden",
                  init_arg: str = "kernel_init") -> Dict[str, Any]:
-    """Every weight's policy: float32 storage, the compute dtype, truncated-normal init of
+    """Every weight's policy: wide (float32) storage, the compute dtype, truncated-normal init of
     `init_std(cfg, fan_in, kind)` (keyword `init_arg`: `embedding_init` for nn.Embed)."""
-    return {"dtype": compute_dtype(cfg), "param_dtype": jnp.float32,
+    return {"dtype": compute_dtype(cfg), "param_dtype": wide_dtype(cfg),
             init_arg: trunc_normal(init_std(cfg, fan_in, kind))}
 
 
@@ -122,11 +135,12 @@ class SigmaReparam(nn.Module):
                  precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
         (_, contract), _ = dimension_numbers
         rest = [a for a in range(kernel.ndim) if a not in contract]
-        W_IxO = jnp.transpose(kernel, (*contract, *rest)).astype(jnp.float32)
+        W_IxO = upcast(jnp.transpose(kernel, (*contract, *rest)))
         n_in = math.prod(kernel.shape[a] for a in contract)
         W_IxO = W_IxO.reshape(n_in, -1)
         u = self.variable(SIGMA_REPARAM, "u", lambda: power_iteration(
-            W_IxO, jax.random.normal(self.make_rng("params"), (W_IxO.shape[1],)), INIT_POWER_STEPS))
+            W_IxO, jax.random.normal(self.make_rng("params"), (W_IxO.shape[1],), W_IxO.dtype),
+            INIT_POWER_STEPS))
         u_O = jax.lax.stop_gradient(power_iteration(W_IxO, u.value, 1))
         v_I = jax.lax.stop_gradient(_unit(W_IxO @ u_O))
         if self.is_mutable_collection(SIGMA_REPARAM) and not self.is_initializing():
@@ -159,8 +173,8 @@ def sow_dynamics(module: nn.Module, name: str, x: jax.Array) -> None:
 
 
 def normalized(cfg: ModelConfig, x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """What a norm layer computes before its learned scale (and bias), in float32."""
-    x32 = x.astype(jnp.float32)
+    """What a norm layer computes before its learned scale (and bias), in float32 (or wider)."""
+    x32 = upcast(x)
     match cfg.norm:
         case NormKind.rmsnorm:
             return x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=-1, keepdims=True) + eps)
@@ -173,11 +187,12 @@ def normalized(cfg: ModelConfig, x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 class RMSNorm(nn.Module):
     eps: float = 1e-6
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-        x32 = x.astype(jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = upcast(x)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=-1, keepdims=True) + self.eps)
         return (y * scale).astype(x.dtype)
 
@@ -185,11 +200,11 @@ class RMSNorm(nn.Module):
 def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     match cfg.norm:
         case NormKind.rmsnorm:
-            return RMSNorm(name=name)
+            return RMSNorm(param_dtype=wide_dtype(cfg), name=name)
         case NormKind.layernorm:
-            # Statistics in float32 whatever the compute dtype.
-            return nn.LayerNorm(epsilon=1e-6, use_bias=cfg.use_bias, dtype=jnp.float32,
-                                param_dtype=jnp.float32, name=name)
+            # Statistics in float32 (or wider) whatever the compute dtype.
+            return nn.LayerNorm(epsilon=1e-6, use_bias=cfg.use_bias, dtype=wide_dtype(cfg),
+                                param_dtype=wide_dtype(cfg), name=name)
         case _:
             unhandled("model.norm", cfg.norm)
 
@@ -197,17 +212,19 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
 def rope(x_BxLxHxK: jax.Array, base: float) -> jax.Array:
     """Rotary position embedding (rotate-half form) on the last axis."""
     L, K = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
-    inv_freq = base ** (-jnp.arange(0, K, 2, dtype=jnp.float32) / K)  # K/2
-    angle_LxK2 = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    x_BxLxHxK_wide = upcast(x_BxLxHxK)
+    wide = x_BxLxHxK_wide.dtype
+    inv_freq = base ** (-jnp.arange(0, K, 2, dtype=wide) / K)  # K/2
+    angle_LxK2 = jnp.arange(L, dtype=wide)[:, None] * inv_freq[None, :]
     sin, cos = jnp.sin(angle_LxK2)[None, :, None, :], jnp.cos(angle_LxK2)[None, :, None, :]
-    x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+    x1, x2 = jnp.split(x_BxLxHxK_wide, 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x_BxLxHxK.dtype)
 
 
 def plant_kappa(z_BxLxHxK: jax.Array, kappa: float) -> jax.Array:
     """sqrt(κ)·z/‖z‖ per head: with q and k both planted, q·k = κ·cos(q, k), so max logit ≈ κ."""
-    z32 = z_BxLxHxK.astype(jnp.float32)
+    z32 = upcast(z_BxLxHxK)
     z32 = z32 * jax.lax.rsqrt(jnp.sum(z32**2, axis=-1, keepdims=True) + 1e-12)
     return (math.sqrt(kappa) * z32).astype(z_BxLxHxK.dtype)
 
@@ -317,7 +334,7 @@ class Attention(nn.Module):
         if self._fused():
             if self.is_mutable_collection(QK_CLIP):  # the fused kernel keeps its logits
                 self.sow(QK_CLIP, "max_logit", jax.lax.stop_gradient(head_max_logits(
-                    attn_logits(cfg, q_BxLxHxK, k_BxLxHxK, dtype).astype(jnp.float32))))
+                    upcast(attn_logits(cfg, q_BxLxHxK, k_BxLxHxK, dtype)))))
             q_BxLxHxK, k_BxLxHxK, post = qk_for_product(cfg, q_BxLxHxK, k_BxLxHxK, dtype)
             out_BxLxHxK = fused_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, post, dtype)
         else:
@@ -358,12 +375,12 @@ class Attention(nn.Module):
     def _explicit(self, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
                   dtype: jnp.dtype) -> jax.Array:
         """softmax(q·kᵀ)·v with the logits and probabilities written out (and sown if probed)."""
-        logits_BxHxLxL = attn_logits(self.cfg, q_BxLxHxK, k_BxLxHxK, dtype).astype(jnp.float32)
+        logits_BxHxLxL = upcast(attn_logits(self.cfg, q_BxLxHxK, k_BxLxHxK, dtype))
         causal_LxL = causal_mask(q_BxLxHxK.shape[1])
         if self.is_mutable_collection(QK_CLIP):
             self.sow(QK_CLIP, "max_logit", jax.lax.stop_gradient(head_max_logits(logits_BxHxLxL)))
         capped_BxHxLxL = softcap(logits_BxHxLxL, self.cfg.attn_softcap)
-        masked = jnp.where(causal_LxL, capped_BxHxLxL, jnp.finfo(jnp.float32).min)
+        masked = jnp.where(causal_LxL, capped_BxHxLxL, jnp.finfo(logits_BxHxLxL.dtype).min)
         probs_BxHxLxL = jax.nn.softmax(masked, axis=-1)
         if self.is_mutable_collection("intermediates"):
             # Max pre-softmax logit (before any soft-cap) over heads and positions.
@@ -416,7 +433,7 @@ class Block(nn.Module):
         x_BxLxD = self._sublayer(x_BxLxD, Mlp(cfg, name="mlp"), "ln_mlp", "mlp_in")
         sow_dynamics(self, "resid_out", x_BxLxD)
         if self.is_mutable_collection("intermediates"):
-            a = jnp.abs(x_BxLxD.astype(jnp.float32))
+            a = jnp.abs(upcast(x_BxLxD))
             self.sow("intermediates", "act_max_abs", jnp.max(a))
             self.sow("intermediates", "act_max_median_ratio", jnp.max(a) / jnp.median(a))
         return x_BxLxD
@@ -461,7 +478,7 @@ class Transformer(nn.Module):
             case PosEmb.learned:
                 pos_LxD = self.param("pos_embed",
                                      trunc_normal(init_std(cfg, self.seq_len, "embed")),
-                                     (self.seq_len, D), jnp.float32)
+                                     (self.seq_len, D), wide_dtype(cfg))
                 x_BxLxD = x_BxLxD + pos_LxD[None, : tokens_BxL.shape[1]].astype(dtype)
             case PosEmb.rope:
                 pass  # rotates q and k in Attention
@@ -495,7 +512,7 @@ def readout(cfg: ModelConfig, table_VxD: jax.Array, x_NxD: jax.Array) -> jax.Arr
     """Float32 logits x·Wᵀ (the product in the compute dtype) for any leading shape of x; the
     one readout of both the model and the chunked loss."""
     dtype = compute_dtype(cfg)
-    logits_NxV = jnp.dot(x_NxD.astype(dtype), table_VxD.astype(dtype).T).astype(jnp.float32)
+    logits_NxV = upcast(jnp.dot(x_NxD.astype(dtype), table_VxD.astype(dtype).T))
     if is_mup(cfg):  # readout multiplier 1/m keeps logits O(1) with width
         logits_NxV = logits_NxV / width_mult(cfg)
     return softcap(logits_NxV, cfg.logit_softcap)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from proxies.config import (ModelConfig, NormPlacement, Parametrization, Schedule,
                             divergence_patience, mlp_hidden, unhandled)
-from proxies.model import width_mult
+from proxies.model import upcast, wide_dtype, width_mult
 
 Hparams = Dict[str, jax.Array]
 HPARAM_KEYS = ("lr", "min_lr", "warmup_steps", "weight_decay", "eps", "b1", "b2", "grad_clip",
@@ -27,15 +27,17 @@ HPARAM_KEYS = ("lr", "min_lr", "warmup_steps", "weight_decay", "eps", "b1", "b2"
 
 
 def hparams_from_config(cfg: DictConfig) -> Hparams:
-    """The scalar hyperparameters of a run, as float32 arrays (the train step's third argument)."""
-    hp = {k: jnp.asarray(float(getattr(cfg.optim, k)), jnp.float32) for k in HPARAM_KEYS}
+    """The scalar hyperparameters of a run, as float32 arrays (float64 in a float64 run): the
+    train step's third argument."""
+    wide = wide_dtype(cfg.model)
+    hp = {k: jnp.asarray(float(getattr(cfg.optim, k)), wide) for k in HPARAM_KEYS}
     # The run's length and divergence patience are arguments too, not constants of the compiled
     # step: runs of one structure share a compiled step whatever their length.
-    hp["total_steps"] = jnp.asarray(float(cfg.train.steps), jnp.float32)
+    hp["total_steps"] = jnp.asarray(float(cfg.train.steps), wide)
     hp["patience"] = jnp.asarray(divergence_patience(cfg.train), jnp.int32)
     # The divergence limit (2 × loss at init unless train.divergence_loss): the loop sets it once
     # the loss at init is known (proxies/runner.py: Runner.set_limits).
-    hp["loss_limit"] = jnp.asarray(jnp.inf, jnp.float32)
+    hp["loss_limit"] = jnp.asarray(jnp.inf, wide)
     return hp
 
 
@@ -126,7 +128,7 @@ def learning_rate(step: jax.Array, hp: Hparams, total_steps: jax.Array | int,
                   schedule: Schedule | str) -> jax.Array:
     """LR used for update number `step` (0-based): linear warmup to hp['lr'], then decay to
     min_lr."""
-    step = jnp.asarray(step, jnp.float32)
+    step = jnp.asarray(step, hp["lr"].dtype)
     warm = hp["warmup_steps"]
     warmup_factor = jnp.where(warm > 0, jnp.minimum(1.0, (step + 1) / jnp.maximum(warm, 1)), 1.0)
     peak, floor = hp["lr"], jnp.minimum(hp["min_lr"], hp["lr"])
@@ -252,14 +254,14 @@ def clip_update_rms(inner: optax.GradientTransformation, b2: jax.Array,
     stale second moment), which an LR-scaled step cannot see. `inner` starts with
     scale_by_adam, whose ν it reads."""
     def init(params: Any) -> UpdateClipState:
-        return UpdateClipState(inner.init(params), jnp.zeros((), jnp.float32))
+        return UpdateClipState(inner.init(params), jnp.zeros((), jnp.float32))  # a share
 
     def update(grads: Any, state: UpdateClipState, params: Any = None) -> tuple:
         updates, inner_state = inner.update(grads, state.inner, params)
         adam = inner_state[0]
-        v_hat_scale = 1 / (1 - b2 ** adam.count.astype(jnp.float32))
+        v_hat_scale = 1 / (1 - b2 ** adam.count.astype(b2.dtype))
         rms = jax.tree_util.tree_map(lambda g, nu: jnp.sqrt(jnp.mean(
-            jnp.square(g.astype(jnp.float32)) / jnp.maximum(nu * v_hat_scale, eps**2))),
+            jnp.square(upcast(g)) / jnp.maximum(nu * v_hat_scale, eps**2))),
             grads, adam.nu)
         factors = jax.tree_util.tree_map(lambda r: 1 / jnp.maximum(1.0, r), rms)
         updates = jax.tree_util.tree_map(lambda u, f: u * f.astype(u.dtype), updates, factors)

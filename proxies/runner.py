@@ -126,7 +126,8 @@ class Runner:
 
     def set_limits(self, limits: List[float]) -> None:
         """Each member's loss limit (proxies/step.py: `diverged` says what crossing it means)."""
-        limit = np.asarray(limits, np.float32) if self.vmapped else np.float32(limits[0])
+        wide = self.hp["lr"].dtype  # float32, or float64 in a float64 run
+        limit = np.asarray(limits if self.vmapped else limits[0], wide)
         placed = (self.layout.put(limit, self.layout.hparams(limit)) if self.layout is not None
                   else jnp.asarray(limit))
         self.hp = {**self.hp, "loss_limit": placed}

@@ -25,22 +25,23 @@ class SpikeWindow(struct.PyTreeNode):
     skipped: jax.Array  # updates skipped so far
 
 
-def init_window(window: int) -> SpikeWindow:
+def init_window(window: int, dtype: jnp.dtype = jnp.float32) -> SpikeWindow:
+    """An empty window of `dtype` values (the loss's: float64 in a float64 run)."""
     # A buffer of its own per field: a donated train state may not hold one array twice.
-    z = lambda: jnp.zeros((window,), jnp.float32)  # noqa: E731
+    z = lambda: jnp.zeros((window,), dtype)  # noqa: E731
     i = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
     return SpikeWindow(loss_W=z(), grad_norm_W=z(), filled=i(), spikes=i(), skipped=i())
 
 
 def _zscore(x: jax.Array, values_W: jax.Array, n: jax.Array) -> jax.Array:
     mask_W = jnp.arange(values_W.shape[0]) < n
-    count = jnp.maximum(n, 1).astype(jnp.float32)
+    count = jnp.maximum(n, 1).astype(values_W.dtype)
     mean = jnp.sum(jnp.where(mask_W, values_W, 0.0)) / count
     var = jnp.sum(jnp.where(mask_W, jnp.square(values_W - mean), 0.0)) / count
     # A floor on the spread: a flat window (e.g. a loss that no longer moves in float32) must not
     # turn noise at the last digit into a spike.
     std = jnp.maximum(jnp.sqrt(var), 1e-3 * jnp.abs(mean) + 1e-8)
-    return (x.astype(jnp.float32) - mean) / std
+    return (x.astype(values_W.dtype) - mean) / std
 
 
 def detect(win: SpikeWindow, loss: jax.Array, grad_norm: jax.Array, sigma: float,
@@ -59,8 +60,8 @@ def push(win: SpikeWindow, loss: jax.Array, grad_norm: jax.Array, is_spike: jax.
     pos = win.filled % win.loss_W.shape[0]
     keep = ~is_spike
     return SpikeWindow(
-        loss_W=jnp.where(keep, win.loss_W.at[pos].set(loss.astype(jnp.float32)), win.loss_W),
-        grad_norm_W=jnp.where(keep, win.grad_norm_W.at[pos].set(grad_norm.astype(jnp.float32)),
+        loss_W=jnp.where(keep, win.loss_W.at[pos].set(loss.astype(win.loss_W.dtype)), win.loss_W),
+        grad_norm_W=jnp.where(keep, win.grad_norm_W.at[pos].set(grad_norm.astype(win.loss_W.dtype)),
                               win.grad_norm_W),
         filled=win.filled + keep.astype(jnp.int32),
         spikes=win.spikes + is_spike.astype(jnp.int32),

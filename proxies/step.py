@@ -19,7 +19,7 @@ from flax import struct
 from omegaconf import DictConfig
 
 from proxies.config import InjectKind, SpikeAction, unhandled
-from proxies.model import QK_CLIP, SIGMA_REPARAM, readout, readout_table
+from proxies.model import QK_CLIP, SIGMA_REPARAM, readout, readout_table, upcast, wide_dtype
 from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, clip_by_global_norm,
                            cross_entropy_with_z_loss, decay_mask, hparams_from_config,
                            learning_rate, lr_multipliers, qk_clip, update_clipped_frac)
@@ -48,7 +48,7 @@ class TrainState(struct.PyTreeNode):
 
 
 def _rms(x: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+    return jnp.sqrt(jnp.mean(jnp.square(upcast(x))))
 
 
 def _tx(cfg: DictConfig, params: Any, hp: Hparams, lr_t: jax.Array) -> optax.GradientTransformation:
@@ -70,7 +70,7 @@ def init_state(model: nn.Module, cfg: DictConfig, rng: jax.Array) -> TrainState:
     hp = hparams_from_config(cfg)
     opt_state = _tx(cfg, params, hp, hp["lr"]).init(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                      spike=init_window(cfg.train.spike.window),
+                      spike=init_window(cfg.train.spike.window, wide_dtype(cfg.model)),
                       over_limit=jnp.zeros((), jnp.int32),
                       model_state={k: variables[k] for k in (SIGMA_REPARAM,) if k in variables})
 
@@ -187,7 +187,7 @@ def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False)
         window = push(state.spike, loss, grad_norm, spike, skip)
         metrics["spikes"], metrics["skips"] = window.spikes, window.skipped
         # What the loop reads every step, in one array: one device-to-host copy, not six.
-        metrics["watch"] = jnp.stack([jnp.asarray(metrics[k], jnp.float32) for k in WATCHED])
+        metrics["watch"] = jnp.stack([jnp.asarray(metrics[k], loss.dtype) for k in WATCHED])
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                           spike=window, over_limit=over_limit, model_state=model_state), metrics
 

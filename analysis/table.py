@@ -141,8 +141,13 @@ def _numeric(df: pd.DataFrame, role: str, col: str) -> pd.Series:
 
 
 def _flag(raw: pd.Series) -> pd.Series:
-    return raw.map(lambda v: (str(v).strip().lower() in TRUE_WORDS) if not isinstance(
-        v, (bool, np.bool_)) else bool(v))
+    def true(v: object) -> bool:
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return bool(v == 1)  # a 0/1 column with a blank cell reads as floats: 1.0 is "1"
+        return str(v).strip().lower() in TRUE_WORDS
+    return raw.map(true)
 
 
 def _list(cols: Sequence[str], n: int = 12) -> str:

@@ -1,7 +1,9 @@
 """`python -m analysis --table`: any sweep's results table, one row per run, gives the report a
 proxies sweep gets; column maps, W&B exports, and one-line errors for tables it cannot read."""
 
+import math
 from pathlib import Path
+from typing import Dict, List
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ from analysis.__main__ import main
 from analysis.load import load_sweep
 from analysis.report import analyze
 from analysis.sensitivity import lr_sensitivity
-from analysis.table import read_table
+from analysis.table import map_table, read_table
 
 REPO = Path(__file__).resolve().parent.parent
 LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
@@ -179,3 +181,150 @@ def test_the_shipped_example_table_gives_twelve_series(tmp_path, capsys):
     assert code == 0, err
     series = pd.read_csv(tmp_path / "series.csv")
     assert len(series) == 12 and series["runs"].eq("7/7").all()
+
+
+def three_lrs(loss_at_top_lr: float = float("nan"), **extra: List[object]) -> pd.DataFrame:
+    """One series at LRs 1e-3, 1e-2, 1e-1 (all inside the default LR-sensitivity range
+    [3e-4, 0.3]) with final losses 3.0, 2.5 and `loss_at_top_lr`, plus `extra` columns."""
+    return pd.DataFrame({"lr": [1e-3, 1e-2, 1e-1], "loss": [3.0, 2.5, loss_at_top_lr], **extra})
+
+
+def test_loss_at_init_from_the_vocab_is_ln_v_so_a_diverged_run_counts_as_ln_v(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With only a vocab column, the loss at init is ln V (a uniform prediction's cross-entropy
+    in nats), and LR sensitivity counts the NaN (diverged) run as ln V, not log2 V."""
+    three_lrs(vocab=[256] * 3).to_csv(tmp_path / "runs.csv", index=False)
+    code, out, err = run(["--table", tmp_path / "runs.csv", "--col", "vocab=vocab"], capsys)
+    assert code == 0, err
+    assert "loss at init taken as ln(vocab size)" in out
+    # best loss 2.5; excesses 0.5, 0 and ln 256 − 2.5 = 3.0452 (log2 256 would give 5.5)
+    expect = (0.5 + 0.0 + (math.log(256) - 2.5)) / 3
+    assert expect == pytest.approx(1.18173, abs=1e-5)
+    series = pd.read_csv(tmp_path / "runs-analysis" / "series.csv")
+    assert series["lr_sensitivity"].tolist() == pytest.approx([expect])
+    assert series["diverged"].tolist() == [1]
+
+
+def test_loss_at_init_from_the_vocab_caps_a_finite_loss_above_ln_v() -> None:
+    """A finite loss between ln V and log2 V (6.0 with V = 256: 5.545 < 6.0 < 8) is above the
+    loss at init, so LR sensitivity counts it as ln V."""
+    mapped = map_table(three_lrs(6.0, vocab=[256] * 3), {"vocab": "vocab"})
+    assert mapped.table["loss_at_init"].tolist() == pytest.approx([5.545177] * 3, abs=1e-6)
+    s = lr_sensitivity(mapped.table["optim.lr"], mapped.table["final_eval_ce"],
+                       float(mapped.table["loss_at_init"].max()))
+    assert s == pytest.approx((0.5 + 0.0 + (5.545177 - 2.5)) / 3, abs=1e-6)
+
+
+@pytest.mark.parametrize("word", ["true", "1", "yes", "y", "t", "diverged", "crashed", "failed",
+                                  "TRUE", " Crashed ", "Yes"])
+def test_each_true_word_in_the_diverged_column_marks_the_run_diverged(word: str,
+                                                                       tmp_path: Path) -> None:
+    """A diverged column of words: true, 1, yes, y, t, diverged, crashed and failed (any case,
+    spaces around) mark the run diverged even with a finite loss; "no" does not."""
+    three_lrs(2.8, state=[word, "no", "no"]).to_csv(tmp_path / "runs.csv", index=False)
+    mapped = map_table(read_table(tmp_path / "runs.csv"), {"diverged": "state"})
+    assert mapped.table["diverged"].tolist() == [True, False, False]
+    assert mapped.table["status"].tolist() == ["diverged", "done", "done"]
+
+
+def test_false_like_words_and_blanks_in_the_diverged_column_are_not_diverged(
+        tmp_path: Path) -> None:
+    """false, 0, no, n, f, done, finished, ok and a blank cell leave a run not diverged."""
+    words = ["false", "0", "no", "n", "f", "done", "finished", "ok", ""]
+    lrs = [10 ** (-4 + i / 4) for i in range(len(words))]
+    pd.DataFrame({"lr": lrs, "loss": 3.0, "state": words}).to_csv(tmp_path / "runs.csv",
+                                                                  index=False)
+    mapped = map_table(read_table(tmp_path / "runs.csv"), {"diverged": "state"})
+    assert dict(zip(words, mapped.table["diverged"])) == {w: False for w in words}
+    assert (mapped.table["status"] == "done").all()
+
+
+@pytest.mark.parametrize("cells,expect", [
+    ("1,0,0", [True, False, False]),  # integers
+    ("1,,0", [True, False, False]),  # a blank cell: pandas reads the column as floats, 1.0
+    ("True,False,False", [True, False, False]),  # booleans
+])
+def test_a_numeric_or_boolean_diverged_column_marks_its_ones_diverged(
+        cells: str, expect: List[bool], tmp_path: Path) -> None:
+    """A 0/1 or True/False diverged column: 1 (1.0 where a blank cell makes the column float)
+    and True are diverged; 0, False and blank are not."""
+    rows = zip([1e-3, 1e-2, 1e-1], cells.split(","))
+    (tmp_path / "runs.csv").write_text("lr,loss,flag\n" + "".join(
+        f"{lr},3.0,{c}\n" for lr, c in rows))
+    mapped = map_table(read_table(tmp_path / "runs.csv"), {"diverged": "flag"})
+    assert mapped.table["diverged"].tolist() == expect
+
+
+# Two sizes × two LRs. Median gradient RMS is a power law in params: N^-1/2 at LR 1e-3 and
+# 0.1·N^-1/2 at LR 1e-2, so it reaches AdamW ε = 1e-4 at N = 1e8 and N = 1e6 respectively.
+# Update RMS is a decoy: were it read as the gradient RMS, no crossover lies within 1e4× the
+# largest size.
+EPS_TABLE: Dict[str, List[float]] = {
+    "learning_rate": [1e-3, 1e-3, 1e-2, 1e-2],
+    "val_loss": [3.0, 2.8, 2.9, 2.7],
+    "N": [1e4, 1e6, 1e4, 1e6],
+    "g_rms": [1e-2, 1e-3, 1e-3, 1e-4],
+    "u_rms": [0.5, 0.4, 0.5, 0.4],
+    "adam_eps": [1e-4] * 4,
+}
+EPS_COLS = ["--col", "lr=learning_rate", "--col", "loss=val_loss", "--col", "params=N",
+            "--col", "grad_rms=g_rms", "--col", "update_rms=u_rms", "--col", "eps=adam_eps"]
+
+
+def test_grad_rms_and_eps_columns_give_the_size_where_grad_rms_reaches_eps(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--col grad_rms and --col eps feed the ε crossover: per LR, the params where the power law
+    of gradient RMS in params reaches ε (1e8 and 1e6 here, by hand), its smallest gradient RMS
+    and ε itself."""
+    pd.DataFrame(EPS_TABLE).to_csv(tmp_path / "runs.csv", index=False)
+    code, out, err = run(["--table", tmp_path / "runs.csv", *EPS_COLS], capsys)
+    assert code == 0, err
+    eps = pd.read_csv(tmp_path / "runs-analysis" / "eps_crossover.csv").sort_values("optim.lr")
+    assert eps["optim.lr"].tolist() == [1e-3, 1e-2]
+    assert eps["eps"].tolist() == [1e-4, 1e-4]
+    assert eps["smallest_grad_rms"].tolist() == pytest.approx([1e-3, 1e-4])
+    assert eps["params_where_grad_rms_reaches_eps"].tolist() == pytest.approx([1e8, 1e6])
+    assert (tmp_path / "runs-analysis" / "grad_rms.png").exists()
+
+
+def test_grad_rms_update_rms_and_eps_are_read_from_columns_named_as_the_roles() -> None:
+    """Columns named grad_rms, update_rms and eps fill those roles without --col: each lands,
+    value for value, in the column the analysis reads (grad_rms_median, update_rms_median,
+    optim.eps)."""
+    df = pd.DataFrame({"lr": [1e-3, 1e-2], "loss": [3.0, 2.9], "grad_rms": [0.01, 0.02],
+                       "update_rms": [0.5, 0.6], "eps": [1e-8, 1e-6]})
+    t = map_table(df, {}).table
+    assert t["grad_rms_median"].tolist() == [0.01, 0.02]
+    assert t["update_rms_median"].tolist() == [0.5, 0.6]
+    assert t["optim.eps"].tolist() == [1e-8, 1e-6]
+
+
+def test_without_eps_the_crossover_is_skipped_and_said(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """A gradient RMS column without an ε column: no ε crossover, and a note says why."""
+    pd.DataFrame(EPS_TABLE).to_csv(tmp_path / "runs.csv", index=False)
+    code, out, err = run(["--table", tmp_path / "runs.csv", *EPS_COLS[:-2]], capsys)
+    assert code == 0, err
+    assert "no AdamW ε recorded: ε crossover skipped" in out
+
+
+def test_a_parquet_table_gives_the_csv_tables_report(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The same runs written by pandas to Parquet and to CSV give the same series and ε
+    crossover tables (a diverged-word column and a NaN loss included)."""
+    df = pd.DataFrame({**EPS_TABLE, "state": ["done", "crashed", "done", "done"]})
+    df.loc[3, "val_loss"] = float("nan")
+    df.to_csv(tmp_path / "runs.csv", index=False)
+    df.to_parquet(tmp_path / "runs.parquet")
+    results = {}
+    for name in ("runs.csv", "runs.parquet"):
+        code, _, err = run(["--table", tmp_path / name, *EPS_COLS, "--col", "diverged=state",
+                            "--out", tmp_path / name.replace(".", "-")], capsys)
+        assert code == 0, err
+        results[name] = [pd.read_csv(tmp_path / name.replace(".", "-") / f)
+                         for f in ("series.csv", "eps_crossover.csv")]
+    for a, b in zip(results["runs.csv"], results["runs.parquet"]):
+        pd.testing.assert_frame_equal(a, b)
+    series = results["runs.parquet"][0].sort_values("n_params_nonembed")
+    assert series["diverged"].tolist() == [0, 2]  # the crashed run and the NaN loss, both 1e6

@@ -179,8 +179,8 @@ class ModelConfig:
     # | mup (fuller Adam μParam, close to the paper's "full", Fig E.5); see Parametrization.
     parametrization: Parametrization = Parametrization.sp
     mup_base_width: int = 128  # μParam's base width (width multiplier m = d_model / this)
-    dtype: ComputeDtype = ComputeDtype.float32  # compute dtype; params, softmax, loss stay float32
-    # (float64: all of it float64)
+    # Compute dtype; params, softmax and loss stay float32 (float64: all of it float64).
+    dtype: ComputeDtype = ComputeDtype.float32
     # κ experiment: q and k each become sqrt(κ)·z/‖z‖ per head, so logit = κ·cos(q, k) and the
     # max attention logit is ≈ κ (no 1/sqrt(d_head)). None = off.
     attn_kappa: Optional[float] = None
@@ -277,7 +277,7 @@ class TrainConfig:
     # by garbage (batch) or whose gradient is multiplied by inject_spike_scale before clipping.
     inject_spike_at: List[int] = field(default_factory=list)
     inject_spike_kind: InjectKind = InjectKind.batch  # testing aid: what inject_spike_at does
-    inject_spike_scale: float = 1000.0  # testing aid: the gradient multiplier of kind=grad
+    inject_spike_scale: float = 1000.0  # testing aid: kind=grad's multiplier (per member of a group)
     # Readout + cross-entropy in chunks of this many tokens (train and eval steps), so B×L×V
     # float32 logits never exist at once. 0 = whole batch at once; -1 = auto: 1024 when the
     # vocabulary is >= 2048 (measured, see proxies/step.py: ce_chunk_for). Outside a run's identity.

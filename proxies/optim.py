@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from omegaconf import DictConfig
 
-from proxies.config import (ModelConfig, NormPlacement, Parametrization, Schedule,
+from proxies.config import (InjectKind, ModelConfig, NormPlacement, Parametrization, Schedule,
                             divergence_patience, mlp_hidden, unhandled)
 from proxies.model import upcast, wide_dtype, width_mult
 
@@ -38,6 +38,9 @@ def hparams_from_config(cfg: DictConfig) -> Hparams:
     # The divergence limit (2 × loss at init unless train.divergence_loss): the loop sets it once
     # the loss at init is known (proxies/runner.py: Runner.set_limits).
     hp["loss_limit"] = jnp.asarray(jnp.inf, wide)
+    if InjectKind(cfg.train.inject_spike_kind) == InjectKind.grad:
+        # Testing aid: an argument too, so one member of a vmapped group can spike alone.
+        hp["inject_spike_scale"] = jnp.asarray(float(cfg.train.inject_spike_scale), wide)
     return hp
 
 

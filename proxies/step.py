@@ -85,21 +85,22 @@ def _skips_spikes(cfg: DictConfig) -> bool:
             unhandled("train.spike.action", action)
 
 
-def _grad_injection(cfg: DictConfig) -> Callable[[Any, jax.Array], Any]:
+def _grad_injection(cfg: DictConfig) -> Callable[[Any, jax.Array, Hparams], Any]:
     """Testing aid (`train.inject_spike_kind=grad`): the gradient of the listed updates (by update
-    number, so a rollback meets them again) is scaled by `inject_spike_scale` before clipping."""
+    number, so a rollback meets them again) is scaled by `hp["inject_spike_scale"]` before
+    clipping (per member in a vmapped group: 1 leaves a member's updates as they were)."""
     t = cfg.train
     match InjectKind(t.inject_spike_kind):
         case InjectKind.batch:  # batches are replaced by the loop (proxies/train.py: Batches)
-            return lambda grads, step: grads
+            return lambda grads, step, hp: grads
         case InjectKind.grad:
             pass
         case kind:
             unhandled("train.inject_spike_kind", kind)
     updates = jnp.asarray(list(t.inject_spike_at) or [-1], jnp.int32)
 
-    def inject(grads: Any, step: jax.Array) -> Any:
-        scale = jnp.where(jnp.any(updates == step + 1), t.inject_spike_scale, 1.0)
+    def inject(grads: Any, step: jax.Array, hp: Hparams) -> Any:
+        scale = jnp.where(jnp.any(updates == step + 1), hp["inject_spike_scale"], 1.0)
         return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads)
 
     return inject
@@ -155,7 +156,7 @@ def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         written = aux.get("collections", {})
-        grads, grad_norm = clip_by_global_norm(inject(grads, state.step), hp["grad_clip"])
+        grads, grad_norm = clip_by_global_norm(inject(grads, state.step, hp), hp["grad_clip"])
         spike, loss_z, grad_z = detect(state.spike, loss, grad_norm, sigma, min_samples)
         lr_t = learning_rate(state.step, hp, hp["total_steps"], schedule)
         updates, opt_state = _tx(cfg, state.params, hp, lr_t).update(

@@ -63,6 +63,7 @@ def group_key(cfg: DictConfig) -> str:
     compiled step, one data order and one init, and so train together under jax.vmap."""
     ident = identity(cfg)
     ident["optim"] = {k: v for k, v in ident["optim"].items() if k not in HPARAM_KEYS}
+    ident["train"].pop("inject_spike_scale", None)  # a step argument too (optim.py)
     return json.dumps(ident, sort_keys=True)
 
 

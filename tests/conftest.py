@@ -11,9 +11,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import jax
+import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
@@ -100,6 +101,46 @@ def tiny_cfg(out_dir: Path, corpus: Path, cache: Path, *overrides: str) -> DictC
         f"out_dir={out_dir}",
     ]
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(base + list(overrides)))
+
+
+# Equivalence tests (vmapped = one by one, sharded = one device, fused = explicit attention, ...)
+# compare two differently compiled programs. In float32 their rounding differs with the CPU, the
+# thread count and XLA's fusion choices, and grows over the steps (3.1e-4 relative after 12 steps
+# on one box, under 2e-4 on another): no float32 tolerance both holds everywhere and catches a
+# small logic error. In float64 (the `float64` fixture) the same comparisons differ by < 1e-14
+# relative (measured: 4.3e-15 worst over every metric of 12 steps of a vmapped group), so F64_RTOL
+# sits five orders above the rounding, while one member's LR off by 1e-6 moves its loss by more.
+F64_RTOL = 1e-9
+F64_ATOL = 1e-12  # for values that are 0 on both sides up to rounding (a z-score at a flat window)
+
+
+@pytest.fixture
+def float64() -> Iterator[str]:
+    """This test in JAX's 64-bit mode, params and compute in float64; gives the run override."""
+    with jax.enable_x64(True):
+        yield "model.dtype=float64"
+
+
+def records(cfg: DictConfig) -> List[Dict[str, float]]:
+    """A run's metrics rows, less the timings (perf/*)."""
+    from proxies.rundir import read_metrics
+
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")}
+            for r in read_metrics(Path(cfg.out_dir) / "metrics.jsonl")]
+
+
+def assert_same_records(a: DictConfig, b: DictConfig, rtol: float = F64_RTOL,
+                        atol: float = F64_ATOL) -> None:
+    """Runs `a` and `b` logged the same rows, keys and values (to rtol: see F64_RTOL)."""
+    ra, rb = records(a), records(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb):
+        assert x.keys() == y.keys(), x["step"]
+        bad = [k for k in sorted(x) if not (x[k] == y[k] or np.isclose(
+            x[k], y[k], rtol=rtol, atol=atol))]
+        assert not bad, f"step {x['step']}: " + ", ".join(
+            f"{k} {x[k]!r} vs {y[k]!r} (relative {abs(x[k] / y[k] - 1):.2g})" if y[k] else
+            f"{k} {x[k]!r} vs {y[k]!r}" for k in bad[:4])
 
 
 @pytest.fixture

@@ -1,10 +1,16 @@
 """The fast paths agree with the plain ones: fused vs explicit attention, chunked vs whole-batch
 readout + cross-entropy, and bfloat16 vs float32 training.
 
-Tolerances, relative to the largest entry of the reference (logits, each gradient tree): float32
-1e-5 (observed <= 6e-7: only summation order differs); bfloat16 3e-2 (observed ~1e-2, a couple
-of bf16 roundings at unit roundoff 2^-8 = 3.9e-3, e.g. the fused path's float32 q·kᵀ vs the
-explicit one's bf16). Losses: 1e-6 relative in float32, 1e-3 in bfloat16.
+Tolerances, relative to the largest entry of the reference (logits, each gradient tree):
+- chunked vs whole readout: float64 (only the summation order differs, so 1e-12 holds with
+  orders to spare and any logic error shows).
+- fused vs explicit attention: float32, the dtype both run in (JAX's fused kernel takes its
+  softmax in float32 whatever the input, so float64 would not tighten it). Measured over the
+  cases × 3 batches, 2 threads and 1: logits and loss equal, gradients <= 2.0e-7; TOL 1e-5 sits
+  50x above that, far below what a wrong scale, mask or norm moves (> 1e-3).
+- bfloat16 3e-2 (observed ~1e-2, a couple of bf16 roundings at unit roundoff 2^-8 = 3.9e-3,
+  e.g. the fused path's float32 q·kᵀ vs the explicit one's bf16). Losses: 1e-6 relative in
+  float32, 2^-8 in bfloat16.
 """
 
 from __future__ import annotations
@@ -32,10 +38,10 @@ from proxies.step import init_state, loss_and_aux, make_eval_step, make_train_st
 V, L, B = 64, 8, 2
 # Programs run once here, so compile time is what counts: LLVM at -O0 compiles ~40% faster.
 jit0 = partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-TOL = {"float32": 1e-5, "bfloat16": 3e-2}
+TOL = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 3e-2}
 # bf16 loss: one bf16 rounding (2^-8 relative). cuDNN's flash attention on an H100 differed from
 # the explicit path by 1.1e-3 relative (qk-layernorm case); XLA on CPU stays within 1e-3.
-LOSS_TOL = {"float32": 1e-6, "bfloat16": 2**-8}
+LOSS_TOL = {"float64": 1e-12, "float32": 1e-6, "bfloat16": 2**-8}
 
 
 def model_cfg(**kw: Any) -> Any:
@@ -72,7 +78,7 @@ def assert_trees_close(a: Any, b: Any, tol: float, case: Any = "") -> None:
     scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(b))
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0],
                             jax.tree_util.tree_leaves(b)):
-        err = float(jnp.max(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32))))
+        err = float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
         assert err <= tol * scale, (case, jax.tree_util.keystr(path), err, scale)
 
 
@@ -187,10 +193,10 @@ CHUNK_CASES = [  # B·L = 16 tokens: 5 leaves a remainder of 1, 100 is more than
 ]
 
 
-def test_chunked_loss_matches_whole_batch():
-    """Loss, its parts and gradients of every case in CHUNK_CASES, z_loss large enough to
-    matter."""
-    models, params = models_and_params([kw for kw, _ in CHUNK_CASES])
+def test_chunked_loss_matches_whole_batch(float64):
+    """Loss, its parts and gradients of every case in CHUNK_CASES (in float64 but the bfloat16
+    one), z_loss large enough to matter."""
+    models, params = models_and_params([{"dtype": "float64", **kw} for kw, _ in CHUNK_CASES])
 
     @jit0
     def run(ps: List[Any], batch_BxLp1: jax.Array) -> list:
@@ -208,23 +214,24 @@ def test_chunked_loss_matches_whole_batch():
         assert_trees_close(grads_c, grads_w, tol, case)
 
 
-def test_chunked_cross_entropy_function():
-    """Against the plain formula, gradients to both the table and the hidden states."""
-    x_BxLxD = jax.random.normal(jax.random.key(0), (B, L, 32))
-    table_VxD = jax.random.normal(jax.random.key(1), (V, 32))
+def test_chunked_cross_entropy_function(float64):
+    """Against the plain formula, gradients to both the table and the hidden states (float64)."""
+    x_BxLxD = jax.random.normal(jax.random.key(0), (B, L, 32), jnp.float64)
+    table_VxD = jax.random.normal(jax.random.key(1), (V, 32), jnp.float64)
     targets_BxL = tokens_BxLp1()[:, 1:]
     readout = lambda t, x: x @ t.T  # noqa: E731
     whole = jit0(jax.grad(lambda t, x: cross_entropy_with_z_loss(
         readout(t, x), targets_BxL, 0.1)[0], argnums=(0, 1)))(table_VxD, x_BxLxD)
     chunked = jit0(jax.grad(lambda t, x: chunked_cross_entropy_with_z_loss(
         readout, t, x, targets_BxL, 0.1, 5)[0], argnums=(0, 1)))(table_VxD, x_BxLxD)
-    assert_trees_close(chunked, whole, TOL["float32"])
+    assert_trees_close(chunked, whole, TOL["float64"])
 
 
-def test_train_and_eval_steps_with_ce_chunk():
+def test_train_and_eval_steps_with_ce_chunk(float64):
+    """One train step and one eval step, chunked against whole (float64)."""
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist([
         "model.d_model=32", "model.n_layers=1", "model.n_heads=4", f"train.seq_len={L}",
-        "optim.z_loss=1e-3"]))
+        "optim.z_loss=1e-3", float64]))
     model = Transformer(cfg.model, V, L)
     state = jit0(lambda key: init_state(model, cfg, key))(jax.random.key(0))
     steps = {c: make_train_step(model, OmegaConf.merge(cfg, {"train": {"ce_chunk": c}}))
@@ -238,9 +245,9 @@ def test_train_and_eval_steps_with_ce_chunk():
     out = both(state, tokens_BxLp1(), hparams_from_config(cfg))
     (s0, m0, e0), (s5, m5, e5) = out[0], out[5]
     for key in ("loss", "ce", "z_loss", "grad_norm"):
-        assert abs(float(m5[key] - m0[key])) <= 1e-5 * abs(float(m0[key])), key
-    assert abs(float(e5 - e0)) <= 1e-6 * float(e0)
-    assert_trees_close(s5.params, s0.params, 1e-5)
+        assert abs(float(m5[key] - m0[key])) <= 1e-12 * abs(float(m0[key])), key
+    assert abs(float(e5 - e0)) <= 1e-12 * float(e0)
+    assert_trees_close(s5.params, s0.params, 1e-12)
 
 
 # ------------------------------------------------------------------ bfloat16 training

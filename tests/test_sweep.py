@@ -19,6 +19,7 @@ from proxies.grid import expand_grid, sweep_dir
 from proxies.sweep import run_sweep
 from proxies.rundir import read_metrics
 from proxies.train import run_name, train
+from tests.conftest import assert_same_records
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,43 +204,40 @@ def test_hydra_multirun_with_joblib_launcher_writes_the_sweep_layout(tmp_path, c
             p.name for p in (sweep / run_dir).iterdir()}
 
 
-def _close_rows(a, b, rtol=2e-4, atol=1e-6):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        keys = {k for k in ra if not k.startswith("perf/")}
-        assert keys == {k for k in rb if not k.startswith("perf/")}
-        np.testing.assert_allclose([ra[k] for k in sorted(keys)], [rb[k] for k in sorted(keys)],
-                                   rtol=rtol, atol=atol)
-
-
-def test_vmapped_group_matches_the_same_runs_one_by_one(make_cfg):
+def test_vmapped_group_matches_the_same_runs_one_by_one(make_cfg, float64):
+    """Every logged value of each member equals its run trained alone (float64: conftest.py's
+    F64_RTOL; a member's LR off by 1e-6 fails it)."""
     from proxies.train import train_group
     lrs = ["1e-3", "1e-2", "3e-2"]
-    group = [make_cfg(f"optim.lr={lr}", "optim.weight_decay=0.05", out=f"g{lr}") for lr in lrs]
-    solo = [make_cfg(f"optim.lr={lr}", "optim.weight_decay=0.05", out=f"s{lr}") for lr in lrs]
+    group = [make_cfg(float64, f"optim.lr={lr}", "optim.weight_decay=0.05", out=f"g{lr}")
+             for lr in lrs]
+    solo = [make_cfg(float64, f"optim.lr={lr}", "optim.weight_decay=0.05", out=f"s{lr}")
+            for lr in lrs]
     g_summaries = train_group(group, vmap=True)
     assert all(s["group_size"] == 3 for s in g_summaries)
     for g, s in zip(group, solo):
         train(s)
-        _close_rows(read_metrics(Path(g.out_dir) / "metrics.jsonl"),
-                    read_metrics(Path(s.out_dir) / "metrics.jsonl"))
+        assert_same_records(g, s)
 
 
-def test_diverging_member_leaves_its_group_mates_unchanged(make_cfg):
+def test_diverging_member_leaves_its_group_mates_unchanged(make_cfg, float64):
+    """One member of three diverges; each member, the diverged one up to its end included, logs
+    what it logs trained alone (float64, F64_RTOL): freezing touches that member only."""
     from proxies.train import train_group
-    calm = make_cfg("optim.lr=1e-2", out="calm")
-    wild = make_cfg("optim.lr=30.0", "optim.grad_clip=0", "optim.warmup_steps=0",
-                    "optim.weight_decay=0", out="wild")
-    other = make_cfg("optim.lr=1e-3", out="other")  # 3 members: the group step compiled above
-    alone = make_cfg("optim.lr=1e-2", out="alone")
-    s_calm, s_wild, s_other = train_group([calm, wild, other], vmap=True)
+    settings = {"calm": ["optim.lr=1e-2"],
+                "wild": ["optim.lr=30.0", "optim.grad_clip=0", "optim.warmup_steps=0",
+                         "optim.weight_decay=0"],
+                "other": ["optim.lr=1e-3"]}
+    group = [make_cfg(float64, *o, out=f"g-{name}") for name, o in settings.items()]
+    s_calm, s_wild, s_other = train_group(group, vmap=True)
     assert s_wild["diverged"] is True and s_wild["diverged_at_step"] < 12
     assert s_calm["diverged"] is False and s_calm["steps_done"] == 12
     assert s_other["diverged"] is False and s_other["steps_done"] == 12
-    train(alone)
-    _close_rows(read_metrics(Path(calm.out_dir) / "metrics.jsonl"),
-                read_metrics(Path(alone.out_dir) / "metrics.jsonl"))
-    text = (Path(wild.out_dir) / "metrics.jsonl").read_text()
+    for g, (name, o) in zip(group, settings.items()):
+        alone = make_cfg(float64, *o, out=f"alone-{name}")
+        assert train(alone)["diverged"] is (name == "wild")
+        assert_same_records(g, alone)
+    text = (Path(group[1].out_dir) / "metrics.jsonl").read_text()
     assert "NaN" not in text and "Infinity" not in text
 
 

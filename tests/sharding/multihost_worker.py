@@ -28,4 +28,5 @@ from proxies.train import train  # noqa: E402
 from tests.conftest import tiny_cfg  # noqa: E402
 from tests.sharding.test_multi_device import SMALL  # noqa: E402
 
-train(tiny_cfg(out, corpus, cache, *SMALL, "mesh.data=4", "mesh.fsdp=2"), stop_after=stop_after)
+train(tiny_cfg(out, corpus, cache, *SMALL, "mesh.data=4", "mesh.fsdp=2", "model.dtype=float64"),
+      stop_after=stop_after)

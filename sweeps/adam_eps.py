@@ -132,11 +132,11 @@ def per_seed(ep: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def paired(t: pd.DataFrame, a: float, b: float, f=lambda x, y: x - y) -> P.Effect:
-    """f(column a, column b) over the seeds with both, with its bootstrap interval."""
+    """f(column a, column b) over the seeds with both, with its t interval."""
     if a not in t.columns or b not in t.columns:
-        return P.bootstrap([])
+        return P.interval([])
     both = t[[a, b]].dropna()
-    return P.bootstrap(f(both[a], both[b]).to_numpy(float))
+    return P.interval(f(both[a], both[b]).to_numpy(float))
 
 
 def large_eps(grid: Sequence[float], g: float) -> Optional[float]:
@@ -185,7 +185,7 @@ def eps_parts(ep: pd.DataFrame) -> Tuple[Dict[str, Tuple[Reproduced, str]], Dict
            "1e-15 keeps the update RMS up": (
                keeps(ratio), f"log10 update-RMS ratio {ratio} (keep ≥ {np.log10(KEEP):+.3f})")}
     if big is None:
-        d_big = P.bootstrap([])
+        d_big = P.interval([])
         out["a larger ε is worse"] = ("inconclusive", (
             f"no ε of the grid reaches the baseline's gradient RMS {g:.3g} within "
             f"{EPS_NEAR:g}×: the paper's regime is not reached"))
@@ -214,7 +214,7 @@ def highest_trained_lr(sc: pd.DataFrame, size: Dict[str, int]) -> Optional[float
 
 def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     sc, ep = t["scaling"], t["eps"]
-    size_fx, lr_fx = (P.bootstrap(v) for v in seed_slopes(sc))
+    size_fx, lr_fx = (P.interval(v) for v in seed_slopes(sc))
     subs = {"gradient RMS falls with size and LR": falls(size_fx, lr_fx)}
     measured: Dict[str, Any] = {
         "statistic": "gradient RMS of block 0's first MLP layer, mean over the run's tail",

@@ -10,7 +10,7 @@ gpu/paper scale the paper's own, at laptop/tiny smaller ones sharing their first
 Verdict (the main part only): per seed, the slope of LR sensitivity per decade of non-embedding
 params along each path (least squares), and their paired difference depth − width. The claim is
 two statements, judged as a conjunction: depth raises LR sensitivity (the depth slope's
-bootstrap interval over seeds above 0) and faster than width (the paired difference's interval
+t interval over seeds above 0) and faster than width (the paired difference's interval
 above 0). True when both intervals lie above 0, false when either lies at or below 0 (width
 raises it at least as fast, or depth does not raise it at all), inconclusive otherwise or with
 one seed. The width path's own slope is reported with its interval (`panels.trend_effect`).
@@ -94,7 +94,7 @@ def judge_rates(st: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str,
     (depth − width slope, paired by seed)."""
     sl = {k: slopes_per_seed(v) for k, v in st.items()}
     diff = (sl["depth"] - sl["width"]).dropna()
-    eff = {"depth − width": P.bootstrap(diff.to_numpy(float)),
+    eff = {"depth − width": P.interval(diff.to_numpy(float)),
            **{k: P.trend_effect(v) for k, v in st.items()}}
     raises, faster = P.above(eff["depth"]), P.above(eff["depth − width"])
     verb = {"true": "raises", "false": "does not raise", "inconclusive": "may raise"}
@@ -116,7 +116,7 @@ def lower_loss_at_largest(st: Dict[str, pd.DataFrame]) -> str:
     if w.empty or d.empty:
         return "no finished largest size on one path"
     seeds = w.index.intersection(d.index)
-    e = P.bootstrap((w.loc[seeds, "best_loss"] - d.loc[seeds, "best_loss"]).to_numpy(float))
+    e = P.interval((w.loc[seeds, "best_loss"] - d.loc[seeds, "best_loss"]).to_numpy(float))
     r = P.above(e)  # true: the width path's loss is higher, so depth is lower
     who = {"true": "depth", "false": "width"}
     nw, nd = float(w["n_params_nonembed"].iloc[0]), float(d["n_params_nonembed"].iloc[0])
@@ -165,7 +165,7 @@ def judge_e2(off: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str, P
     """Fig. E.2: does the max attention logit grow with size along both paths without qk-LN?"""
     if all(v.empty for v in off.values()):
         return "inconclusive", "no finished runs without qk-layernorm", {}
-    eff = {k: P.bootstrap(logit_slopes(v)) for k, v in off.items()}
+    eff = {k: P.interval(logit_slopes(v)) for k, v in off.items()}
     rs = {k: P.above(e) for k, e in eff.items()}
     words = {"true": "grows", "false": "does not grow", "inconclusive": "grows?"}
     return P.all_of(list(rs.values())), "; ".join(

@@ -23,7 +23,7 @@ Every finding is judged against a null measured on the same model at step 0 (the
 weights start truncated-normal (kurtosis ≈ 2.4, not 3), norms start with a dynamic range of their
 own, R leads E at init by construction (row norms are nearly equal), and h = swish(g)·u puts
 coincident gate/up outliers at h's top entries by construction; none of these is a finding.
-Each statistic is per seed with a bootstrap interval over seeds (sweeps/panels.py): "true" or
+Each statistic is per seed with a t interval over seeds (sweeps/panels.py): "true" or
 "false" only when the interval clears the stated threshold, else "inconclusive". The overall
 verdict is the conjunction of every finding of every recipe: true when all are true, false when
 any is false, inconclusive otherwise.
@@ -141,7 +141,7 @@ def per_seed(sums: Sequence[Dict[str, Any]], f: Callable[[Dict[str, Any]], Any])
         except (TypeError, ZeroDivisionError, ValueError):  # a None in the summary
             v = None
         vals.append(float(v) if v is not None else float("nan"))
-    return P.bootstrap(vals)
+    return P.interval(vals)
 
 
 def at_init(sums: Sequence[Dict[str, Any]]) -> bool:

@@ -88,17 +88,17 @@ def bigram_losses(b: pd.DataFrame) -> pd.Series:
 
 
 def paired(a: pd.Series, b: pd.Series) -> P.Effect:
-    """a − b over the seeds both have, with its bootstrap interval."""
+    """a − b over the seeds both have, with its t interval."""
     seeds = a.dropna().index.intersection(b.dropna().index)
-    return P.bootstrap((a[seeds] - b[seeds]).to_numpy(float))
+    return P.interval((a[seeds] - b[seeds]).to_numpy(float))
 
 
 def state(e: P.Effect, tol: float) -> str:
     """'above' / 'below' when the interval lies wholly above / below `tol`, else 'unsure'
     (always with one seed: no interval)."""
-    if e.n >= 2 and e.lo > tol:
+    if e.decided and e.lo > tol:
         return "above"
-    if e.n >= 2 and e.hi < tol:
+    if e.decided and e.hi < tol:
         return "below"
     return "unsure"
 

@@ -20,7 +20,7 @@ paper's own text was not at hand, so these are its words as the spec gives them)
   at init, so those fits say nothing about growth.
 
 Seeds: one fit per (LR, seed) on that seed's runs, checked on that seed's held-out run; the
-verdict's statistics carry a bootstrap interval over seeds (sweeps/panels.py).
+verdict's statistics carry a t interval over seeds (sweeps/panels.py).
 """
 
 from __future__ import annotations
@@ -151,24 +151,26 @@ def decide(pr: pd.DataFrame) -> Tuple[Reproduced, str]:
     if pr.empty:
         return "inconclusive", "the held-out size has not finished (or too few sizes to fit)"
     seeds = int(pr["seed"].nunique())
-    err = P.bootstrap(seed_errors(pr))
+    err = P.interval(seed_errors(pr))
     tol = np.log10(PRED_TOLERANCE)
-    wrong_always = [lr for lr, g in pr.groupby("lr") if len(g) >= 2 and not g["flag_right"].any()]
+    wrong_always = [lr for lr, g in pr.groupby("lr")
+                    if len(g) >= P.MIN_SEEDS and not g["flag_right"].any()]
     flags = f"1e4 flag right at {int(pr['flag_right'].sum())}/{len(pr)} (LR, seed)"
     shown = f"median |log10(pred/measured)| {err}, tolerance {tol:.3f} (×{PRED_TOLERANCE:g})"
-    if seeds < 2:
-        return "inconclusive", f"one seed gives no interval: {flags}; {shown}"
+    if seeds < P.MIN_SEEDS:
+        return "inconclusive", (f"{seeds} seed(s); a verdict needs {P.MIN_SEEDS}: {flags}; "
+                                f"{shown}")
     if wrong_always:
         return "false", (f"the 1e4 flag is wrong in every seed at LR "
                          f"{', '.join(f'{lr:g}' for lr in wrong_always)}: {flags}; {shown}")
-    if err.n >= 2 and err.lo > tol:
+    if err.decided and err.lo > tol:
         return "false", f"the held-out logit is missed by more than ×{PRED_TOLERANCE:g}: {shown}"
-    if pr["flag_right"].all() and err.n >= 2 and err.hi <= tol:
+    if pr["flag_right"].all() and err.decided and err.hi <= tol:
         return "true", (f"the held-out {P.size_label(pr['held_out'].iloc[0])} model's block-0 "
                         f"logit is predicted within ×{PRED_TOLERANCE:g} ({shown}) and the 1e4 "
                         f"flag is right at every LR and seed")
     why = ("the flag differs between seeds" if not pr["flag_right"].all() else
-           "the error's interval crosses the tolerance" if err.n >= 2 else
+           "the error's interval crosses the tolerance" if err.decided else
            "too few seeds with a held-out logit for an interval")
     return "inconclusive", f"{why}: {flags}; {shown}"
 
@@ -206,7 +208,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
             for lr, g in pr.groupby("lr", sort=True)},
         "1e4 flag right (LR × seed)": f"{int(pr['flag_right'].sum())}/{len(pr)}",
         "median |log10(pred/measured)| (interval over seeds)": str(
-            P.bootstrap(seed_errors(pr))),
+            P.interval(seed_errors(pr))),
         f"predicted at {s.target_params:.2g} params by LR": {
             f"{lr:g}": f"{v:.3g}" for lr, v in by_lr(pr, "at_target").items()},
         "rule": f"crossed = early logit > {THRESHOLD:g}, or diverged with logit ≥ "

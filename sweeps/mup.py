@@ -13,7 +13,7 @@ Fig. E.4 repeats the comparison without qk-layernorm: μParam does not remove th
 at high LR (paper: it "does not alleviate the need for" qk-layernorm).
 
 The claim has two halves, and the verdict needs both (true when both are true, false when
-either is false, inconclusive otherwise); every statistic is per seed with a bootstrap interval
+either is false, inconclusive otherwise); every statistic is per seed with a t interval
 over seeds (sweeps/panels.py), and every threshold below is fixed before any data:
 
 (A) the best LR stays put under μParam (simple): the slope of log10(interpolated best LR) per
@@ -128,13 +128,13 @@ def improvement(stats: pd.DataFrame, column: str, base_width: int) -> P.Effect:
     g = g[g[WIDTH] > base_width]
     wide = g.pivot_table(index=[P.SEED, WIDTH], columns=MP, values=column)
     if SP not in wide.columns or MUP not in wide.columns:
-        return P.bootstrap([])
+        return P.interval([])
     per_seed = (wide[SP] - wide[MUP]).dropna().groupby(level=0).mean()
-    return P.bootstrap(per_seed.to_numpy(float))
+    return P.interval(per_seed.to_numpy(float))
 
 
 def judge_best_lr(stats: pd.DataFrame) -> Tuple[Reproduced, str, P.Effect, P.Effect]:
-    mup, sp = P.bootstrap(drift_slopes(stats, MUP)), P.bootstrap(drift_slopes(stats, SP))
+    mup, sp = P.interval(drift_slopes(stats, MUP)), P.interval(drift_slopes(stats, SP))
     r = P.within(mup, DRIFT_MARGIN)
     word = {"true": "stays put", "false": "moves"}.get(r, "may or may not stay put")
     return r, (f"under μP (simple) the best LR {word}: {mup} decades per doubling of width "

@@ -5,9 +5,10 @@ Every loss drawn is the loss LR sensitivity counts: min(final eval loss, loss at
 diverged or NaN runs at the loss at init, marked ×.
 
 Seeds (`sweep.seeds`): statistics are computed per seed (`series_stats` keeps a `train.seed`
-column), effects are paired by seed and summarised by their mean and a bootstrap interval over
-seeds (`Effect`). A verdict says "true" or "false" only where the interval excludes no effect;
-with one seed there is no interval, and such a comparison is inconclusive.
+column), effects are paired by seed and summarised by their mean and a Student-t interval over
+seeds (`Effect`, its method and n printed beside it). A verdict says "true" or "false" only
+with MIN_SEEDS seeds or more and where the interval excludes no effect; otherwise the
+comparison is inconclusive.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 from analysis.figures import (log_axes, lr_colour, lr_colourbar, lr_norm,  # noqa: F401
                               size_label)
@@ -28,8 +30,9 @@ from proxies.config import DEFAULT_LR_RANGE, LR_KEY
 from proxies.config import SEED_KEY as SEED  # a column only when sweep.seeds > 1
 
 SHAPE = ["model.d_model", "model.n_layers"]  # a model size, whatever its toggles add
-CONFIDENCE = 0.95  # of every bootstrap interval; fixed before any data
-BOOTSTRAP_RESAMPLES = 4000
+CONFIDENCE = 0.95  # two-sided, of every interval; fixed before any data
+# A verdict ("true"/"false") needs this many seeds; with fewer, every rule says "inconclusive".
+MIN_SEEDS = 3
 Reproduced = str  # "true" | "false" | "inconclusive" (sweeps.core.Reproduced)
 
 
@@ -81,43 +84,57 @@ def seed_mean(stats: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Effect:
-    """A statistic's mean over seeds and its bootstrap interval (NaN bounds for one seed)."""
+    """A statistic's mean over n seeds and its Student-t interval (mean ± t·sd/√n, n − 1
+    degrees of freedom: exact for normal seed-to-seed noise at any n ≥ 2; for a paired
+    difference, the paired t-interval). NaN bounds below two seeds."""
 
     mean: float
     lo: float
     hi: float
     n: int
+    sd: float = float("nan")  # the seeds' standard deviation (ddof 1)
+    confidence: float = CONFIDENCE
+
+    @property
+    def decided(self) -> bool:
+        """Enough seeds for a verdict (MIN_SEEDS) and a finite interval."""
+        return self.n >= MIN_SEEDS and bool(np.isfinite([self.lo, self.hi]).all())
 
     @property
     def above_zero(self) -> bool:
-        """The interval lies above 0 (needs two seeds or more)."""
-        return self.n >= 2 and self.lo > 0
+        """The interval lies above 0 (with MIN_SEEDS seeds or more)."""
+        return self.decided and self.lo > 0
 
     @property
     def below_zero(self) -> bool:
-        return self.n >= 2 and self.hi < 0
+        return self.decided and self.hi < 0
+
+    def at(self, confidence: float) -> "Effect":
+        """The same statistic's interval at another confidence (e.g. Bonferroni-Holm's)."""
+        return t_interval_from(self.mean, self.sd, self.n, confidence)
 
     def __str__(self) -> str:
         if self.n < 2:
-            return f"{self.mean:+.3f} (1 seed, no interval)"
-        return f"{self.mean:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}]"
+            return f"{self.mean:+.3f} (n={self.n}, no interval)"
+        return (f"{self.mean:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}] "
+                f"({self.confidence:.0%} t, n={self.n})")
 
 
-def bootstrap(values: Sequence[float], stat: Callable[[np.ndarray], float] = np.mean,
-              confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES) -> Effect:
-    """`stat` of `values` (one per seed) with a percentile bootstrap interval over seeds; the
-    resampling RNG is fixed, so the same numbers give the same interval."""
+def t_interval_from(mean: float, sd: float, n: int, confidence: float = CONFIDENCE) -> Effect:
+    if n < 2 or not np.isfinite(sd):
+        return Effect(mean, float("nan"), float("nan"), n, sd, confidence)
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
+    return Effect(mean, mean - half, mean + half, n, sd, confidence)
+
+
+def interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Effect:
+    """The mean of `values` (one per seed; non-finite ones dropped) with its Student-t
+    interval."""
     v = np.asarray([x for x in values if np.isfinite(x)], float)
     if len(v) == 0:
         return Effect(float("nan"), float("nan"), float("nan"), 0)
-    if len(v) == 1:
-        return Effect(float(stat(v)), float("nan"), float("nan"), 1)
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(v), size=(resamples, len(v)))
-    boots = np.array([stat(v[i]) for i in idx])
-    a = (1 - confidence) / 2
-    return Effect(float(stat(v)), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)),
-                  len(v))
+    sd = float(np.std(v, ddof=1)) if len(v) >= 2 else float("nan")
+    return t_interval_from(float(np.mean(v)), sd, len(v), confidence)
 
 
 def paired_effects(stats: pd.DataFrame, by: str, a: Any, b: Any,
@@ -134,17 +151,19 @@ def paired_effects(stats: pd.DataFrame, by: str, a: Any, b: Any,
         vb = g[g[by] == b].set_index(SEED)[column]
         seeds = va.index.intersection(vb.index)
         if len(seeds):
-            out[size_label(order[shape])] = bootstrap((va[seeds] - vb[seeds]).to_numpy(float))
+            out[size_label(order[shape])] = interval((va[seeds] - vb[seeds]).to_numpy(float))
     return out
 
 
 # ------------------------------------------------------- reading one interval into a verdict
-# Every rule reads an `Effect` the same way: with fewer than two seeds (no interval) it says
+# Every rule reads an `Effect` the same way: with fewer than MIN_SEEDS seeds it says
 # "inconclusive"; otherwise "true" when the whole interval is on the claimed side of the bound,
-# "false" when none of it is, "inconclusive" when it straddles the bound.
+# "false" when none of it is, "inconclusive" when it straddles the bound. Under no effect (the
+# statistic at the bound) a 95% interval says "true" or "false" 5% of the time in all
+# (tests/test_verdicts_stats.py simulates it).
 
 def _interval(e: Effect) -> bool:
-    return e.n >= 2 and bool(np.isfinite([e.lo, e.hi]).all())
+    return e.decided
 
 
 def above(e: Effect, bound: float = 0.0) -> Reproduced:
@@ -204,22 +223,23 @@ def every_size_verdict(effects: Dict[str, Effect], subject: str,
                        effect: str = "lowers LR sensitivity",
                        resolution: float = RESOLUTION) -> Tuple[Reproduced, str]:
     """(reproduced, why) for "`subject` `effect` at every size" from per-size effects (positive
-    = the claimed direction): true when every interval lies above `resolution`, false when one
-    lies below −`resolution` (that size contradicts "every"), otherwise inconclusive with the
-    intervals."""
+    = the claimed direction): true when every size's interval lies above `resolution` (all k
+    must hold, so no correction is needed); false when one size's interval lies below
+    −`resolution` at Bonferroni-Holm's level for k sizes (confidence 1 − 5%/k: "any size
+    contradicts" is k tests); otherwise inconclusive with the intervals."""
     if not effects:
         return "inconclusive", "no size has finished runs of both settings"
     shown = fmt_effects(effects)
-    above = {k: e.n >= 2 and e.lo > resolution for k, e in effects.items()}
-    below = {k: e.n >= 2 and e.hi < -resolution for k, e in effects.items()}
-    if any(below.values()):
-        against = [k for k, b in below.items() if b]
+    k = len(effects)
+    holm = {name: e.at(1 - (1 - CONFIDENCE) / k) for name, e in effects.items()}
+    against = [name for name, e in holm.items() if e.decided and e.hi < -resolution]
+    if against:
         return "false", (f"{subject} does the opposite at {', '.join(against)} (interval below "
-                         f"0): {shown}")
-    if all(above.values()):
+                         f"0 at {1 - (1 - CONFIDENCE) / k:.1%} for {k} sizes, Holm): {shown}")
+    if all(e.decided and e.lo > resolution for e in effects.values()):
         return "true", f"{subject} {effect} at every size, every interval above 0: {shown}"
     n = min(e.n for e in effects.values())
-    why = ("one seed gives no interval" if n < 2 else
+    why = (f"{n} seed(s); a verdict needs {MIN_SEEDS}" if n < MIN_SEEDS else
            f"an interval reaches within {resolution:g} of 0")
     return "inconclusive", f"{subject} {effect}? {why}: {shown}"
 
@@ -233,7 +253,7 @@ def trend_effect(stats: pd.DataFrame, column: str = "lr_sensitivity") -> Effect:
         g = g.dropna(subset=[column])
         if g["n_params_nonembed"].nunique() >= 2:
             slopes.append(float(np.polyfit(np.log10(g["n_params_nonembed"]), g[column], 1)[0]))
-    return bootstrap(slopes)
+    return interval(slopes)
 
 
 def colours(values: Sequence[Any], cmap: str = "viridis") -> Dict[Any, Any]:

@@ -216,12 +216,13 @@ def paired(ps: pd.DataFrame, a: str, b: str, column: str,
     va = ps[ps[SETTING] == a].set_index(P.SEED)[column]
     vb = ps[ps[SETTING] == b].set_index(P.SEED)[column]
     seeds = va.index.intersection(vb.index)
-    return P.bootstrap([f(va[k], vb[k]) for k in seeds])
+    return P.interval([f(va[k], vb[k]) for k in seeds])
 
 
 def _sens(v: pd.Series) -> str:
-    e = P.bootstrap(v.to_numpy(float))
-    return f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]" if e.n >= 2 else f"{e.mean:.3f}"
+    e = P.interval(v.to_numpy(float))
+    return (f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}] ({e.confidence:.0%} t, n={e.n})" if e.n >= 2
+            else f"{e.mean:.3f} (n={e.n})")
 
 
 def two_ranges(ps: pd.DataFrame) -> bool:
@@ -278,7 +279,8 @@ def judge_qk_clip(ps: pd.DataFrame, tau: float) -> Tuple[Reproduced, str]:
         return "inconclusive", (f"without QK-clip the max logit never passes τ = {tau:g} "
                                 f"({none.max():.3g}): nothing to clip")
     clipped = ps[ps[SETTING] == "qk_clip"]["max_logit_any_lr"]
-    held = "true" if len(clipped) and (clipped <= LOGIT_SLACK * tau).all() else "false"
+    held = ("inconclusive" if len(clipped) < P.MIN_SEEDS else
+            "true" if (clipped <= LOGIT_SLACK * tau).all() else "false")
     cost = paired(ps, "qk_clip", "none", "best_loss")
     small = P.below(cost, SMALL_LOSS_COST)
     return P.all_of([held, small]), (
@@ -298,7 +300,9 @@ def judge_sigma_reparam(ps: pd.DataFrame) -> Tuple[Reproduced, str]:
     words = (f"at the top LR the lowest head's entropy falls below {COLLAPSE} of its init "
              f"value in {int(base.sum())}/{len(base)} seeds without σReparam, "
              f"{int(sigma.sum())}/{len(sigma)} with it")
-    if len(base) == 0 or len(sigma) == 0 or not base.all():
+    if min(len(base), len(sigma)) < P.MIN_SEEDS:
+        return "inconclusive", words + f" (a verdict needs {P.MIN_SEEDS} seeds)"
+    if not base.all():
         return "inconclusive", words + " (the baseline must collapse in every seed to test it)"
     if not sigma.any():
         return "true", words
@@ -382,7 +386,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     order = ps.groupby(SETTING)["lr_sensitivity"].mean().sort_values(ascending=False).index
     ax = axs[2]
     for i, setting in enumerate(order):
-        e = P.bootstrap(ps[ps[SETTING] == setting]["lr_sensitivity"].to_numpy(float))
+        e = P.interval(ps[ps[SETTING] == setting]["lr_sensitivity"].to_numpy(float))
         err = [[e.mean - e.lo], [e.hi - e.mean]] if e.n >= 2 else None
         ax.barh(i, e.mean, xerr=err, color=colour(setting), capsize=2,
                 hatch="//" if "qk_layernorm" in setting else None, edgecolor="white")

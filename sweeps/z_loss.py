@@ -134,8 +134,8 @@ def judge_late(late: pd.DataFrame) -> Tuple[Reproduced, str, Dict[str, Any]]:
     ratio, growth = per_seed(off, "log_z_drop"), per_seed(off, "log_z_late_drop")
     ratio_on = per_seed(on, "log_z_drop")
     seeds = ratio.index.intersection(ratio_on.index)
-    e_ratio, e_growth = P.bootstrap(ratio.to_numpy()), P.bootstrap(growth.to_numpy())
-    e_paired = P.bootstrap((ratio[seeds] - ratio_on[seeds]).to_numpy())
+    e_ratio, e_growth = P.interval(ratio.to_numpy()), P.interval(growth.to_numpy())
+    e_paired = P.interval((ratio[seeds] - ratio_on[seeds]).to_numpy())
     parts_r = [outcome(e) for e in (e_ratio, e_growth, e_paired)]
     r = ("false" if "false" in parts_r else
          "true" if all(x == "true" for x in parts_r) else "inconclusive")

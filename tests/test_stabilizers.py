@@ -395,7 +395,7 @@ def test_with_each_stabilizer_a_vmapped_group_matches_runs_one_by_one_and_resume
 # ------------------------------------------------- sweeps/stabilizers.py's rules on synthetic data
 
 def per_seed_table(**by_setting) -> pd.DataFrame:
-    """A per-seed statistics table: setting -> {column: [seed 0 value, seed 1 value]}."""
+    """A per-seed statistics table: setting -> {column: [seed 0 value, seed 1 value, ...]}."""
     rows = []
     for setting, cols in by_setting.items():
         for seed in range(len(next(iter(cols.values())))):
@@ -405,45 +405,52 @@ def per_seed_table(**by_setting) -> pd.DataFrame:
 
 
 def test_softcap_lr_claim_needs_1_5x_in_every_seed_and_room_on_the_grid():
-    qk = {"top_trained_lr": [0.3, 0.3]}
-    ps = lambda capped: per_seed_table(qk_layernorm=qk,  # noqa: E731
-                                       **{"attn_softcap+qk_layernorm": {"top_trained_lr": capped}})
-    assert S.judge_softcap_lr(ps([0.6, 0.6]), 1.0)[0] == "true"  # 2x
-    assert S.judge_softcap_lr(ps([0.3, 0.378]), 1.0)[0] == "false"  # 1x, 1.26x
-    assert S.judge_softcap_lr(ps([0.6, 0.378]), 1.0)[0] == "inconclusive"  # seeds disagree
-    censored = per_seed_table(qk_layernorm={"top_trained_lr": [1.0, 0.6]},
-                              **{"attn_softcap+qk_layernorm": {"top_trained_lr": [1.0, 1.0]}})
+    ps = lambda capped: per_seed_table(  # noqa: E731
+        qk_layernorm={"top_trained_lr": [0.3] * len(capped)},
+        **{"attn_softcap+qk_layernorm": {"top_trained_lr": capped}})
+    assert S.judge_softcap_lr(ps([0.6, 0.6, 0.6]), 1.0)[0] == "true"  # 2x
+    assert S.judge_softcap_lr(ps([0.3, 0.33, 0.3]), 1.0)[0] == "false"  # 1x, 1.1x
+    assert S.judge_softcap_lr(ps([0.6, 0.378, 0.6]), 1.0)[0] == "inconclusive"  # seeds disagree
+    assert S.judge_softcap_lr(ps([0.6, 0.6]), 1.0)[0] == "inconclusive"  # 2 seeds: no verdict
+    censored = per_seed_table(qk_layernorm={"top_trained_lr": [1.0, 0.6, 0.6]},
+                              **{"attn_softcap+qk_layernorm": {"top_trained_lr": [1.0] * 3}})
     assert S.judge_softcap_lr(censored, 1.0)[0] == "inconclusive"
 
 
 def test_qk_clip_claim_needs_logits_held_a_small_cost_and_something_to_clip():
     ps = lambda clipped, cost, none_logit=500.0: per_seed_table(  # noqa: E731
-        none={"max_logit_any_lr": [none_logit] * 2, "best_loss": [2.0, 2.1]},
-        qk_clip={"max_logit_any_lr": clipped, "best_loss": [2.0 + cost[0], 2.1 + cost[1]]})
-    assert S.judge_qk_clip(ps([29.0, 32.0], [0.0, 0.01]), 30.0)[0] == "true"
-    assert S.judge_qk_clip(ps([29.0, 60.0], [0.0, 0.01]), 30.0)[0] == "false"  # not held
-    assert S.judge_qk_clip(ps([29.0, 29.0], [0.1, 0.2]), 30.0)[0] == "false"  # costly
-    assert S.judge_qk_clip(ps([29.0, 29.0], [0.0, 0.05]), 30.0)[0] == "inconclusive"
-    assert S.judge_qk_clip(ps([9.0, 9.0], [0.0, 0.0], none_logit=20.0), 30.0)[0] == "inconclusive"
+        none={"max_logit_any_lr": [none_logit] * len(cost),
+              "best_loss": [2.0, 2.1, 2.2][:len(cost)]},
+        qk_clip={"max_logit_any_lr": clipped,
+                 "best_loss": [b + c for b, c in zip([2.0, 2.1, 2.2], cost)]})
+    assert S.judge_qk_clip(ps([29.0, 32.0, 30.0], [0.0, 0.01, 0.005]), 30.0)[0] == "true"
+    assert S.judge_qk_clip(ps([29.0, 60.0, 29.0], [0.0, 0.01, 0.005]), 30.0)[0] == "false"  # held?
+    assert S.judge_qk_clip(ps([29.0] * 3, [0.2, 0.22, 0.21]), 30.0)[0] == "false"  # costly
+    assert S.judge_qk_clip(ps([29.0] * 3, [0.0, 0.05, 0.02]), 30.0)[0] == "inconclusive"
+    assert S.judge_qk_clip(ps([9.0] * 3, [0.0] * 3, none_logit=20.0), 30.0)[0] == "inconclusive"
+    assert S.judge_qk_clip(ps([29.0, 32.0], [0.0, 0.01]), 30.0)[0] == "inconclusive"  # 2 seeds
 
 
 def test_sigma_reparam_claim_needs_the_baseline_to_collapse_and_sigma_not_to():
     ps = lambda none, sigma: per_seed_table(  # noqa: E731
-        none={"top_lr_entropy": none, "top_lr_entropy_init": [2.0, 2.0]},
-        sigma_reparam={"top_lr_entropy": sigma, "top_lr_entropy_init": [2.0, 2.0]})
-    assert S.judge_sigma_reparam(ps([0.1, 0.2], [1.5, 1.8]))[0] == "true"
-    assert S.judge_sigma_reparam(ps([0.1, 0.2], [0.3, 0.1]))[0] == "false"
-    assert S.judge_sigma_reparam(ps([0.1, 0.2], [0.3, 1.8]))[0] == "inconclusive"
-    assert S.judge_sigma_reparam(ps([1.9, 0.2], [1.5, 1.8]))[0] == "inconclusive"  # no collapse
+        none={"top_lr_entropy": none, "top_lr_entropy_init": [2.0] * len(none)},
+        sigma_reparam={"top_lr_entropy": sigma, "top_lr_entropy_init": [2.0] * len(sigma)})
+    assert S.judge_sigma_reparam(ps([0.1, 0.2, 0.15], [1.5, 1.8, 1.6]))[0] == "true"
+    assert S.judge_sigma_reparam(ps([0.1, 0.2, 0.15], [0.3, 0.1, 0.2]))[0] == "false"
+    assert S.judge_sigma_reparam(ps([0.1, 0.2, 0.15], [0.3, 1.8, 0.2]))[0] == "inconclusive"
+    assert S.judge_sigma_reparam(ps([1.9, 0.2, 0.1], [1.5, 1.8, 1.6]))[0] == "inconclusive"
+    assert S.judge_sigma_reparam(ps([0.1, 0.2], [1.5, 1.8]))[0] == "inconclusive"  # 2 seeds
 
 
 def test_update_clip_claim_is_lower_lr_sensitivity_in_every_seed():
-    ps = lambda clipped: per_seed_table(none={"lr_sensitivity": [0.30, 0.32]},  # noqa: E731
-                                        update_clip={"lr_sensitivity": clipped})
-    assert S.judge_update_clip(ps([0.20, 0.25]), 7)[0] == "true"
-    assert S.judge_update_clip(ps([0.35, 0.33]), 7)[0] == "false"
-    assert S.judge_update_clip(ps([0.20, 0.40]), 7)[0] == "inconclusive"
-    assert S.judge_update_clip(ps([0.20, 0.25]), 1)[0] == "inconclusive"  # one LR: 0 by design
+    ps = lambda clipped: per_seed_table(  # noqa: E731
+        none={"lr_sensitivity": [0.30, 0.32, 0.31][:len(clipped)]},
+        update_clip={"lr_sensitivity": clipped})
+    assert S.judge_update_clip(ps([0.20, 0.25, 0.22]), 7)[0] == "true"
+    assert S.judge_update_clip(ps([0.35, 0.36, 0.36]), 7)[0] == "false"
+    assert S.judge_update_clip(ps([0.20, 0.40, 0.30]), 7)[0] == "inconclusive"
+    assert S.judge_update_clip(ps([0.20, 0.25, 0.22]), 1)[0] == "inconclusive"  # one LR: 0
+    assert S.judge_update_clip(ps([0.20, 0.25]), 7)[0] == "inconclusive"  # 2 seeds
 
 
 def test_each_table_row_is_named_by_the_stabilisers_it_turns_on():
@@ -454,12 +461,12 @@ def test_each_table_row_is_named_by_the_stabilisers_it_turns_on():
 
 
 def stabilizer_table(tail: dict) -> pd.DataFrame:
-    """Two settings on the laptop stabiliser grid, 2 seeds: a parabola in log10 LR, best at 1e-2,
+    """Two settings on the laptop stabiliser grid, 3 seeds: a parabola in log10 LR, best at 1e-2,
     diverged (NaN) from LR 0.5 on unless `tail[setting]` gives the loss there."""
     from sweeps.core import SPECS
     rows = []
     for setting in ("qk_layernorm", "logit_softcap+qk_layernorm"):
-        for seed in (0, 1):
+        for seed in (0, 1, 2):
             for lr in SPECS["laptop"].stabilizer_lrs:
                 loss = 2.0 + 0.05 * (np.log10(lr) + 2) ** 2 + 0.01 * seed
                 if lr > 0.5:
@@ -480,10 +487,10 @@ def test_lr_sensitivity_is_also_read_over_the_other_results_lrs_where_the_grid_g
     half = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
     cols = {}
     for setting, tail in (("qk_layernorm", 6.0), ("logit_softcap+qk_layernorm", 4.5)):
-        cols[setting] = {"lr_sensitivity": [], "lr_sensitivity_main": [], "best_loss": [2.0] * 2,
-                         "near_best_lr": [0.03] * 2, "top_lr_max_logit": [8.0] * 2,
-                         "top_lr_entropy": [2.0] * 2}
-        for seed in (0, 1):
+        cols[setting] = {"lr_sensitivity": [], "lr_sensitivity_main": [], "best_loss": [2.0] * 3,
+                         "near_best_lr": [0.03] * 3, "top_lr_max_logit": [8.0] * 3,
+                         "top_lr_entropy": [2.0] * 3}
+        for seed in (0, 1, 2):
             curve = [2.0 + 0.05 * (np.log10(lr) + 2) ** 2 + 0.01 * seed for lr in half]
             excess = [c - min(curve) for c in curve]
             pick = lambda t: t[(t["setting"] == setting) & (t["train.seed"] == seed)]  # noqa

@@ -158,39 +158,40 @@ def lp_verdict(df: pd.DataFrame) -> str:
 
 def test_logit_prediction_true_when_the_held_out_logit_and_flag_are_predicted():
     assert quad(HELD, 500.0) > LP.THRESHOLD  # the high-LR held-out run crosses 1e4 ...
-    df = logit_table([0, 1], {})  # ... and the measured logit is what the fit predicts
+    df = logit_table([0, 1, 2], {})  # ... and the measured logit is what the fit predicts
     pr = LP.predictions(df, SPEC)
-    assert pr["flag_right"].all() and pr["crossed"].sum() == 2
+    assert pr["flag_right"].all() and pr["crossed"].sum() == 3
     assert lp_verdict(df) == "true"
+    assert lp_verdict(logit_table([0, 1], {})) == "inconclusive"  # a verdict needs 3 seeds
 
 
 def test_logit_prediction_false_when_the_held_out_logit_is_missed():
-    df = logit_table([0, 1], {})
+    df = logit_table([0, 1, 2], {})
     df.loc[df["n_params_nonembed"] == HELD, M.LOGIT_BLOCK0_EARLY] *= 10  # every seed, every LR
     reproduced, why, _ = LP.judge({"main": df}, SPEC)
     assert reproduced == "false" and "missed by more than" in why
 
 
 def test_a_diverged_held_out_run_crosses_1e4_only_if_its_logit_neared_it():
-    early_death = {s: {"measured": np.nan, "diverged": True, "reached": 50.0} for s in (0, 1)}
-    df = logit_table([0, 1], early_death)
+    early_death = {s: {"measured": np.nan, "diverged": True, "reached": 50.0} for s in (0, 1, 2)}
+    df = logit_table([0, 1, 2], early_death)
     pr = LP.predictions(df, SPEC)
     assert not pr["crossed"].any()  # diverged for another reason: not "crossed 1e4"
     reproduced, why, _ = LP.judge({"main": df}, SPEC)
     assert reproduced == "false" and "wrong in every seed" in why
-    near = {s: {"measured": np.nan, "diverged": True, "reached": 5e3} for s in (0, 1)}
-    assert LP.predictions(logit_table([0, 1], near), SPEC)["flag_right"].all()
+    near = {s: {"measured": np.nan, "diverged": True, "reached": 5e3} for s in (0, 1, 2)}
+    assert LP.predictions(logit_table([0, 1, 2], near), SPEC)["flag_right"].all()
     assert LP.crossed(np.nan, LP.THRESHOLD / LP.NEAR_FACTOR, True)
     assert not LP.crossed(np.nan, 0.99 * LP.THRESHOLD / LP.NEAR_FACTOR, True)
 
 
 def test_logit_prediction_inconclusive_when_seeds_disagree_or_one_seed():
-    df = logit_table([0, 1], {}, scales=(1.0, 10.0))  # no LR near 1e4: every flag is right
+    df = logit_table([0, 1, 2], {}, scales=(1.0, 10.0))  # no LR near 1e4: every flag is right
     one = (df["n_params_nonembed"] == HELD) & (df["train.seed"] == 1)
     df.loc[one, M.LOGIT_BLOCK0_EARLY] /= 4  # seed 1's held-out runs 4× below the fit
     reproduced, why, _ = LP.judge({"main": df}, SPEC)
     assert reproduced == "inconclusive" and "crosses the tolerance" in why
-    flag = logit_table([0, 1], {1: {"measured": quad(HELD, 500.0) / 4}})  # seed 1 stays < 1e4
+    flag = logit_table([0, 1, 2], {1: {"measured": quad(HELD, 500.0) / 4}})  # seed 1 stays < 1e4
     assert LP.judge({"main": flag}, SPEC)[0] == "inconclusive"  # the flag differs by seed
     assert lp_verdict(logit_table([0], {})) == "inconclusive"  # no interval from one seed
 

@@ -1,0 +1,129 @@
+"""The statistics under every verdict, checked by simulation: the Student-t interval holds the
+true mean at its stated rate, and each rule says "true" or "false" at most 5% of the time when
+there is no effect (simulated tables at the laptop's seed count, MIN_SEEDS, and its measured seed
+spread of LR sensitivity). Simulations use a fixed RNG, so each rate is one fixed number; the
+bounds allow its Monte Carlo error (3 standard errors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from sweeps import panels as P
+from sweeps import qk_layernorm as QK
+from sweeps import stabilizers as S
+
+TABLES = 2000
+SEEDS = P.MIN_SEEDS
+# The seed spread (sd over seeds) of a paired LR-sensitivity difference at laptop scale: the
+# archived 2-seed laptop runs' per-size differences spread by 0.01-0.05 nats; the simulations
+# use 0.03 (the rules are scale-free in it: only the ratio effect / spread matters).
+SPREAD = 0.03
+
+
+def mc_bound(rate: float) -> float:
+    """`rate` plus 3 Monte Carlo standard errors over TABLES simulated tables."""
+    return rate + 3 * np.sqrt(rate * (1 - rate) / TABLES)
+
+
+def effects(mean: float, n: int = SEEDS, tables: int = TABLES, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [P.interval(rng.normal(mean, SPREAD, n)) for _ in range(tables)]
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_the_t_interval_holds_the_true_mean_at_its_stated_rate(n):
+    """Coverage of the 95% interval is 95% at every n, 2 seeds included (a percentile bootstrap
+    over two values is their range: ~50%)."""
+    covered = np.mean([e.lo <= 0.2 <= e.hi for e in effects(0.2, n)])
+    se = np.sqrt(0.95 * 0.05 / TABLES)
+    assert abs(covered - 0.95) <= 3 * se, covered
+
+
+def test_the_interval_is_the_textbook_t_interval_and_prints_its_method_and_n():
+    v = [0.1, 0.3, 0.2]
+    e = P.interval(v)
+    half = stats.t.ppf(0.975, 2) * np.std(v, ddof=1) / np.sqrt(3)
+    assert (e.mean, e.lo, e.hi, e.n) == pytest.approx((0.2, 0.2 - half, 0.2 + half, 3))
+    assert str(e) == f"+0.200 [{0.2 - half:+.3f}, {0.2 + half:+.3f}] (95% t, n=3)"
+    assert str(P.interval([0.1])) == "+0.100 (n=1, no interval)"
+    assert not P.interval([0.5, 0.6]).decided  # 2 seeds: an interval, no verdict
+
+
+RULES = {
+    "above 0": lambda e: P.above(e, 0.0),
+    "below 0": lambda e: P.below(e, 0.0),
+    "qk-LN outcome": QK.outcome,
+    "update clipping (above RESOLUTION)": lambda e: P.above(e, P.RESOLUTION),
+}
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_under_no_effect_a_one_statistic_rule_says_true_or_false_at_most_5_percent(rule):
+    """The statistic's true value at the rule's bound (0): "true" 2.5% and "false" 2.5%."""
+    said = pd.Series([RULES[rule](e) for e in effects(0.0)]).value_counts(normalize=True)
+    assert said.get("true", 0) + said.get("false", 0) <= mc_bound(0.05), said.to_dict()
+
+
+def test_under_no_effect_every_size_says_true_or_false_at_most_5_percent():
+    """Three sizes, no effect at any: "false" needs one size's Holm interval below 0, "true" all
+    three above, so each stays under 2.5%."""
+    rng = np.random.default_rng(1)
+    said = pd.Series([P.every_size_verdict(
+        {f"size {i}": P.interval(rng.normal(0.0, SPREAD, SEEDS)) for i in range(3)}, "x")[0]
+        for _ in range(TABLES)]).value_counts(normalize=True)
+    assert said.get("false", 0) <= mc_bound(0.025), said.to_dict()
+    assert said.get("true", 0) <= mc_bound(0.025), said.to_dict()
+
+
+def test_without_holms_correction_every_size_would_say_false_too_often():
+    """The same null tables read with the uncorrected 95% intervals: "any size below 0" fires
+    ~7% of the time (1 − 0.975³), which is why the rule corrects for the number of sizes."""
+    rng = np.random.default_rng(1)
+    fired = np.mean([any(P.interval(rng.normal(0.0, SPREAD, SEEDS)).hi < -P.RESOLUTION
+                         for _ in range(3)) for _ in range(TABLES)])
+    assert fired > 0.05
+
+
+def test_within_says_true_at_most_2_5_percent_when_the_effect_sits_at_the_margin():
+    """An equivalence claim's null is an effect at the margin: "true" must stay under 2.5%."""
+    said = [P.within(e, 0.05) for e in effects(0.05)]
+    assert np.mean([s == "true" for s in said]) <= mc_bound(0.025)
+
+
+def test_a_planted_effect_of_twice_the_seed_spread_comes_out_true_as_often_as_t_predicts():
+    """With 3 seeds an effect of 2 × the seed spread is found ("true") with the power of a
+    one-sided t-test at 2.5% (noncentral t: ~0.32); "false" never."""
+    said = pd.Series([P.above(e, 0.0) for e in effects(2 * SPREAD, seed=2)])
+    power = float(1 - stats.nct.cdf(stats.t.ppf(0.975, SEEDS - 1), SEEDS - 1, 2 * np.sqrt(SEEDS)))
+    assert abs((said == "true").mean() - power) <= 3 * np.sqrt(power * (1 - power) / TABLES)
+    assert (said == "false").mean() == 0
+
+
+@pytest.mark.parametrize("lo,want", [(P.RESOLUTION * 1.01, "true"),
+                                     (P.RESOLUTION * 0.99, "inconclusive")])
+def test_every_size_reads_resolution_on_both_sides_of_its_boundary(lo, want):
+    e = P.Effect(0.05, lo, 0.1, 3, 0.01)
+    assert P.every_size_verdict({"a": e, "b": e}, "x")[0] == want
+
+
+def test_under_no_effect_the_stabiliser_rules_on_per_seed_tables_stay_under_5_percent():
+    """Update clipping's rule on null per-seed tables (both settings the same distribution),
+    and QK-clip's "small cost" at its null (a cost of exactly SMALL_LOSS_COST)."""
+    rng = np.random.default_rng(3)
+    said = {"update clipping": [], "QK-clip cost": []}
+    for _ in range(TABLES // 4):
+        none, other = rng.normal(0.3, SPREAD, SEEDS), rng.normal(0.3, SPREAD, SEEDS)
+        rows = [{"setting": setting, "train.seed": i, "lr_sensitivity": v,
+                 "best_loss": 2 + v + (S.SMALL_LOSS_COST if setting == "qk_clip" else 0.0),
+                 "max_logit_any_lr": 20.0 if setting == "qk_clip" else 500.0}
+                for setting, vals in (("none", none), ("update_clip", other), ("qk_clip", other))
+                for i, v in enumerate(vals)]
+        ps = pd.DataFrame(rows)
+        said["update clipping"].append(S.judge_update_clip(ps, 7)[0])
+        said["QK-clip cost"].append(S.judge_qk_clip(ps, 30.0)[0])
+    for name, verdicts in said.items():
+        decided = np.mean([v != "inconclusive" for v in verdicts])
+        assert decided <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / len(verdicts)), (name, decided)

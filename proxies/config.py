@@ -154,6 +154,11 @@ class DistributedMode(Choice):
     off = "off"
 
 
+class EvalSet(Choice):
+    shared = "shared"  # one set per corpus and window shape, whatever the seed (proxies/data.py)
+    per_seed = "per_seed"  # drawn with the run's seed: differs between seeds
+
+
 class InjectKind(Choice):
     batch = "batch"  # the batch is replaced by garbage
     grad = "grad"  # the gradient is scaled up
@@ -262,7 +267,11 @@ class TrainConfig:
     seed: int = 0  # init and data order: batches are a function of (seed, step)
     log_every: int = 25  # train metrics and probes every N updates
     eval_every: int = 100  # held-out CE every N updates
-    eval_batches: int = 4  # fixed held-out batches the eval reads
+    eval_batches: int = 16  # held-out batches of batch_size x seq_len the eval reads
+    # shared: windows spread evenly over the val split, the same for every seed and config of
+    # one corpus, batch_size x seq_len and eval_batches (summary.json: eval_set_hash), so seeds
+    # differ only in training; per_seed: windows drawn with train.seed.
+    eval_set: EvalSet = EvalSet.shared
     checkpoint_every: int = 100  # orbax checkpoint every N updates (and at the end)
     keep_checkpoints: int = 2  # most recent checkpoints kept
     divergence_loss: Optional[float] = None  # the loss limit; None = 2 × loss at init
@@ -277,7 +286,7 @@ class TrainConfig:
     # by garbage (batch) or whose gradient is multiplied by inject_spike_scale before clipping.
     inject_spike_at: List[int] = field(default_factory=list)
     inject_spike_kind: InjectKind = InjectKind.batch  # testing aid: what inject_spike_at does
-    inject_spike_scale: float = 1000.0  # testing aid: kind=grad's multiplier (per member of a group)
+    inject_spike_scale: float = 1000.0  # testing aid: kind=grad's multiplier (per group member)
     # Readout + cross-entropy in chunks of this many tokens (train and eval steps), so B×L×V
     # float32 logits never exist at once. 0 = whole batch at once; -1 = auto: 1024 when the
     # vocabulary is >= 2048 (measured, see proxies/step.py: ce_chunk_for). Outside a run's identity.

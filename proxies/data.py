@@ -372,9 +372,30 @@ def train_batch(ds: Dataset, batch_size: int, seq_len: int, seed: int, step: int
     return sample_batch(ds.train, batch_size, seq_len, seed, step)
 
 
-def eval_batches(ds: Dataset, n: int, batch_size: int, seq_len: int, seed: int) -> List[np.ndarray]:
-    """Fixed held-out batches, the same at every eval of a run."""
-    return [sample_batch(ds.val, batch_size, seq_len, seed, EVAL_STREAM + i) for i in range(n)]
+def eval_batches(ds: Dataset, n: int, batch_size: int, seq_len: int,
+                 seed: Optional[int]) -> List[np.ndarray]:
+    """Fixed held-out batches, the same at every eval of a run. seed None: the shared set, n ×
+    batch_size windows spread evenly over the val split (disjoint where it is long enough), the
+    same for every run of this corpus and shape; otherwise windows drawn with `seed`."""
+    if seed is not None:
+        return [sample_batch(ds.val, batch_size, seq_len, seed, EVAL_STREAM + i)
+                for i in range(n)]
+    last = len(ds.val) - seq_len - 1
+    if last < 0:
+        raise DataError(f"the val split has {len(ds.val)} tokens, fewer than train.seq_len+1="
+                        f"{seq_len + 1}; use more data, a larger data.val_fraction or a shorter "
+                        "train.seq_len")
+    starts = np.linspace(0, last, n * batch_size).round().astype(np.int64)
+    windows = np.stack([np.asarray(ds.val[o: o + seq_len + 1]) for o in starts]).astype(np.int32)
+    return list(windows.reshape(n, batch_size, seq_len + 1))
+
+
+def eval_set_hash(batches: List[np.ndarray]) -> str:
+    """What identifies an eval set: a hash of its tokens (equal hashes, equal sets)."""
+    h = hashlib.sha256()
+    for b in batches:
+        h.update(np.ascontiguousarray(b, np.int32).tobytes())
+    return h.hexdigest()[:12]
 
 
 def write_token_file(path: str | Path, ids: np.ndarray, dtype: str = "uint16") -> None:

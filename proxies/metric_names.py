@@ -118,6 +118,7 @@ class RunSummary(TypedDict):
     wall_s: float
     config_hash: str
     corpus_hash: str
+    eval_set_hash: Optional[str]  # the held-out tokens every eval read (proxies/data.py)
     group_size: int  # runs trained together in one vmapped step
     attn_max_logit_block0_early: Optional[float]
     attn_max_logit_early: Optional[float]

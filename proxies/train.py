@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from proxies import metric_names as M
 from proxies.checkpoint import Checkpointer
 from proxies.cli import one_line_errors, run_cli
-from proxies.config import (DEFAULT_THRESHOLD, InjectKind, SpikeAction, config_hash, identity,
-                            register_configs, unhandled, validate)
-from proxies.data import Dataset, cache_dir, eval_batches, load_dataset, train_batch
+from proxies.config import (DEFAULT_THRESHOLD, EvalSet, InjectKind, SpikeAction, config_hash,
+                            identity, register_configs, unhandled, validate)
+from proxies.data import (Dataset, cache_dir, eval_batches, eval_set_hash, load_dataset,
+                          train_batch)
 from proxies.model import Transformer, count_params
 from proxies.optim import HPARAM_KEYS, hparams_from_config
 from proxies.results import early_logits, grad_rms_summary, mlp0_tail
@@ -154,6 +155,7 @@ class Member:
     outcome: Outcome = "running"
     logit_alerted: bool = False
     started_threads: Optional[str] = None  # xla_cpu_threads of the run's first process
+    eval_set_hash: Optional[str] = None
 
     @property
     def active(self) -> bool:
@@ -481,7 +483,8 @@ def finish_member(m: Member, end: int, steps_run: int, wall: float, group_size: 
         "n_params_nonembed": m.meta["run"]["n_params_nonembed"],
         "tokens_per_s": steps_run * tokens / wall if steps_run > 0 and wall > 0 else None,
         "wall_s": wall, "config_hash": m.meta["run"]["config_hash"],
-        "corpus_hash": m.meta["run"]["corpus_hash"], "group_size": group_size,
+        "corpus_hash": m.meta["run"]["corpus_hash"], "eval_set_hash": m.eval_set_hash,
+        "group_size": group_size,
         **early_logits(rows, tc.steps), **mlp0_tail(rows, tc.steps, tc.log_every)})
     m.run.write_summary(summary)
     m.close({**summary, **grad_rms_summary(rows)})  # W&B panels read these medians too
@@ -608,8 +611,10 @@ def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[D
     runner = Runner([m.state for m in ms], [hparams_from_config(m.cfg) for m in ms], vmapped,
                     layout)
     fns = runner.compile(compile_key(c0), model, c0, runner.place_batch(batches(start + 1)))
-    evals = [runner.place_batch(b) for b in eval_batches(ds, tc.eval_batches, tc.batch_size,
-                                                         tc.seq_len, tc.seed)]
+    held_out = the_eval_set(ds, tc)
+    evals = [runner.place_batch(b) for b in held_out]
+    for m in ms:
+        m.eval_set_hash = eval_set_hash(held_out)
     for m in ms:
         if jax.process_index() == 0:  # W&B mirrors process 0's records
             m.tracker = Tracker(m.run.path, m.cfg.wandb, m.meta, m.run.path.name, tc.quiet)
@@ -639,6 +644,18 @@ def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[D
         elif summaries[i] is None:
             summaries[i] = {"steps_done": end, "complete": False}
     return summaries  # type: ignore[return-value]
+
+
+def the_eval_set(ds: Dataset, tc: DictConfig) -> List[np.ndarray]:
+    """The held-out batches every eval of the run reads (`train.eval_set`)."""
+    match EvalSet(tc.eval_set):
+        case EvalSet.shared:
+            seed = None
+        case EvalSet.per_seed:
+            seed = tc.seed
+        case kind:
+            unhandled("train.eval_set", kind)
+    return eval_batches(ds, tc.eval_batches, tc.batch_size, tc.seq_len, seed)
 
 
 def init_records(ms: List[Member], fns: Compiled, state0: Any, evals: List[jax.Array],

@@ -194,3 +194,32 @@ def test_workers_building_the_same_token_cache_at_once_both_get_it(tmp_path, mon
     np.testing.assert_array_equal(got[0].train, got[1].train)
     assert len(got[0].train) + len(got[0].val) == len("some text to tokenize " * 200)
     assert not list((tmp_path / "cache").rglob("*.tmp*"))
+
+
+def test_the_shared_eval_set_is_windows_spread_evenly_over_the_val_split():
+    """The same batches whatever the seed; windows evenly spaced from the first token to the
+    last, disjoint when the split is long enough; a hash that tells sets apart."""
+    from proxies.data import Dataset, eval_batches, eval_set_hash
+    val = np.arange(10_000) % 251
+    ds = Dataset(train=val, val=val, vocab_size=256, corpus_hash="h", description="d")
+    shared = eval_batches(ds, 4, 8, 16, None)
+    assert [b.shape for b in shared] == [(8, 17)] * 4
+    starts = np.concatenate(shared)[:, 0]
+    want = np.round(np.linspace(0, 10_000 - 17, 32)).astype(int) % 251
+    np.testing.assert_array_equal(starts, want)
+    np.testing.assert_array_equal(np.concatenate(shared)[-1], val[-17:])  # reaches the end
+    assert eval_set_hash(shared) == eval_set_hash(eval_batches(ds, 4, 8, 16, None))
+    seeded = [eval_set_hash(eval_batches(ds, 4, 8, 16, s)) for s in (0, 1)]
+    assert len({eval_set_hash(shared), *seeded}) == 3  # per_seed: another set per seed
+    with pytest.raises(DataError, match="val split has 10 tokens"):
+        eval_batches(Dataset(val[:10], val[:10], 256, "h", "d"), 1, 1, 16, None)
+
+
+def test_every_run_of_a_corpus_reads_the_same_eval_set_whatever_its_seed_or_config(make_cfg):
+    from proxies.train import train
+    hashes = {name: train(make_cfg(*o, out=name))["eval_set_hash"] for name, o in {
+        "seed0": [], "seed1": ["train.seed=1"], "qk": ["model.qk_layernorm=true",
+                                                    "optim.lr=1e-2"]}.items()}
+    assert len(set(hashes.values())) == 1, hashes
+    per_seed = train(make_cfg("train.eval_set=per_seed", "train.seed=1", out="own"))
+    assert per_seed["eval_set_hash"] != hashes["seed0"]

@@ -165,17 +165,23 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
+READOUT = "unembed/embedding"  # the untied readout's (V, D) table
+
+
 def lr_multipliers(params: Any, cfg: ModelConfig) -> Any:
-    """Per-tensor LR multipliers of the hidden matrices (block kernels); every other tensor
-    (embeddings, readout, norm scales, biases) keeps the peak LR η.
+    """Per-tensor LR multipliers of the linear layers; every other tensor (embeddings, norm
+    scales, biases) keeps the peak LR η.
 
     sp: all 1. mup_simple (the paper's μParam (simple), §3.2.4: "scale the LR for linear layers
-    by base-fan-in/fan-in"): base-fan-in / fan-in, the fan-in of the same layer at width
-    model.mup_base_width over its fan-in here. mup (Adam μParam): 1/m, m = d / base.
+    by base-fan-in/fan-in"): base-fan-in / fan-in for every block kernel and the untied readout
+    (fan-in d, so mup_base_width / d); a tied readout is the input embedding too and keeps η.
+    mup (Adam μParam): 1/m for the block kernels, m = d / base; its readout keeps η (the 1/m
+    logit multiplier already scales it).
     """
     names = _path_names(params)
     leaves = jax.tree_util.tree_leaves(params)
-    mults = [_lr_multiplier(name, p.shape, cfg) if _hidden(name, p) else 1.0
+    mults = [_lr_multiplier(name, p.shape, cfg) if _hidden(name, p) else
+             _readout_multiplier(cfg) if name == READOUT else 1.0
              for name, p in zip(names, leaves)]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), mults)
 
@@ -194,6 +200,16 @@ def _lr_multiplier(name: str, shape: tuple, cfg: ModelConfig) -> float:
             return base_fan_in(name, cfg) / fan_in(name, shape)
         case Parametrization.mup:
             return 1.0 / width_mult(cfg)
+        case _:
+            unhandled("model.parametrization", cfg.parametrization)
+
+
+def _readout_multiplier(cfg: ModelConfig) -> float:
+    match cfg.parametrization:
+        case Parametrization.sp | Parametrization.mup:
+            return 1.0
+        case Parametrization.mup_simple:  # a linear layer of fan-in d
+            return cfg.mup_base_width / cfg.d_model
         case _:
             unhandled("model.parametrization", cfg.parametrization)
 

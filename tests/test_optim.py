@@ -157,7 +157,9 @@ def test_mup_simple_multipliers_are_base_fan_in_over_fan_in(mlp, d):
             # The hand count is the model's real fan-in: its init std is 1/sqrt(fan_in).
             assert 1 / float(jnp.var(w)) == pytest.approx(fan, rel=0.1), name
             assert mults[name] == pytest.approx(_hand_fan_in(layer, base, mlp) / fan), name
-        else:  # embeddings, readout, norm scales, biases keep η
+        elif name == "unembed/embedding":  # the readout, a linear layer of fan-in d
+            assert mults[name] == pytest.approx(base / d), name
+        else:  # the embedding, norm scales, biases keep η
             assert mults[name] == 1.0, name
     if d == base:
         assert all(m == 1.0 for m in mults.values())

@@ -101,7 +101,9 @@ def grid_summary(points: List[GridPoint]) -> pd.DataFrame:
     rows: Dict[str, Dict[str, Any]] = {}
     for values, run in points:
         series = series_of(values)
-        key = json.dumps(series, sort_keys=True, default=str)
+        # Parts of one result may differ in length alone: a row per (series, steps, shape).
+        key = json.dumps([series, run.train.steps, run.train.batch_size, run.train.seq_len],
+                         sort_keys=True, default=str)
         _, nonembed = run_params(run, vocab_guess(run))
         r = rows.setdefault(key, {**{k.split(".")[-1]: v for k, v in series.items()},
                                   "nonembed_params": f"{nonembed / 1e6:.3g}M",

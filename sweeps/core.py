@@ -141,10 +141,12 @@ def baseline(steps: int) -> Dict[str, Any]:
                       "eps": 1e-8, "grad_clip": 1.0}}
 
 
-# Laptop = 2 CPU cores: byte-level stdlib corpus, the laptop architecture, 200 steps of 16 × 128
-# tokens; the common base of every laptop grid, so the scripts share most of their runs.
-_PAPER_MODEL = {"pos_emb": "rope", "use_bias": False, "tie_embeddings": False,
-                "init_std": "fan_in", "dtype": "bfloat16"}
+# §2.1's model at every scale: no biases, RoPE, untied embeddings, fan-in init (qk-layernorm per
+# head comes with `baseline`). The laptop (2 CPU cores, byte-level stdlib corpus) keeps its small
+# sizes and float32 (bfloat16 is slow on CPUs); the gpu and paper scales compute in bfloat16.
+_SECTION_2_1 = {"pos_emb": "rope", "use_bias": False, "tie_embeddings": False,
+                "init_std": "fan_in"}
+_PAPER_MODEL = {**_SECTION_2_1, "dtype": "bfloat16"}
 _C4 = {"source": "hf", "hf_name": "allenai/c4", "hf_config": "en", "hf_val_split": "validation",
        "tokenizer": "spiece.model"}
 
@@ -158,26 +160,25 @@ def _base(steps: int, train: Dict[str, Any], model: Optional[Dict[str, Any]] = N
 
 SPECS: Dict[str, ScaleSpec] = {
     "tiny": ScaleSpec(
-        base=_base(4, _train(4, 2, 16, 2, 2, 1, 4)),
+        base=_base(4, _train(4, 2, 16, 2, 2, 1, 4), _SECTION_2_1),
         lrs=[1e-3, 1e-1], sizes=[size(16, 1, 8), size(32, 1, 16)],
         extra_size=size(32, 2, 16), held_out=size(48, 2, 16),
         widths=[size(16, 1, 8), size(32, 1, 16)], depths=[size(16, 1, 8), size(16, 2, 8)],
         warmups=(warmup(4), 2), kappa_size=size(32, 1, 16), kappa_lr=1e-2,
         kappas=[1.0, 1e2], eps_lr=1e-2, epsilons=[1e-8, 1e-2], seeds=2,
         stabilizer_size=size(16, 1, 8), stabilizer_lrs=(1e-1,), qk_clip_tau=1.0),
-    # Two seeds: the laptop differences being judged (~0.01 in LR sensitivity) are about what a
-    # change of seed moves, so every verdict carries an interval over seeds (with two, the
-    # range of the two seeds' values: "true" needs both to show the effect). Three would take
-    # `sweeps.all` past 7 h on 2 cores (dry run: 825 runs), two keep it near 5 h.
+    # Three seeds (sweeps/panels.py: MIN_SEEDS): the laptop differences being judged (~0.01 in
+    # LR sensitivity) are about what a change of seed moves, so every verdict carries a
+    # t-interval over seeds, and "true" or "false" needs three.
     "laptop": ScaleSpec(
-        base=_base(200, _train(200, 16, 128, 25, 25, 4, 100)),
+        base=_base(200, _train(200, 16, 128, 25, 100, 32, 100), _SECTION_2_1),
         lrs=half_decades(3e-4, 3e-1), sizes=[size(64, 2), size(96, 3), size(128, 4)],
         extra_size=size(160, 5), held_out=size(192, 6),
         widths=[size(64, 2), size(128, 2), size(256, 2)],
         depths=[size(64, 2), size(64, 4), size(64, 8)], warmups=(warmup(200), 4 * warmup(200)),
         kappa_size=size(128, 4), kappa_lr=3e-3,
         kappas=[1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4], eps_lr=0.3,
-        epsilons=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2], seeds=2,
+        epsilons=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2], seeds=3,
         # Without qk-layernorm the laptop sizes still train at 0.3 (qk_layernorm's (a)): fine
         # steps from 0.19 to 0.95; τ = 30, Kimi K2's small-scale ablation value (App. D)
         stabilizer_size=size(64, 2), stabilizer_lrs=stabilizer_grid(1e-3, 0.3, 2, 5),
@@ -195,7 +196,7 @@ SPECS: Dict[str, ScaleSpec] = {
         depths=[size(512, 3, 64), size(512, 6, 64), size(512, 12, 64)],
         warmups=(warmup(10_000), 4 * warmup(10_000)), kappa_size=size(512, 3, 64),
         kappa_lr=1e-2, kappas=[1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4], eps_lr=0.3,
-        epsilons=[1e-15, 1e-8, 1e-6, 1e-4], seeds=2,
+        epsilons=[1e-15, 1e-8, 1e-6, 1e-4], seeds=3,
         # The paper's 9.4M model without qk-layernorm diverges between 1e-2 and 1e-1 (Fig. 1)
         stabilizer_size=size(512, 3, 64), stabilizer_lrs=stabilizer_grid(1e-4, 3e-2, 3, 5)),
     # The paper's grids (9.4M ... 1.2B non-embedding params, 1e5 steps of 256 × 512, C4, bf16)

@@ -197,6 +197,11 @@ VARIES = {
 }
 
 
+# §2.1's model at every scale (sweeps/core.py: _SECTION_2_1), whatever the result.
+SECTION_2_1 = {"model.pos_emb": "rope", "model.use_bias": False, "model.tie_embeddings": False,
+               "model.init_std": "fan_in"}
+
+
 def select(run: dict, key: str):
     section, name = key.split(".")
     return run[section][name]
@@ -213,6 +218,8 @@ def test_plan_json_holds_the_papers_baseline_and_each_figures_variation(scale, t
             varies = VARIES[result.name][part]
             runs = spec["runs"]
             assert runs and len({r["train"]["seed"] for r in runs}) == SPECS[scale].seeds
+            for key, want in SECTION_2_1.items():
+                assert {select(r, key) for r in runs} == {want}, (result.name, part, key)
             for key in BASELINE_KEYS:
                 values = {select(r, key) for r in runs}
                 if key in varies:

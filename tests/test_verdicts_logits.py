@@ -100,7 +100,7 @@ def test_block0_early_logit_and_mlp0_tail_match_a_brute_force_computation(make_c
     ds = load_dataset(full.data)
     model = Transformer(full.model, ds.vocab_size, full.train.seq_len)
     tc = full.train
-    probe = eval_batches(ds, tc.eval_batches, tc.batch_size, tc.seq_len, tc.seed)[0][:, :-1]
+    probe = eval_batches(ds, tc.eval_batches, tc.batch_size, tc.seq_len, None)[0][:, :-1]  # shared
     train(cut, stop_after=1)
     assert summary[M.LOGIT_BLOCK0_EARLY] == pytest.approx(
         block0_max_logit(params_at(cut, model, 1), probe), rel=1e-4)

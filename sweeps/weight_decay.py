@@ -38,6 +38,7 @@ from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 from proxies.config import LR_KEY
+from proxies.optim import learning_rate
 
 IND = "optim.independent_wd"
 CLAIM = ("independent weight decay (λ=1e-4) lowers LR sensitivity vs coupled decay (λ=0.1, "
@@ -87,6 +88,28 @@ def coupled_stats(df: pd.DataFrame) -> pd.DataFrame:
     return both.loc[best].sort_values(["n_params_nonembed", P.SEED], ignore_index=True)
 
 
+def total_decay(s: ScaleSpec, lr: float, independent: bool, weight_decay: float) -> float:
+    """Σ over the run's updates of the decay each applies, on the scale's schedule at peak LR
+    `lr`: s_t·λ independent, η_t·λ coupled (s_t = η_t / η). Decay alone shrinks the weights by
+    e^−Σ."""
+    o, steps = s.base["optim"], int(s.base["train"]["steps"])
+    hp = {"lr": np.float32(lr), "min_lr": np.float32(o["min_lr"]),
+          "warmup_steps": np.float32(o["warmup_steps"])}
+    eta_t = np.asarray(learning_rate(np.arange(steps), hp, steps, "cosine"), np.float64)
+    return float(np.sum(eta_t / lr if independent else eta_t) * weight_decay)
+
+
+def decay_words(s: ScaleSpec, lrs: Sequence[float]) -> Dict[str, str]:
+    """What each arm's decay does over a run: its Σ and the shrink e^−Σ."""
+    ind = total_decay(s, 1e-2, True, INDEPENDENT["optim"]["weight_decay"])  # any LR: s_t
+    coupled = {lr: total_decay(s, lr, False, COUPLED["optim"]["weight_decay"]) for lr in lrs}
+    lo, hi = min(coupled), max(coupled)
+    return {"independent λ=1e-4": f"Σ = {ind:.3g} (weights × {np.exp(-ind):.3g})",
+            f"coupled λ=0.1, LR {lo:g} … {hi:g}": (
+                f"Σ = {coupled[lo]:.3g} … {coupled[hi]:.3g} (weights × {np.exp(-coupled[lo]):.3g}"
+                f" … {np.exp(-coupled[hi]):.3g})")}
+
+
 def all_stats(t: Tables) -> pd.DataFrame:
     """Coupled (minimum over its ranges) and independent ([3e-4, 3e-1]) series statistics."""
     ind = P.series_stats(t["independent"], [IND], INDEPENDENT_RANGE)
@@ -109,6 +132,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
         "LR sensitivity coupled → independent (seed means)":
             P.fmt_pairs(P.compare_sensitivity(stats, IND, False, True)),
         "range giving the coupled minimum, per size (× seeds)": ranges,
+        "total decay over the run, from decay alone": decay_words(s, coupled_lrs(s)),
     }
     return reproduced, why, measured
 

@@ -367,3 +367,25 @@ def test_seed_spread_is_the_seeds_sd_of_lr_sensitivity_and_none_for_one_lr():
     assert seed_spread(table(rows(QK, True))) == pytest.approx(0.0, abs=1e-12)
     one_lr = table(rows(QK, True, lrs=[TOP], extra=lambda i, s, lr: 0.1 * s))
     assert np.isnan(seed_spread(one_lr))  # LR sensitivity over one LR is 0 by construction
+
+
+def test_weight_decay_reports_the_total_decay_each_arm_applies():
+    """Σ_t of the per-update decay against a loop over the schedule written out: warm-up
+    (t+1)/W, then cosine from η to the floor; independent s_t·λ, coupled η_t·λ."""
+    import math
+    spec = LAPTOP
+    steps, warm, floor = 200, spec.base["optim"]["warmup_steps"], spec.base["optim"]["min_lr"]
+
+    def eta(t: int, lr: float) -> float:
+        if t < warm:
+            return lr * (t + 1) / warm
+        progress = min(1.0, (t - warm) / (steps - warm))
+        return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    want_ind = 1e-4 * sum(eta(t, 1e-2) / 1e-2 for t in range(steps))
+    want_coupled = 0.1 * sum(eta(t, 0.3) for t in range(steps))
+    assert wd.total_decay(spec, 1e-2, True, 1e-4) == pytest.approx(want_ind, rel=1e-5)
+    assert wd.total_decay(spec, 0.3, False, 0.1) == pytest.approx(want_coupled, rel=1e-5)
+    words = wd.decay_words(spec, [1e-4, 0.3])
+    shrink = math.exp(-want_ind)
+    assert words["independent λ=1e-4"] == f"Σ = {want_ind:.3g} (weights × {shrink:.3g})"

@@ -510,3 +510,31 @@ def test_lr_sensitivity_is_also_read_over_the_other_results_lrs_where_the_grid_g
     assert "up to LR" not in S.redundancy(one_range, 1.0)[
         "output soft-cap 30 + qk-LN − qk-LN, LR sensitivity"]
     assert len(S.sensitivity_upto(df, 1e-3)) == 0  # one half-decade LR: 0 by construction
+
+
+def test_each_stabiliser_threshold_decides_on_both_sides_of_its_boundary():
+    """The claims' numbers, written out (so a moved constant fails): 1.5× the highest LR
+    (Rybakov et al.), a max logit of 1.1 τ, a cost of 0.02 nats, half the entropy at init; each
+    just inside and just outside, three identical seeds."""
+    def softcap(capped: float) -> str:
+        return S.judge_softcap_lr(per_seed_table(
+            qk_layernorm={"top_trained_lr": [0.2] * 3},
+            **{"attn_softcap+qk_layernorm": {"top_trained_lr": [capped] * 3}}), 1.0)[0]
+    assert (softcap(0.2 * 1.5 * 1.01), softcap(0.2 * 1.5 * 0.99)) == (
+        "true", "false")
+
+    def qk_clip(logit: float, cost: float) -> str:
+        return S.judge_qk_clip(per_seed_table(
+            none={"max_logit_any_lr": [500.0] * 3, "best_loss": [2.0] * 3},
+            qk_clip={"max_logit_any_lr": [logit] * 3, "best_loss": [2.0 + cost] * 3}), 30.0)[0]
+    tau_slack = 30.0 * 1.1
+    assert (qk_clip(tau_slack * 0.99, 0.0), qk_clip(tau_slack * 1.01, 0.0)) == ("true", "false")
+    cost = 0.02
+    assert (qk_clip(29.0, cost * 0.9), qk_clip(29.0, cost * 1.1)) == ("true", "false")
+
+    def sigma(base_entropy: float) -> str:
+        return S.judge_sigma_reparam(per_seed_table(
+            none={"top_lr_entropy": [base_entropy] * 3, "top_lr_entropy_init": [2.0] * 3},
+            sigma_reparam={"top_lr_entropy": [1.8] * 3, "top_lr_entropy_init": [2.0] * 3}))[0]
+    assert (sigma(2.0 * 0.5 * 0.99), sigma(2.0 * 0.5 * 1.01)) == (
+        "true", "inconclusive")  # the baseline must collapse for the claim to be tested

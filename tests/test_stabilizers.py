@@ -538,3 +538,31 @@ def test_each_stabiliser_threshold_decides_on_both_sides_of_its_boundary():
             sigma_reparam={"top_lr_entropy": [1.8] * 3, "top_lr_entropy_init": [2.0] * 3}))[0]
     assert (sigma(2.0 * 0.5 * 0.99), sigma(2.0 * 0.5 * 1.01)) == (
         "true", "inconclusive")  # the baseline must collapse for the claim to be tested
+
+
+def test_per_seed_reads_each_runs_records_at_the_right_steps(tmp_path):
+    """From the runs' metrics.jsonl: the lowest head's entropy at the grid's top LR at the end
+    and at init (not the other way round), the max logit after init (the step-0 probe left
+    out), and the highest LR that trains."""
+    import json
+    df = stabilizer_table(tail={}).query("setting == 'qk_layernorm'").copy()
+    df["setting"] = "none"
+    df["sweep_dir"] = str(tmp_path)
+    df["run_dir"] = [f"run{i}" for i in range(len(df))]
+    top = df["optim.lr"].max()
+    for _, r in df.iterrows():
+        d = tmp_path / r["run_dir"]
+        d.mkdir()
+        at_top = r["optim.lr"] == top
+        rows = [{"step": 0, "attn/entropy_min_head": 2.0, "attn/max_logit": 900.0},
+                {"step": 100, "attn/entropy_min_head": 1.0,
+                 "attn/max_logit": 40.0 + r["train.seed"]},
+                {"step": 200, "attn/entropy_min_head": 0.3 if at_top else 1.5,
+                 "attn/max_logit": 20.0}]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    ps = S.per_seed(df).set_index("train.seed")
+    assert list(ps["top_lr_entropy"]) == [0.3] * 3
+    assert list(ps["top_lr_entropy_init"]) == [2.0] * 3
+    assert list(ps["max_logit_any_lr"]) == [40.0, 41.0, 42.0]
+    trains = max(lr for lr in df["optim.lr"].unique() if lr <= 0.5)  # NaN losses above 0.5
+    assert list(ps["top_trained_lr"]) == [trains] * 3

@@ -127,3 +127,23 @@ def test_under_no_effect_the_stabiliser_rules_on_per_seed_tables_stay_under_5_pe
     for name, verdicts in said.items():
         decided = np.mean([v != "inconclusive" for v in verdicts])
         assert decided <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / len(verdicts)), (name, decided)
+
+
+def test_an_a_a_comparison_from_real_runs_is_inconclusive(tmp_path, corpus_dir, cache_dir):
+    """Two arms that compute the same thing, trained: μParam (simple) at its base width (every
+    LR multiplier 1, the readout's too) against SP, 3 seeds. Their LR sensitivities are equal
+    seed by seed, and the verdict, at every size, is "inconclusive"."""
+    from analysis.load import load_sweep
+    from proxies.sweep import run_sweep
+    from tests.test_sweep import sweep_cfg
+    cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.seeds=3",
+                    "sweep.lrs=[1e-3,1e-2,1e-1]", "model.mup_base_width=32")
+    cfg.sweep.axes = {"model": {"parametrization": ["sp", "mup_simple"]}}
+    out, _ = run_sweep(cfg)
+    df = load_sweep(out)
+    assert len(df) == 18 and (df["status"] == "done").all()
+    stats = P.series_stats(df, ["model.parametrization"])
+    effects = P.paired_effects(stats, "model.parametrization", "sp", "mup_simple")
+    assert [e.n for e in effects.values()] == [3]
+    assert all(abs(e.mean) < 1e-6 for e in effects.values()), effects
+    assert P.every_size_verdict(effects, "μParam (simple)")[0] == "inconclusive"

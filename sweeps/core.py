@@ -371,6 +371,9 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     spec = SPECS[p.scale]
     done = {k: finished(t) for k, t in tables.items()}
     reproduced, why, measured = p.result.judge(done, spec)
+    without = one_lr_left_out(p.result, done, spec)
+    if without:
+        measured = {**measured, "verdict with one LR left out (each LR of the grid)": without}
     v = Verdict(p.result.claim, p.scale, reproduced, why, measured)
     out = p.out
     out.mkdir(parents=True, exist_ok=True)
@@ -398,6 +401,27 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     (out / "report.md").write_text("\n".join(lines))
     print(f"{p.result.name} ({p.scale}): {v.line()}\n  -> {out / 'report.md'}")
     return v
+
+
+# A part needs this many LRs before one is left out (with fewer, LR sensitivity has no spread).
+LEAVE_OUT_MIN_LRS = 3
+
+
+def one_lr_left_out(result: Result, done: Tables, spec: ScaleSpec) -> Dict[str, str]:
+    """The verdict judged again without each LR in turn (that LR's runs dropped from every part
+    with at least LEAVE_OUT_MIN_LRS LRs): how much the verdict rests on one LR. A judge that
+    cannot decide on the smaller grid says so rather than stopping the result."""
+    def lrs(t: pd.DataFrame) -> List[float]:
+        return sorted(t[LR_KEY].unique().tolist()) if LR_KEY in t.columns else []
+    wide = {k for k, t in done.items() if len(lrs(t)) >= LEAVE_OUT_MIN_LRS}
+    out: Dict[str, str] = {}
+    for lr in sorted({lr for k in wide for lr in lrs(done[k])}):
+        fewer = {k: t[t[LR_KEY] != lr] if k in wide else t for k, t in done.items()}
+        try:
+            out[f"{lr:g}"] = result.judge(fewer, spec)[0]
+        except (ValueError, KeyError, IndexError, ZeroDivisionError) as e:
+            out[f"{lr:g}"] = f"not judged ({type(e).__name__}: {e})"
+    return out
 
 
 def seed_spread(df: pd.DataFrame) -> float:

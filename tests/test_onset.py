@@ -85,3 +85,16 @@ def test_an_effect_inside_the_bonferroni_interval_is_not_an_onset():
 def test_before_any_length_finishes_the_verdict_says_so():
     assert O.judge({}, LAPTOP)[:2] == ("inconclusive", "no length has finished runs")
     assert O.figure({}, LAPTOP) is not None
+
+
+def test_each_verdict_is_judged_again_with_each_lr_left_out():
+    """core.one_lr_left_out drops one LR at a time from every part with 3 LRs or more: an onset
+    made only by the no-qk-LN runs diverging at LR 0.3 is lost without that LR, and only then."""
+    from sweeps.core import one_lr_left_out
+    t = tables({200: 0.0, 600: 0.0})
+    late = t[O.part_name(600)]
+    top = (late["optim.lr"] == 0.3) & ~late["model.qk_layernorm"].astype(bool)
+    late.loc[top, ["final_eval_ce", "diverged"]] = [float("nan"), True]
+    assert O.judge(t, LAPTOP)[0] == "true"
+    again = one_lr_left_out(O.RESULT, t, LAPTOP)
+    assert again == {f"{lr:g}": ("inconclusive" if lr == 0.3 else "true") for lr in LAPTOP.lrs}

@@ -17,7 +17,7 @@ LAPTOP = SPECS["laptop"]
 
 def test_the_laptop_plan_trains_each_length_with_the_papers_warmup_share(tmp_path):
     p = plan(O.RESULT, "laptop", [f"sweep.root={tmp_path}"])
-    assert list(p.configs) == ["steps200", "steps600", "steps2000", "steps6000"]
+    assert list(p.configs) == ["steps200", "steps600", "steps2000"]
     for name, cfg in p.configs.items():
         steps = int(name.removeprefix("steps"))
         runs = [run for _, run in p.points[name]]
@@ -62,7 +62,7 @@ def test_the_onset_is_the_shortest_length_whose_effect_clears_its_interval():
 def test_no_onset_is_inconclusive_and_the_opposite_at_the_longest_length_is_false():
     verdict, why, _ = O.judge(tables({200: 0.0, 600: 0.0}), LAPTOP)
     assert verdict == "inconclusive", why
-    lengths = {200: 0.0, 600: 0.0, 2000: 0.0, 6000: -0.04}
+    lengths = {200: 0.0, 600: 0.0, 2000: -0.04}
     assert O.judge(tables(lengths), LAPTOP)[0] == "false"
 
 
@@ -73,13 +73,13 @@ def test_two_seeds_never_decide():
 
 def test_an_effect_inside_the_bonferroni_interval_is_not_an_onset():
     """Per-seed effects 0.003, 0.004, 0.005: the 95% interval clears RESOLUTION, the interval at
-    1 − 5%/4 (four lengths searched) does not, so that length shows nothing."""
+    1 − 5%/3 (three lengths searched) does not, so that length shows nothing."""
     e = P.interval([0.003, 0.004, 0.005])
     c = e.at(1 - 0.05 / len(O.FACTORS))
     assert e.lo > P.RESOLUTION > c.lo, (e, c)
     assert O.shows(pd.DataFrame({"effect": [e], "effect_corrected": [c]})) == "inconclusive"
     rows = O.length_rows(length_table(0.05), LAPTOP, 600, len(O.FACTORS))
-    assert rows[0]["effect_corrected"].confidence == 1 - 0.05 / 4
+    assert rows[0]["effect_corrected"].confidence == 1 - 0.05 / 3
 
 
 def test_before_any_length_finishes_the_verdict_says_so():

@@ -275,46 +275,68 @@ def test_the_coupled_grid_includes_1e_4_and_the_independent_grid_does_not_need_i
 Z = zl.Z
 
 
-def late_rows(z: float, ends: Sequence[float], lates: Sequence[float]) -> List[Dict[str, Any]]:
+def late_rows(z: float, ends: Sequence[float], lates: Sequence[float],
+              loss: float = 3.0) -> List[Dict[str, Any]]:
+    """One late run per seed: its mean logit 0 at init, `lates[seed]` at 75% of the run,
+    `ends[seed]` at the end; log Z from 6 (ln V) to 5."""
     out = []
     for seed, (end, late) in enumerate(zip(ends, lates)):
         out += rows(Z, z, lrs=[zl.FIG4_LR], sizes=SIZES[:1], seeds=[seed],
-                    more={"log_z_init": 6.0, "log_z_end": end, "log_z_late": late})
+                    curve=lambda lr: loss,
+                    more={"mean_logit_init": 0.0, "mean_logit_end": end, "mean_logit_late": late,
+                          "log_z_init": 6.0, "log_z_end": 5.0, "log_z_late": 5.2})
     return out
 
 
 def z_main(off_minus_on: Tuple[Knob, Knob] = sens_diff([0.05, 0.05, 0.05])) -> pd.DataFrame:
-    logz = {"log_z_init": 6.0, "log_z_end": 5.5, "log_z_late": 5.6}
+    logits = {"mean_logit_init": 0.0, "mean_logit_end": -1.0, "mean_logit_late": -0.8,
+              "log_z_init": 6.0, "log_z_end": 5.5, "log_z_late": 5.6}
     off, on = off_minus_on
-    return table(rows(Z, 0.0, extra=off, more=logz), rows(Z, 1e-4, extra=on, more=logz))
+    return table(rows(Z, 0.0, extra=off, more=logits), rows(Z, 1e-4, extra=on, more=logits))
 
 
-def z_verdict(late_off_ends, late_off_lates, main: pd.DataFrame = None):
+def z_verdict(late_off_ends, late_off_lates, main: pd.DataFrame = None,
+              on_ends=(-3.0, -4.0, -2.0), on_lates=(-2.8, -3.9, -1.8)):
     late = table(late_rows(0.0, late_off_ends, late_off_lates),
-                 late_rows(1e-4, [0.3, 0.4, 0.2], [0.5, 0.6, 0.4]))
+                 late_rows(1e-4, on_ends, on_lates))
     return zl.judge({"late": late, "main": z_main() if main is None else main}, LAPTOP)
 
 
-def test_z_loss_true_when_log_z_runs_away_late_without_it_and_z_loss_helps_everywhere():
-    reproduced, why, measured = z_verdict([-14.0, -12.0, -15.0], [-9.0, -8.0, -10.0])
+FALLING = ([-14.0, -12.0, -15.0], [-9.0, -8.0, -10.0])  # without z-loss, seeds 0-2
+
+
+def test_z_loss_true_when_the_logits_fall_late_without_it_and_z_loss_helps_everywhere():
+    reproduced, why, measured = z_verdict(*FALLING)
     assert reproduced == "true", why
-    assert measured["late: sign of the final log Z without z-loss"] == "negative"
+    m = measured["late: M, drift of the mean logit from init (nats)"]["no z-loss"]
+    assert m.mean == pytest.approx(-41 / 3) and m.n == 3 and m.seeds == (0, 1, 2)
 
 
-def test_z_loss_false_when_log_z_ends_closer_to_the_log_probs_than_at_init():
-    reproduced, why, _ = z_verdict([3.0, 2.5, 3.5], [2.0, 2.0, 3.0])
+def test_z_loss_false_when_the_logits_rise_instead_of_falling():
+    reproduced, why, _ = z_verdict([2.0, 2.5, 3.0], [1.0, 1.5, 2.0])
     assert reproduced == "false", why
 
 
-def test_z_loss_false_when_log_z_rises_instead_of_falling():
-    """log Z drifting up (seen at laptop scale) is not the paper's very negative logits."""
-    reproduced, why, _ = z_verdict([6.9, 6.8, 7.0], [6.6, 6.6, 6.7])
-    assert reproduced == "false", why
-
-
-def test_z_loss_false_when_log_z_stopped_moving_away_late():
+def test_z_loss_false_when_the_logits_stopped_falling_late():
     reproduced, why, _ = z_verdict([-14.0, -12.0, -15.0], [-16.0, -14.0, -17.0])
     assert reproduced == "false", why
+
+
+def test_z_loss_false_when_z_loss_leaves_the_logits_lower_still():
+    """At laptop scale z-loss itself pushed the mean logit down (log Z → 0 with a confident
+    correct logit means the others go negative): not the paper's rescue."""
+    reproduced, why, _ = z_verdict(*FALLING, on_ends=(-20.0, -19.0, -21.0),
+                                   on_lates=(-15.0, -14.0, -16.0))
+    assert reproduced == "false", why
+
+
+def test_z_loss_judges_the_logits_not_log_z():
+    """The same log Z in both arms, the mean logit falling only without z-loss: still true;
+    log Z is reported, not judged."""
+    reproduced, why, measured = z_verdict(*FALLING)
+    d = measured["late: D, drop of log Z from init / |log Z at init| (reported)"]
+    assert d["no z-loss"].mean == pytest.approx(d["z-loss 0.0001"].mean) == pytest.approx(1 / 6)
+    assert reproduced == "true"
 
 
 def test_z_loss_inconclusive_when_seeds_disagree():
@@ -324,15 +346,22 @@ def test_z_loss_inconclusive_when_seeds_disagree():
 
 def test_z_loss_needs_fig3s_lower_sensitivity_for_true():
     worse = z_main(sens_diff([0.05, 0.05, 0.05], split_seed()))
-    reproduced, why, _ = z_verdict([-14.0, -12.0, -15.0], [-9.0, -8.0, -10.0], worse)
+    reproduced, why, _ = z_verdict(*FALLING, main=worse)
     assert reproduced == "inconclusive" and "late runs" in why, why
 
 
-def test_log_z_points_read_init_end_and_the_start_of_the_last_quarter():
+def test_z_loss_reports_the_final_loss_paired_by_seed():
+    late = table(late_rows(0.0, *FALLING, loss=3.5), late_rows(1e-4, (-3.0,) * 3, (-2.0,) * 3))
+    _, _, measured = zl.judge({"late": late, "main": z_main()}, LAPTOP)
+    assert measured["late: final loss with − without z-loss (reported)"].mean == \
+        pytest.approx(3.0 - 3.5)
+
+
+def test_curve_points_read_init_end_and_the_start_of_the_last_quarter():
     c = pd.Series([6.0, 5.0, 3.0, 1.0, -2.0], index=[0, 25, 50, 75, 100])
-    assert zl.log_z_points(c, 100) == (6.0, -2.0, 1.0)
-    assert np.isnan(zl.log_z_points(c[c.index <= 75], 100)[2])  # stopped before the last quarter
-    assert np.isnan(zl.log_z_points(c[c.index > 0], 100)[0])  # no value at init
+    assert zl.curve_points(c, 100) == (6.0, -2.0, 1.0)
+    assert np.isnan(zl.curve_points(c[c.index <= 75], 100)[2])  # stopped before the last quarter
+    assert np.isnan(zl.curve_points(c[c.index > 0], 100)[0])  # no value at init
 
 
 def test_the_late_part_trains_longer_at_the_papers_lr_but_never_past_1e5_steps():

@@ -97,16 +97,16 @@ def trained(df: pd.DataFrame) -> pd.DataFrame:
     return P.with_seed(df[~df["diverged"].astype(bool)]).dropna(subset=[G])
 
 
-def seed_slopes(sc: pd.DataFrame) -> Tuple[List[float], List[float]]:
+def seed_slopes(sc: pd.DataFrame) -> Tuple[pd.Series, pd.Series]:
     """Per seed: the median over LRs of the slope of log gradient RMS in log params, and the
     median over sizes of its slope in log LR."""
-    by_size, by_lr = [], []
-    for _, g in trained(sc).groupby(P.SEED):
+    by_size, by_lr = {}, {}
+    for seed, g in trained(sc).groupby(P.SEED):
         a = [slope(h[N], h[G]) for _, h in g.groupby(LR_KEY)]
         b = [slope(h[LR_KEY], h[G]) for _, h in g.groupby(N)]
-        by_size.append(float(np.nanmedian(a)) if np.isfinite(a).any() else np.nan)
-        by_lr.append(float(np.nanmedian(b)) if np.isfinite(b).any() else np.nan)
-    return by_size, by_lr
+        by_size[seed] = float(np.nanmedian(a)) if np.isfinite(a).any() else np.nan
+        by_lr[seed] = float(np.nanmedian(b)) if np.isfinite(b).any() else np.nan
+    return pd.Series(by_size, dtype=float), pd.Series(by_lr, dtype=float)
 
 
 def falls(size: P.Effect, lr: P.Effect) -> Tuple[Reproduced, str]:
@@ -136,7 +136,7 @@ def paired(t: pd.DataFrame, a: float, b: float, f=lambda x, y: x - y) -> P.Effec
     if a not in t.columns or b not in t.columns:
         return P.interval([])
     both = t[[a, b]].dropna()
-    return P.interval(f(both[a], both[b]).to_numpy(float))
+    return P.interval(f(both[a], both[b]).astype(float))
 
 
 def large_eps(grid: Sequence[float], g: float) -> Optional[float]:
@@ -195,9 +195,9 @@ def eps_parts(ep: pd.DataFrame) -> Tuple[Dict[str, Tuple[Reproduced, str]], Dict
         out[f"ε {big:g} ({role}) worse or diverges"] = (worse(d_big),
                                                         f"loss difference {d_big}")
     stats = {"baseline gradient RMS (first MLP layer, ε 1e-8)": g, "larger ε judged": big,
-             "loss(1e-15) − loss(1e-8)": str(d_small),
-             "log10 update RMS(1e-15) / update RMS(1e-8)": str(ratio),
-             "loss(larger ε) − loss(1e-8)": str(d_big)}
+             "loss(1e-15) − loss(1e-8)": d_small,
+             "log10 update RMS(1e-15) / update RMS(1e-8)": ratio,
+             "loss(larger ε) − loss(1e-8)": d_big}
     return out, stats
 
 
@@ -218,8 +218,8 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     subs = {"gradient RMS falls with size and LR": falls(size_fx, lr_fx)}
     measured: Dict[str, Any] = {
         "statistic": "gradient RMS of block 0's first MLP layer, mean over the run's tail",
-        "d log grad RMS / d log params (median over LRs; interval over seeds)": str(size_fx),
-        "d log grad RMS / d log LR (median over sizes; interval over seeds)": str(lr_fx)}
+        "d log grad RMS / d log params (median over LRs; interval over seeds)": size_fx,
+        "d log grad RMS / d log LR (median over sizes; interval over seeds)": lr_fx}
     if ep.empty or G not in ep.columns:
         subs["ε part"] = ("inconclusive", "the ε runs have not finished")
     else:
@@ -318,7 +318,7 @@ DASHBOARD = [
     PanelSpec("final eval loss vs ε", "summary:final_eval_ce", x="config:optim.eps", log_x=True,
               part="eps")]
 
-RESULT = Result("adam_eps", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("adam_eps", CLAIM, parts, judge, figure, DASHBOARD, paper="Fig 11–13")
 
 if __name__ == "__main__":
     main(RESULT)

@@ -42,6 +42,7 @@ from proxies.cli import run_cli  # noqa: E402
 from proxies.config import (LR_KEY, DEFAULT_TARGETS, ConfigError, nonembed_params,  # noqa: E402
                             to_plain)
 from proxies.cost import print_plan  # noqa: E402
+from sweeps.panels import SEED, Effect, seed_mean, series_stats  # noqa: E402
 from proxies.grid import expand_grid, sweep_dir  # noqa: E402
 from proxies.launch import GridPoint  # noqa: E402
 from proxies.sweep import apply_axes_replacement, run_sweep, split_axes_override  # noqa: E402
@@ -250,6 +251,7 @@ class Result:
     figure: Callable[[Tables, ScaleSpec], plt.Figure]
     # W&B panels of the paper figure (python -m analysis.dashboard reads them from plan.json)
     dashboard: Union[Sequence[PanelSpec], Callable[[ScaleSpec], Sequence[PanelSpec]]]
+    paper: str = ""  # where the claim is in the paper ("Fig 1–2"), or "ours"
 
     def panels(self, spec: ScaleSpec) -> List[PanelSpec]:
         return list(self.dashboard(spec) if callable(self.dashboard) else self.dashboard)
@@ -302,6 +304,14 @@ class Plan:
 
     def all_points(self) -> List[GridPoint]:
         return [p for pts in self.points.values() for p in pts]
+
+    def tokens_per_param(self) -> Tuple[float, float]:
+        """(fewest, most) training tokens per non-embedding parameter over the plan's runs
+        (zero-layer baselines, which have none, left out)."""
+        tpp = [r.train.steps * r.train.batch_size * r.train.seq_len / n
+               for _, r in self.all_points()
+               if (n := nonembed_params(r.model.d_model, r.model.n_layers, r.model.mlp))]
+        return (min(tpp), max(tpp)) if tpp else (float("nan"), float("nan"))
 
 
 def plan(result: Result, scale: str, overrides: Sequence[str] = ()) -> Plan:
@@ -374,7 +384,9 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     without = one_lr_left_out(p.result, done, spec)
     if without:
         measured = {**measured, "verdict with one LR left out (each LR of the grid)": without}
-    v = Verdict(p.result.claim, p.scale, reproduced, why, measured)
+    effects = effect_rows(measured)
+    v = Verdict(p.result.claim, p.scale, reproduced, why, shown(measured))
+    measured = v.measured
     out = p.out
     out.mkdir(parents=True, exist_ok=True)
     fig = p.result.figure(done, spec)
@@ -383,8 +395,10 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     plt.close(fig)
     unfinished = sum(len(t) - len(done[k]) for k, t in tables.items())
     spread = {k: s for k, s in ((k, seed_spread(t)) for k, t in done.items()) if s == s}
+    effects.to_csv(out / "effects.csv", index=False)
     (out / "verdict.json").write_text(json.dumps(
         {**asdict(v), "wall_s": round(wall_s, 1), "train_s": round(training_time(done), 1),
+         "seeds": spec.seeds, "tokens_per_param": [round(x, 3) for x in p.tokens_per_param()],
          "unfinished_runs": unfinished, "runs": sum(len(t) for t in tables.values()),
          "seed_spread": spread},
         indent=2, default=_jsonable, ensure_ascii=False) + "\n")
@@ -401,6 +415,32 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     (out / "report.md").write_text("\n".join(lines))
     print(f"{p.result.name} ({p.scale}): {v.line()}\n  -> {out / 'report.md'}")
     return v
+
+
+EFFECT_COLUMNS = ["effect", "part", "seed", "value"]
+
+
+def shown(measured: Dict[str, Any]) -> Dict[str, Any]:
+    """`measured` with every interval as its text (mean [lo, hi] (95% t, n=...)), one level deep
+    as judges key them (a statistic, or a statistic per size or part)."""
+    def text(v: Any) -> Any:
+        return str(v) if isinstance(v, Effect) else v
+    return {k: ({kk: text(x) for kk, x in v.items()} if isinstance(v, dict) else text(v))
+            for k, v in measured.items()}
+
+
+def effect_rows(measured: Dict[str, Any]) -> pd.DataFrame:
+    """effects.csv: one row per per-seed value behind every interval the verdict reports
+    (`effect`: the statistic's name in verdict.json; `part`: the size or part it is keyed by
+    there, empty when it is a single interval)."""
+    rows = []
+    for name, v in measured.items():
+        keyed = v.items() if isinstance(v, dict) else [("", v)]
+        for part, e in keyed:
+            if isinstance(e, Effect):
+                rows += [{"effect": name, "part": part, "seed": seed, "value": x}
+                         for seed, x in zip(e.seeds, e.values)]
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
 # A part needs this many LRs before one is left out (with fewer, LR sensitivity has no spread).
@@ -428,7 +468,6 @@ def seed_spread(df: pd.DataFrame) -> float:
     """The median over series of LR sensitivity's standard deviation over seeds: how much a
     change of seed alone moves the statistic the verdicts compare (NaN for one seed, and for a
     part with one LR, whose LR sensitivity is 0 by construction)."""
-    from sweeps.panels import SEED, seed_mean, series_stats
     if SEED not in df.columns or df[SEED].nunique() < 2 or "final_eval_ce" not in df.columns:
         return float("nan")
     if df.groupby(series_keys(df), dropna=False)[LR_KEY].nunique().max() < 2:
@@ -463,8 +502,8 @@ def _jsonable(v: Any) -> Any:
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    if isinstance(v, dict):  # "; " since an interval's text holds ", "
+        return "; ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
         return ", ".join(_fmt(x) for x in v)
     return str(v)

@@ -53,10 +53,10 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     loss = P.paired_effects(stats, R, False, True, column="best_loss")
     reproduced, why = P.every_size_verdict(effects, "the §2.1 default")
     return reproduced, why, {
-        "LR sensitivity none − default, per size (mean [95% interval])": P.fmt_effects(effects),
+        "LR sensitivity none − default, per size (mean [95% interval])": effects,
         "LR sensitivity none → default (seed means)":
             P.fmt_pairs(P.compare_sensitivity(stats, R, False, True)),
-        "best loss none − default, per size": P.fmt_effects(loss)}
+        "best loss none − default, per size": loss}
 
 
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
@@ -71,7 +71,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
 # The figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
 DASHBOARD = [lr_vs_loss(split=(R,)), sensitivity_vs_params()]
 
-RESULT = Result("default_vs_none", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("default_vs_none", CLAIM, parts, judge, figure, DASHBOARD, paper="ours")
 
 if __name__ == "__main__":
     main(RESULT)

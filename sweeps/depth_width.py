@@ -94,7 +94,7 @@ def judge_rates(st: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str,
     (depth − width slope, paired by seed)."""
     sl = {k: slopes_per_seed(v) for k, v in st.items()}
     diff = (sl["depth"] - sl["width"]).dropna()
-    eff = {"depth − width": P.interval(diff.to_numpy(float)),
+    eff = {"depth − width": P.interval(diff.astype(float)),
            **{k: P.trend_effect(v) for k, v in st.items()}}
     raises, faster = P.above(eff["depth"]), P.above(eff["depth − width"])
     verb = {"true": "raises", "false": "does not raise", "inconclusive": "may raise"}
@@ -116,7 +116,7 @@ def lower_loss_at_largest(st: Dict[str, pd.DataFrame]) -> str:
     if w.empty or d.empty:
         return "no finished largest size on one path"
     seeds = w.index.intersection(d.index)
-    e = P.interval((w.loc[seeds, "best_loss"] - d.loc[seeds, "best_loss"]).to_numpy(float))
+    e = P.interval((w.loc[seeds, "best_loss"] - d.loc[seeds, "best_loss"]).astype(float))
     r = P.above(e)  # true: the width path's loss is higher, so depth is lower
     who = {"true": "depth", "false": "width"}
     nw, nd = float(w["n_params_nonembed"].iloc[0]), float(d["n_params_nonembed"].iloc[0])
@@ -144,12 +144,12 @@ def matched_sizes(st: Dict[str, pd.DataFrame]) -> Dict[str, List[float]]:
     return out
 
 
-def logit_slopes(df: pd.DataFrame) -> List[float]:
+def logit_slopes(df: pd.DataFrame) -> pd.Series:
     """Per seed: the slope of log10(max attention logit) per decade of non-embedding params at
     each LR (sizes with a finite, positive logit; LRs with fewer than two such sizes skipped),
     averaged over the LRs."""
-    out = []
-    for _, g in P.with_seed(df).groupby(P.SEED):
+    out = {}
+    for seed, g in P.with_seed(df).groupby(P.SEED):
         per_lr = []
         for _, h in g.groupby(LR_KEY):
             h = h[np.isfinite(h[LOGIT].astype(float)) & (h[LOGIT].astype(float) > 0)]
@@ -157,8 +157,8 @@ def logit_slopes(df: pd.DataFrame) -> List[float]:
                 per_lr.append(float(np.polyfit(np.log10(h["n_params_nonembed"].astype(float)),
                                                np.log10(h[LOGIT].astype(float)), 1)[0]))
         if per_lr:
-            out.append(float(np.mean(per_lr)))
-    return out
+            out[seed] = float(np.mean(per_lr))
+    return pd.Series(out, dtype=float)
 
 
 def judge_e2(off: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str, P.Effect]]:
@@ -175,14 +175,15 @@ def judge_e2(off: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str, P
 
 def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     st = {k: P.series_stats(v, []) for k, v in paths(t["main"], s).items()}
-    r, why, _ = judge_rates(st)
+    r, why, rates = judge_rates(st)
     off = paths(t.get("no_qk_layernorm", pd.DataFrame()), s)
-    e2, e2_why, _ = judge_e2(off)
+    e2, e2_why, e2_effects = judge_e2(off)
     measured: Dict[str, Any] = {
         f"LR sensitivity along {k}, small → large (seed means)":
             [round(x, 3) for x in P.seed_mean(v, [])["lr_sensitivity"]] if len(v) else []
         for k, v in st.items()}
     measured["slopes per decade of params, and depth − width paired by seed"] = why
+    measured["LR sensitivity slope per decade of params (interval over seeds)"] = rates
     measured["lower best loss at the largest size (reported)"] = lower_loss_at_largest(st)
     matched = matched_sizes(st)
     if matched:
@@ -191,6 +192,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     measured["seed spread of LR sensitivity (sd, median over sizes)"] = (
         round(float(np.nanmedian(spread)), 4) if spread.notna().any() else "1 seed")
     measured["Fig. E.2, no qk-layernorm (second part, not the verdict)"] = f"{e2}: {e2_why}"
+    measured["Fig. E.2: max-logit slope, decades per decade of params, per path"] = e2_effects
     return r, why, measured
 
 
@@ -269,7 +271,7 @@ def DASHBOARD(s: ScaleSpec) -> list[PanelSpec]:
             sensitivity_vs_params()]
 
 
-RESULT = Result("depth_width", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("depth_width", CLAIM, parts, judge, figure, DASHBOARD, paper="Fig 7")
 
 if __name__ == "__main__":
     main(RESULT)

@@ -294,7 +294,7 @@ def draw_ratio(ax: plt.Axes, run_dir: Path, style: str, label_layers: bool) -> N
 DASHBOARD = [PanelSpec("residual-stream max / median per layer over training",
                        "act/max_median_ratio", layers=True, split=("model.norm", "model.mlp"))]
 
-RESULT = Result("dynamics", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("dynamics", CLAIM, parts, judge, figure, DASHBOARD, paper="outlier literature")
 
 if __name__ == "__main__":
     main(RESULT)

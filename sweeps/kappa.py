@@ -90,7 +90,7 @@ def bigram_losses(b: pd.DataFrame) -> pd.Series:
 def paired(a: pd.Series, b: pd.Series) -> P.Effect:
     """a − b over the seeds both have, with its t interval."""
     seeds = a.dropna().index.intersection(b.dropna().index)
-    return P.interval((a[seeds] - b[seeds]).to_numpy(float))
+    return P.interval((a[seeds] - b[seeds]).astype(float))
 
 
 def state(e: P.Effect, tol: float) -> str:
@@ -197,8 +197,8 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
         if len(st["bigram"]) else None,
         "best κ (reference)": st["ref"],
         "loss − loss at best κ (interval), κ above it": {
-            f"{c:g}": str(e) for c, e in st["degradation"].items()},
-        "loss − bigram (interval) by κ": {f"{c:g}": str(e) for c, e in st["worse"].items()},
+            f"{c:g}": e for c, e in st["degradation"].items()},
+        "loss − bigram (interval) by κ": {f"{c:g}": e for c, e in st["worse"].items()},
         "degradation onset bracket": fmt_bracket(st["onset"]),
         "worse-than-bigram bracket": fmt_bracket(st["cross"]),
         "rule": f"degraded > {DEGRADED} nats; near = within {NEAR:.3g}×, far = {FAR:g}× or more"}
@@ -259,7 +259,7 @@ DASHBOARD = [
               log_y=True, part="kappa"),
     lr_vs_loss("bigram model (0 layers): LR vs final eval loss", part="bigram")]
 
-RESULT = Result("kappa", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("kappa", CLAIM, parts, judge, figure, DASHBOARD, paper="Fig 10")
 
 if __name__ == "__main__":
     main(RESULT)

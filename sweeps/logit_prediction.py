@@ -130,14 +130,14 @@ def predictions(df: pd.DataFrame, s: ScaleSpec) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- the verdict
 
-def seed_errors(pr: pd.DataFrame) -> List[float]:
+def seed_errors(pr: pd.DataFrame) -> pd.Series:
     """Per seed, the median over LRs of |log10(predicted / measured)| (NaN-free seeds only)."""
-    out = []
-    for _, g in pr.groupby("seed", sort=True):
+    out = {}
+    for seed, g in pr.groupby("seed", sort=True):
         e = g["log_error"].dropna()
         if len(e):
-            out.append(float(e.median()))
-    return out
+            out[seed] = float(e.median())
+    return pd.Series(out, dtype=float)
 
 
 def decide(pr: pd.DataFrame) -> Tuple[Reproduced, str]:
@@ -207,8 +207,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
             f"{lr:g}": f"{int(g['diverged'].sum())} / {int(g['crossed'].sum())}"
             for lr, g in pr.groupby("lr", sort=True)},
         "1e4 flag right (LR × seed)": f"{int(pr['flag_right'].sum())}/{len(pr)}",
-        "median |log10(pred/measured)| (interval over seeds)": str(
-            P.interval(seed_errors(pr))),
+        "median |log10(pred/measured)| (interval over seeds)": P.interval(seed_errors(pr)),
         f"predicted at {s.target_params:.2g} params by LR": {
             f"{lr:g}": f"{v:.3g}" for lr, v in by_lr(pr, "at_target").items()},
         "rule": f"crossed = early logit > {THRESHOLD:g}, or diverged with logit ≥ "
@@ -330,7 +329,7 @@ DASHBOARD = [
     PanelSpec("block 0's max attention logit over training, held-out size",
               M.per_layer(M.ATTN_MAX_LOGIT, 0), log_y=True, largest=True)]
 
-RESULT = Result("logit_prediction", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("logit_prediction", CLAIM, parts, judge, figure, DASHBOARD, paper="Fig 9")
 
 if __name__ == "__main__":
     main(RESULT)

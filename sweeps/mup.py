@@ -109,16 +109,16 @@ def colour(v: Parametrization | str) -> str:
 
 # ------------------------------------------------------------------------------ statistics
 
-def drift_slopes(stats: pd.DataFrame, arm: str) -> List[float]:
+def drift_slopes(stats: pd.DataFrame, arm: str) -> pd.Series:
     """Per seed: slope of log10(interpolated best LR) vs log2(width), decades per doubling."""
     g = P.with_seed(stats)
     g = g[g[MP] == arm].dropna(subset=["best_lr_interp"])
-    out = []
-    for _, s in g.groupby(P.SEED):
+    out = {}
+    for seed, s in g.groupby(P.SEED):
         if s[WIDTH].nunique() >= 2:
             x, y = np.log2(s[WIDTH].to_numpy(float)), np.log10(s["best_lr_interp"].to_numpy(float))
-            out.append(float(np.polyfit(x, y, 1)[0]))
-    return out
+            out[seed] = float(np.polyfit(x, y, 1)[0])
+    return pd.Series(out, dtype=float)
 
 
 def improvement(stats: pd.DataFrame, column: str, base_width: int) -> P.Effect:
@@ -130,7 +130,7 @@ def improvement(stats: pd.DataFrame, column: str, base_width: int) -> P.Effect:
     if SP not in wide.columns or MUP not in wide.columns:
         return P.interval([])
     per_seed = (wide[SP] - wide[MUP]).dropna().groupby(level=0).mean()
-    return P.interval(per_seed.to_numpy(float))
+    return P.interval(per_seed.astype(float))
 
 
 def judge_best_lr(stats: pd.DataFrame) -> Tuple[Reproduced, str, P.Effect, P.Effect]:
@@ -174,19 +174,22 @@ def by_width(stats: pd.DataFrame, column: str, digits: int = 3) -> Dict[str, Dic
 def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     base_width = int(s.widths[0]["d_model"])
     stats = P.series_stats(t["main"], [MP])
-    a, a_why, _, _ = judge_best_lr(stats)
-    b, b_why, _ = judge_not_improved(stats, base_width)
-    e4, e4_why, _ = judge_e4(t.get("no_qk_layernorm", pd.DataFrame()), t["main"])
+    a, a_why, mup, sp = judge_best_lr(stats)
+    b, b_why, better = judge_not_improved(stats, base_width)
+    e4, e4_why, e4_effects = judge_e4(t.get("no_qk_layernorm", pd.DataFrame()), t["main"])
     spread = P.seed_mean(stats, [MP])["lr_sensitivity_sd"]
     measured = {
         "(A) best LR stays put under μP (simple)": f"{a}: {a_why}",
+        "(A) best-LR drift, decades per doubling of width": {"μP (simple)": mup, "SP": sp},
         "(B) loss and LR sensitivity not improved": f"{b}: {b_why}",
+        "(B) SP − μP (simple), mean over the widths above the base": better,
         "best LR by width, interpolated (seed mean)": by_width(stats, "best_lr_interp", 4),
         "LR sensitivity by width (seed mean)": by_width(stats, "lr_sensitivity"),
         "best loss by width (seed mean)": by_width(stats, "best_loss"),
         "seed spread of LR sensitivity (sd, median over series)":
             round(float(np.nanmedian(spread)), 4) if spread.notna().any() else "1 seed",
         "Fig. E.4, no qk-layernorm (second part, not the verdict)": f"{e4}: {e4_why}",
+        "Fig. E.4: LR sensitivity no qk-LN − qk-LN under μP (simple), per size": e4_effects,
         "verdict rule": "true when (A) and (B) are true, false when either is false",
     }
     return P.all_of([a, b]), f"(A) {a}: {a_why}. (B) {b}: {b_why}", measured
@@ -246,7 +249,7 @@ def draw_row(axs: Sequence[plt.Axes], df: pd.DataFrame, title: str) -> None:
 DASHBOARD = [lr_vs_loss(split=(MP,)),
              sensitivity_vs_params("LR sensitivity vs width", x="config:model.d_model")]
 
-RESULT = Result("mup", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("mup", CLAIM, parts, judge, figure, DASHBOARD, paper="Fig 8")
 
 if __name__ == "__main__":
     main(RESULT)

@@ -13,7 +13,7 @@ comparison is inconclusive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -94,6 +94,9 @@ class Effect:
     n: int
     sd: float = float("nan")  # the seeds' standard deviation (ddof 1)
     confidence: float = CONFIDENCE
+    # The per-seed values behind it and their seeds (effects.csv), when built from values.
+    values: Tuple[float, ...] = ()
+    seeds: Tuple[Any, ...] = ()
 
     @property
     def decided(self) -> bool:
@@ -111,7 +114,8 @@ class Effect:
 
     def at(self, confidence: float) -> "Effect":
         """The same statistic's interval at another confidence (e.g. Bonferroni-Holm's)."""
-        return t_interval_from(self.mean, self.sd, self.n, confidence)
+        return replace(t_interval_from(self.mean, self.sd, self.n, confidence),
+                       values=self.values, seeds=self.seeds)
 
     def __str__(self) -> str:
         if self.n < 2:
@@ -127,14 +131,21 @@ def t_interval_from(mean: float, sd: float, n: int, confidence: float = CONFIDEN
     return Effect(mean, mean - half, mean + half, n, sd, confidence)
 
 
-def interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Effect:
+def interval(values: Sequence[float] | pd.Series, confidence: float = CONFIDENCE) -> Effect:
     """The mean of `values` (one per seed; non-finite ones dropped) with its Student-t
-    interval."""
-    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    interval. A Series' index names the seeds (else they are numbered 0, 1, ...)."""
+    seeds = list(values.index) if isinstance(values, pd.Series) else list(range(len(values)))
+    kept = [(k, float(x)) for k, x in zip(seeds, np.asarray(values, float)) if np.isfinite(x)]
+    v = np.asarray([x for _, x in kept], float)
     if len(v) == 0:
         return Effect(float("nan"), float("nan"), float("nan"), 0)
     sd = float(np.std(v, ddof=1)) if len(v) >= 2 else float("nan")
-    return t_interval_from(float(np.mean(v)), sd, len(v), confidence)
+    return replace(t_interval_from(float(np.mean(v)), sd, len(v), confidence),
+                   values=tuple(v.tolist()), seeds=tuple(_plain(k) for k, _ in kept))
+
+
+def _plain(seed: Any) -> Any:
+    return seed.item() if hasattr(seed, "item") else seed
 
 
 def paired_effects(stats: pd.DataFrame, by: str, a: Any, b: Any,
@@ -151,7 +162,7 @@ def paired_effects(stats: pd.DataFrame, by: str, a: Any, b: Any,
         vb = g[g[by] == b].set_index(SEED)[column]
         seeds = va.index.intersection(vb.index)
         if len(seeds):
-            out[size_label(order[shape])] = interval((va[seeds] - vb[seeds]).to_numpy(float))
+            out[size_label(order[shape])] = interval((va[seeds] - vb[seeds]).astype(float))
     return out
 
 
@@ -248,12 +259,12 @@ def trend_effect(stats: pd.DataFrame, column: str = "lr_sensitivity") -> Effect:
     """Slope of `column` per decade of non-embedding params (least squares), per seed, with its
     interval: does the statistic rise with size?"""
     stats = with_seed(stats)
-    slopes = []
-    for _, g in stats.groupby(SEED):
+    slopes = {}
+    for seed, g in stats.groupby(SEED):
         g = g.dropna(subset=[column])
         if g["n_params_nonembed"].nunique() >= 2:
-            slopes.append(float(np.polyfit(np.log10(g["n_params_nonembed"]), g[column], 1)[0]))
-    return interval(slopes)
+            slopes[seed] = float(np.polyfit(np.log10(g["n_params_nonembed"]), g[column], 1)[0])
+    return interval(pd.Series(slopes, dtype=float))
 
 
 def colours(values: Sequence[Any], cmap: str = "viridis") -> Dict[Any, Any]:

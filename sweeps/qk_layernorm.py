@@ -137,13 +137,13 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     verdict = overall(b, [a])
     measured = {
         "(b) LR sensitivity off − on per size, mean [95% interval] over seeds":
-            P.fmt_effects(effects),
+            effects,
         "(b) LR sensitivity off → on per size (seed means)":
             P.fmt_pairs(P.compare_sensitivity(stats, QK, False, True)),
         "(a) highest LR that trains without qk-LN, per size (geometric seed mean)": top_by_size,
-        "(a) its slope, decades of LR per decade of params": str(slope),
-        "(c) LR sensitivity slope per decade of params, no qk-LN": str(trend_off),
-        "(c) same with qk-LN": str(trend_on),
+        "(a) its slope, decades of LR per decade of params": slope,
+        "(c) LR sensitivity slope per decade of params, no qk-LN": trend_off,
+        "(c) same with qk-LN": trend_on,
         "max attention logit at the highest LR without qk-LN, per size (median over seeds)":
             top_lr_logits(df),
         "verdict rule": "(b) decides false/inconclusive; true needs (a) true; (c) reported",
@@ -177,7 +177,7 @@ DASHBOARD = [lr_vs_loss(split=(QK,)), sensitivity_vs_params(),
              PanelSpec("max attention logit vs LR", "summary:max_attn_logit", x="config:optim.lr",
                        log_x=True, log_y=True, colour="setting")]
 
-RESULT = Result("qk_layernorm", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("qk_layernorm", CLAIM, parts, judge, figure, DASHBOARD, paper="Fig 1–2")
 
 if __name__ == "__main__":
     main(RESULT)

@@ -216,7 +216,7 @@ def paired(ps: pd.DataFrame, a: str, b: str, column: str,
     va = ps[ps[SETTING] == a].set_index(P.SEED)[column]
     vb = ps[ps[SETTING] == b].set_index(P.SEED)[column]
     seeds = va.index.intersection(vb.index)
-    return P.interval([f(va[k], vb[k]) for k in seeds])
+    return P.interval(pd.Series({k: f(va[k], vb[k]) for k in seeds}, dtype=float))
 
 
 def _sens(v: pd.Series) -> str:
@@ -411,7 +411,7 @@ DASHBOARD = [lr_vs_loss(split=(QK,)),
                        log_x=True, log_y=True, colour="setting"),
              PanelSpec("lowest head's attention entropy", ENTROPY, layers=True, colour="lr")]
 
-RESULT = Result("stabilizers", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("stabilizers", CLAIM, parts, judge, figure, DASHBOARD, paper="ours")
 
 if __name__ == "__main__":
     main(RESULT)

@@ -89,11 +89,11 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     loss_r = outcome(loss[largest]) if largest in loss else "inconclusive"
     measured = {
         f"LR sensitivity, warm-up {short} − {long}, per size (mean [95% interval])":
-            P.fmt_effects(sens),
+            sens,
         f"LR sensitivity, warm-up {short} → {long} (seed means)":
             P.fmt_pairs(P.compare_sensitivity(stats, W, short, long)),
-        "slope of that reduction per decade of params": str(slope),
-        f"best loss, warm-up {short} − {long}, per size": P.fmt_effects(loss),
+        "slope of that reduction per decade of params": slope,
+        f"best loss, warm-up {short} − {long}, per size": loss,
         "counted final loss short − long by LR (seed means)": loss_gain_by_lr(df, short, long),
         "verdict rule": ("sensitivity at the largest size decides false/inconclusive; true "
                          "needs the reduction to grow with size and the best loss to drop"),
@@ -120,7 +120,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
 # The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
 DASHBOARD = [lr_vs_loss(split=(W,)), sensitivity_vs_params()]
 
-RESULT = Result("warmup", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("warmup", CLAIM, parts, judge, figure, DASHBOARD, paper="Fig 5")
 
 if __name__ == "__main__":
     main(RESULT)

@@ -128,7 +128,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
               for n, g in coupled.groupby("n_params_nonembed", sort=True)}
     measured = {
         "LR sensitivity coupled (min over two ranges) − independent, per size (mean [95% "
-        "interval])": P.fmt_effects(effects),
+        "interval])": effects,
         "LR sensitivity coupled → independent (seed means)":
             P.fmt_pairs(P.compare_sensitivity(stats, IND, False, True)),
         "range giving the coupled minimum, per size (× seeds)": ranges,
@@ -164,7 +164,7 @@ DASHBOARD = [lr_vs_loss("LR vs final eval loss, coupled λ=0.1", part="coupled")
              sensitivity_vs_params("LR sensitivity over [3e-4, 3e-1], independent",
                                    part="independent")]
 
-RESULT = Result("weight_decay", CLAIM, parts, judge, figure, DASHBOARD)
+RESULT = Result("weight_decay", CLAIM, parts, judge, figure, DASHBOARD, paper="Fig 6")
 
 if __name__ == "__main__":
     main(RESULT)

@@ -55,8 +55,23 @@ def test_every_script_runs_at_tiny_scale_and_writes_its_verdict(name, root, all_
     assert f"{name} (tiny): {saved['reproduced']}: {saved['why']}\n" in all_printed
     assert (out / "figure.png").stat().st_size > 10_000 and (out / "figure.pdf").exists()
     assert f"**Verdict: {saved['reproduced']}.**" in (out / "report.md").read_text()
-    for part in plan(result, "tiny", tiny_args(root, corpus_dir, cache_dir)[1:]).configs:
+    p = plan(result, "tiny", tiny_args(root, corpus_dir, cache_dir)[1:])
+    for part in p.configs:
         assert (out / part / "results.csv").exists() and (out / part / "analysis").is_dir()
+    assert saved["tokens_per_param"] == pytest.approx(list(p.tokens_per_param()), rel=1e-3)
+    assert saved["seeds"] == SPECS["tiny"].seeds
+    assert_effects_match_the_verdict(out, saved)
+
+
+def assert_effects_match_the_verdict(out, saved):
+    """effects.csv holds the per-seed values behind each interval verdict.json states: every
+    (effect, part) names a statistic of `measured`, whose text starts with those values' mean."""
+    effects = pd.read_csv(out / "effects.csv", keep_default_na=False)
+    assert list(effects.columns) == ["effect", "part", "seed", "value"]
+    for (name, part), g in effects.groupby(["effect", "part"]):
+        shown = saved["measured"][name] if part == "" else saved["measured"][name][str(part)]
+        assert shown.startswith(f"{g['value'].astype(float).mean():+.3f}"), (name, part, shown)
+        assert f"n={len(g)})" in shown or len(g) < 2, shown
 
 
 def test_all_writes_the_summary(root, all_printed):

@@ -169,7 +169,7 @@ def test_mup_one_seed_gives_no_interval_so_no_verdict():
 def test_mup_drift_is_decades_of_best_lr_per_doubling_of_width():
     t = mup_tables(sp_drifts, sp_floor, lambda w, s: 0.2)["main"]
     stats = P.series_stats(t, [MU.MP])
-    assert MU.drift_slopes(stats, MU.MUP) == pytest.approx([-np.log10(2)] * 3, rel=1e-6)
+    assert list(MU.drift_slopes(stats, MU.MUP)) == pytest.approx([-np.log10(2)] * 3, rel=1e-6)
 
 
 def e4_table(gap: Callable[[int, int], float], seeds=SEEDS) -> Dict[str, pd.DataFrame]:

@@ -147,3 +147,21 @@ def test_an_a_a_comparison_from_real_runs_is_inconclusive(tmp_path, corpus_dir, 
     assert [e.n for e in effects.values()] == [3]
     assert all(abs(e.mean) < 1e-6 for e in effects.values()), effects
     assert P.every_size_verdict(effects, "μParam (simple)")[0] == "inconclusive"
+
+
+def test_an_interval_keeps_the_seeds_and_values_behind_it_for_effects_csv():
+    from sweeps.core import effect_rows, shown
+    e = P.interval(pd.Series({0: 0.1, 1: float("nan"), 2: 0.3, 5: 0.2}))
+    assert (e.n, e.seeds, e.values) == (3, (0, 2, 5), (0.1, 0.3, 0.2))
+    assert e.at(0.99).seeds == e.seeds and e.at(0.99).values == e.values
+    measured = {"a": e, "per size": {"0.1M": P.interval([1.0, 2.0])}, "text": "x", "n": 3}
+    rows = effect_rows(measured)
+    assert rows.to_dict("records") == [
+        {"effect": "a", "part": "", "seed": 0, "value": 0.1},
+        {"effect": "a", "part": "", "seed": 2, "value": 0.3},
+        {"effect": "a", "part": "", "seed": 5, "value": 0.2},
+        {"effect": "per size", "part": "0.1M", "seed": 0, "value": 1.0},
+        {"effect": "per size", "part": "0.1M", "seed": 1, "value": 2.0}]
+    text = shown(measured)
+    assert text["a"] == str(e) and text["a"].endswith("(95% t, n=3)")
+    assert text["per size"] == {"0.1M": str(P.interval([1.0, 2.0]))} and text["n"] == 3

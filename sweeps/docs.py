@@ -1,25 +1,36 @@
-"""`python -m sweeps.docs scale=laptop [sweep.root=runs] [--out docs]`: the figures
-docs/repro.md and docs/dynamics.md show, from the result directories a `sweeps.all` /
-`sweeps.dynamics` run wrote, never copied by hand.
+"""`python -m sweeps.docs scale=laptop [sweep.root=runs] [--out docs]`: the claims table of
+README.md, the results section of docs/repro.md and the figures both show, from the result
+directories a `sweeps.<result>` / `sweeps.all` / `sweeps.dynamics` run wrote, never by hand.
+
+    results/<scale>/<result>/                 verdict.json, effects.csv, report.md of
+                                              <root>/repro/<result>-<scale>/ (committed: small)
+    README.md, between CLAIMS_START/END       one row per result, from results/<scale>/
+    docs/repro.md, between RESULTS_START/END  each verdict with its numbers, from the same
 
     docs/repro/<result>.png                   <root>/repro/<result>-<scale>/figure.png
     docs/dynamics/r_by_recipe.png             <root>/repro/dynamics-<scale>/figure.png
     docs/dynamics/outliers_layernorm_gelu.png the LayerNorm + GELU run's dynamics report figure
 
-A result whose directory is missing is named in one line and left out; nothing is trained.
+A result whose directory is missing is named in one line, and its row says it has not run at
+that scale, with its dry-run cost; nothing is trained. tests/test_docs_claims.py fails when the
+committed README or docs/repro.md differ from what results/ renders.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import shutil
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
 from proxies.cli import run_cli
+from proxies.cost import CPU_FLOPS, RUN_OVERHEAD_S, fmt_duration, run_flops
 from sweeps import RESULTS
+from sweeps.core import Result, plan
 
 DYNAMICS_RUN_FIGURE = "outliers_over_training.png"  # analysis/dynamics_report/ writes it
 
@@ -70,6 +81,127 @@ def gelu_run(dyn: Path) -> Optional[Path]:
     return (dyn / "main" / rows["run_dir"].iloc[0]).resolve() if len(rows) else None
 
 
+# ------------------------------------------------------------------ the claims, from results/
+
+RESULTS_DIR = Path("results")
+KEPT = ("verdict.json", "effects.csv", "report.md")  # what results/<scale>/<result>/ keeps
+CLAIMED = ("onset",) + RESULTS  # the rows, in order: the onset study says what a scale can show
+CLAIMS_START = "<!-- claims: written by `python -m sweeps.docs` from results/; do not edit -->"
+CLAIMS_END = "<!-- end of claims -->"
+RESULTS_START = "<!-- results: written by `python -m sweeps.docs` from results/; do not edit -->"
+RESULTS_END = "<!-- end of results -->"
+
+
+def result_module(name: str) -> Result:
+    return importlib.import_module(f"sweeps.{name}").RESULT
+
+
+def keep_results(scale: str, root: Path, results: Path) -> List[str]:
+    """Copy each result directory's KEPT files to results/<scale>/<result>/; the names kept."""
+    kept = []
+    for name in CLAIMED:
+        src = root / "repro" / f"{name}-{scale}"
+        if not (src / "verdict.json").exists():
+            continue
+        dst = results / scale / name
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in KEPT:
+            if (src / f).exists():
+                shutil.copyfile(src / f, dst / f)
+        kept.append(name)
+    return kept
+
+
+def read_verdict(results: Path, scale: str, name: str) -> Optional[Dict[str, Any]]:
+    f = results / scale / name / "verdict.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def fmt_span(lo: float, hi: float) -> str:
+    """A tokens-per-parameter range, 3 significant figures."""
+    return f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}–{hi:.3g}"
+
+
+def planned(name: str, scale: str) -> Tuple[Tuple[float, float], float, int]:
+    """(tokens per param range, CPU seconds to train every run, runs) of a result's plan at a
+    scale, whatever is trained already (so the text does not depend on this machine's runs)."""
+    p = plan(result_module(name), scale)
+    points = p.all_points()
+    cpu_s = sum(run_flops(run) for _, run in points) / CPU_FLOPS + RUN_OVERHEAD_S * len(points)
+    return p.tokens_per_param(), cpu_s, len(points)
+
+
+def claim_row(name: str, scale: str, results: Path) -> str:
+    r = result_module(name)
+    v = read_verdict(results, scale, name)
+    paper = r.claim if r.claim.startswith(r.paper) else f"{r.paper}: {r.claim}"
+    if v is None:
+        (lo, hi), cpu_s, runs = planned(name, scale)
+        return (f"| `{name}` | {paper} | not run at this scale yet (`python -m sweeps.{name} "
+                f"scale={scale}`) | {fmt_span(lo, hi)} | {runs} runs | ~{fmt_duration(cpu_s)} "
+                "(estimate) |")
+    lo, hi = v["tokens_per_param"]
+    return (f"| `{name}` | {paper} | **{v['reproduced']}** ([why](docs/repro.md#{name})) | "
+            f"{fmt_span(lo, hi)} | {v['runs']} runs, {v['seeds']} seeds | "
+            f"{fmt_duration(v['train_s'])} |")
+
+
+def claims_table(scale: str, results: Path) -> str:
+    """README's claims table at `scale`."""
+    head = [f"| result | the paper (figure: claim) | {scale} verdict | tokens / param | runs | "
+            "training (2 cores) |", "|---|---|---|---|---|---|"]
+    return "\n".join(head + [claim_row(n, scale, results) for n in CLAIMED])
+
+
+def results_section(scale: str, results: Path) -> str:
+    """docs/repro.md's results: per result, its verdict, why, and every number that decides it."""
+    out = []
+    for name in CLAIMED:
+        v = read_verdict(results, scale, name)
+        out.append(f'<a id="{name}"></a>\n### `{name}`\n')
+        if v is None:
+            out.append(f"Not run at the {scale} scale yet.\n")
+            continue
+        lo, hi = v["tokens_per_param"]
+        out += [f"**{v['reproduced']}**: {v['why']}\n",
+                f"{v['runs']} runs, {v['seeds']} seeds, {fmt_span(lo, hi)} tokens per "
+                f"non-embedding parameter, {fmt_duration(v['train_s'])} of training. "
+                f"![figure](repro/{name}.png)\n",
+                "| statistic | value |", "|---|---|"]
+        out += [f"| {cell(k)} | {cell(fmt(x))} |" for k, x in v["measured"].items()]
+        out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {fmt(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(fmt(x) for x in v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def between(text: str, start: str, end: str, body: str) -> str:
+    """`text` with what lies between the markers `start` and `end` replaced by `body`."""
+    if start not in text or end not in text:
+        raise SystemExit(f"error: the markers {start!r} … {end!r} are missing; put them back "
+                         "where the generated text goes")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def write_docs(scale: str, results: Path, readme: Path, repro: Path) -> None:
+    readme.write_text(between(readme.read_text(), CLAIMS_START, CLAIMS_END,
+                              claims_table(scale, results)))
+    repro.write_text(between(repro.read_text(), RESULTS_START, RESULTS_END,
+                             results_section(scale, results)))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     scale, root, out = parse(sys.argv[1:] if argv is None else argv)
 
@@ -82,6 +214,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             print(f"{dst} <- {src}")
+        kept = keep_results(scale, root, RESULTS_DIR)
+        print(f"results/{scale}/: {', '.join(kept) or 'no result directory yet'}")
+        write_docs(scale, RESULTS_DIR, Path("README.md"), out / "repro.md")
+        print(f"README.md and {out / 'repro.md'}: claims and results at {scale} scale")
 
     run_cli(entry)
 

@@ -1,0 +1,66 @@
+"""README's claims table and docs/repro.md's results are what `python -m sweeps.docs` writes
+from results/<scale>/*/verdict.json: a test fails when the committed text is stale."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sweeps import docs as D
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def block(text: str, start: str, end: str) -> str:
+    return text.split(start, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def test_the_committed_claims_and_results_are_what_results_renders():
+    readme = (ROOT / "README.md").read_text()
+    repro = (ROOT / "docs" / "repro.md").read_text()
+    results = ROOT / "results"
+    fix = "run `python -m sweeps.docs scale=laptop` and commit README.md, docs/ and results/"
+    assert block(readme, D.CLAIMS_START, D.CLAIMS_END) == D.claims_table("laptop", results), fix
+    assert block(repro, D.RESULTS_START, D.RESULTS_END) == D.results_section(
+        "laptop", results), fix
+
+
+VERDICT = {"claim": "c", "scale": "laptop", "reproduced": "false", "why": "because",
+           "measured": {"effect | per size": {"0.1M": "+0.010 [-0.002, +0.022] (95% t, n=3)"},
+                        "rule": "r"},
+           "runs": 42, "seeds": 3, "train_s": 5400.0, "tokens_per_param": [20.8, 41.7]}
+
+
+def test_a_row_comes_from_the_verdict_and_a_missing_result_says_it_has_not_run(tmp_path):
+    d = tmp_path / "laptop" / "warmup"
+    d.mkdir(parents=True)
+    (d / "verdict.json").write_text(json.dumps(VERDICT))
+    assert D.claim_row("warmup", "laptop", tmp_path) == (
+        "| `warmup` | Fig 5: " + D.result_module("warmup").claim + " | **false** "
+        "([why](docs/repro.md#warmup)) | 20.8–41.7 | 42 runs, 3 seeds | 1.5 h |")
+    missing = D.claim_row("kappa", "laptop", tmp_path)
+    assert "not run at this scale yet (`python -m sweeps.kappa scale=laptop`)" in missing
+    assert "(estimate)" in missing and "| 0.521 |" in missing  # 200 steps of 2,048 tokens, 0.79M
+    section = D.results_section("laptop", tmp_path)
+    assert "**false**: because" in section and "| effect \\| per size | 0.1M: +0.010" in section
+    assert '<a id="kappa"></a>\n### `kappa`\n\nNot run at the laptop scale yet.' in section
+
+
+def test_the_docs_are_rewritten_only_between_their_markers(tmp_path):
+    text = f"before\n{D.CLAIMS_START}\nold table\n{D.CLAIMS_END}\nafter\n"
+    assert D.between(text, D.CLAIMS_START, D.CLAIMS_END, "new") == (
+        f"before\n{D.CLAIMS_START}\nnew\n{D.CLAIMS_END}\nafter\n")
+    with pytest.raises(SystemExit, match="markers .* are missing; put them back"):
+        D.between("no markers", D.CLAIMS_START, D.CLAIMS_END, "new")
+
+
+def test_keep_results_copies_the_small_files_of_each_result_dir(tmp_path):
+    src = tmp_path / "runs" / "repro" / "z_loss-laptop"
+    src.mkdir(parents=True)
+    for f in ("verdict.json", "effects.csv", "report.md", "figure.png", "plan.json"):
+        (src / f).write_text(f)
+    assert D.keep_results("laptop", tmp_path / "runs", tmp_path / "results") == ["z_loss"]
+    kept = sorted(p.name for p in (tmp_path / "results" / "laptop" / "z_loss").iterdir())
+    assert kept == ["effects.csv", "report.md", "verdict.json"]

@@ -175,8 +175,10 @@ SPECS: Dict[str, ScaleSpec] = {
         base=_base(200, _train(200, 16, 128, 25, 100, 32, 100), _SECTION_2_1),
         lrs=half_decades(3e-4, 3e-1), sizes=[size(64, 2), size(96, 3), size(128, 4)],
         extra_size=size(160, 5), held_out=size(192, 6),
-        widths=[size(64, 2), size(128, 2), size(256, 2)],
-        depths=[size(64, 2), size(64, 4), size(64, 8)], warmups=(warmup(200), 4 * warmup(200)),
+        # Fig 7's layout: width at a fixed depth of 4, depth at the fixed width 64, both from
+        # d64 L4 and both ending at 0.79M, so the largest sizes compare at equal params.
+        widths=[size(64, 4), size(96, 4), size(128, 4)],
+        depths=[size(64, 4), size(64, 8), size(64, 16)], warmups=(warmup(200), 4 * warmup(200)),
         kappa_size=size(128, 4), kappa_lr=3e-3,
         kappas=[1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4], eps_lr=0.3,
         epsilons=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2], seeds=3,
@@ -384,6 +386,11 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     without = one_lr_left_out(p.result, done, spec)
     if without:
         measured = {**measured, "verdict with one LR left out (each LR of the grid)": without}
+    early = {k: w for k in done if (w := warmup_divergences(done[k], p.configs[k]))}
+    if early:
+        measured = {**measured, "divergences inside the warm-up, per part": early}
+        why += ("; some runs diverged inside their warm-up, before the LR reached its peak "
+                "(the verdict may rest on the warm-up's length)")
     effects = effect_rows(measured)
     v = Verdict(p.result.claim, p.scale, reproduced, why, shown(measured))
     measured = v.measured
@@ -415,6 +422,26 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     (out / "report.md").write_text("\n".join(lines))
     print(f"{p.result.name} ({p.scale}): {v.line()}\n  -> {out / 'report.md'}")
     return v
+
+
+WARMUP_KEY = "optim.warmup_steps"
+
+
+def warmup_divergences(t: pd.DataFrame, cfg: DictConfig) -> str:
+    """'' when no run of the part diverged inside its warm-up; else how many, at which LRs, and
+    the earliest step (each run's warm-up is its row's `optim.warmup_steps` where the part
+    sweeps it, else the part's)."""
+    if "diverged_at_step" not in t.columns or t.empty:
+        return ""
+    step = pd.to_numeric(t["diverged_at_step"], errors="coerce")
+    warm = (pd.to_numeric(t[WARMUP_KEY], errors="coerce") if WARMUP_KEY in t.columns
+            else pd.Series(float(cfg.optim.warmup_steps), index=t.index))
+    inside = step.notna() & (step <= warm)
+    if not inside.any():
+        return ""
+    lrs = ", ".join(f"{x:g}" for x in sorted(t.loc[inside, LR_KEY].unique()))
+    return (f"{int(inside.sum())} of {int(step.notna().sum())} diverged runs (LR {lrs}; earliest "
+            f"at step {int(step[inside].min())}, warm-up {int(warm[inside].min())} steps)")
 
 
 EFFECT_COLUMNS = ["effect", "part", "seed", "value"]

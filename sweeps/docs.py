@@ -18,6 +18,7 @@ committed README or docs/repro.md differ from what results/ renders.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import shutil
@@ -28,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from proxies.cli import run_cli
-from proxies.cost import CPU_FLOPS, RUN_OVERHEAD_S, fmt_duration, run_flops
+from proxies.cost import CPU_FLOPS, GPU_FLOPS, RUN_OVERHEAD_S, fmt_duration, run_flops
 from sweeps import RESULTS
 from sweeps.core import Result, plan
 
@@ -122,13 +123,39 @@ def fmt_span(lo: float, hi: float) -> str:
     return f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}–{hi:.3g}"
 
 
-def planned(name: str, scale: str) -> Tuple[Tuple[float, float], float, int]:
-    """(tokens per param range, CPU seconds to train every run, runs) of a result's plan at a
-    scale, whatever is trained already (so the text does not depend on this machine's runs)."""
+# Training time one result may take at a scale (2 cores): a result over it is not run there; its
+# row gives its cost there and at the next scale instead of a verdict.
+BUDGET_S = {"laptop": 3 * 3600.0}
+NEXT_SCALE = {"tiny": "laptop", "laptop": "gpu", "gpu": "paper"}
+
+
+@functools.lru_cache(maxsize=None)  # a plan is Hydra composing every part: ~1 s
+def planned(name: str, scale: str) -> Tuple[Tuple[float, float], float, float, int]:
+    """(tokens per param range, seconds to train every run on 2 CPU cores and on one H100,
+    runs) of a result's plan at a scale, whatever is trained already (so the text does not
+    depend on this machine's runs)."""
     p = plan(result_module(name), scale)
     points = p.all_points()
-    cpu_s = sum(run_flops(run) for _, run in points) / CPU_FLOPS + RUN_OVERHEAD_S * len(points)
-    return p.tokens_per_param(), cpu_s, len(points)
+    flops = sum(run_flops(run) for _, run in points)
+    overhead = RUN_OVERHEAD_S * len(points)
+    return p.tokens_per_param(), flops / CPU_FLOPS + overhead, flops / GPU_FLOPS + overhead, \
+        len(points)
+
+
+def not_run(name: str, scale: str) -> Tuple[str, str, str, str]:
+    """(verdict, tokens / param, runs, training) cells of a result with no verdict at `scale`:
+    the command to run, or, over the scale's budget, its cost there and at the next scale."""
+    (lo, hi), cpu_s, _, runs = planned(name, scale)
+    tpp, count, cost = fmt_span(lo, hi), f"{runs} runs", f"~{fmt_duration(cpu_s)} (estimate)"
+    budget = BUDGET_S.get(scale, float("inf"))
+    if cpu_s <= budget:
+        return (f"not run at this scale yet (`python -m sweeps.{name} scale={scale}`)", tpp,
+                count, cost)
+    nxt = NEXT_SCALE[scale]
+    (nlo, nhi), _, gpu_s, nruns = planned(name, nxt)
+    return (f"not tested: over the {scale} budget of {fmt_duration(budget)}; at `{nxt}` scale "
+            f"{nruns} runs, {fmt_span(nlo, nhi)} tokens/param, ~{fmt_duration(gpu_s)} on one "
+            "H100 (estimate)", tpp, count, cost)
 
 
 def claim_row(name: str, scale: str, results: Path) -> str:
@@ -136,10 +163,7 @@ def claim_row(name: str, scale: str, results: Path) -> str:
     v = read_verdict(results, scale, name)
     paper = r.claim if r.claim.startswith(r.paper) else f"{r.paper}: {r.claim}"
     if v is None:
-        (lo, hi), cpu_s, runs = planned(name, scale)
-        return (f"| `{name}` | {paper} | not run at this scale yet (`python -m sweeps.{name} "
-                f"scale={scale}`) | {fmt_span(lo, hi)} | {runs} runs | ~{fmt_duration(cpu_s)} "
-                "(estimate) |")
+        return "| " + " | ".join([f"`{name}`", paper, *not_run(name, scale)]) + " |"
     lo, hi = v["tokens_per_param"]
     return (f"| `{name}` | {paper} | **{v['reproduced']}** ([why](docs/repro.md#{name})) | "
             f"{fmt_span(lo, hi)} | {v['runs']} runs, {v['seeds']} seeds | "

@@ -48,6 +48,14 @@ def test_a_row_comes_from_the_verdict_and_a_missing_result_says_it_has_not_run(t
     assert '<a id="kappa"></a>\n### `kappa`\n\nNot run at the laptop scale yet.' in section
 
 
+def test_a_result_over_the_scales_budget_gets_its_cost_there_and_at_the_next_scale(
+        tmp_path, monkeypatch):
+    monkeypatch.setitem(D.BUDGET_S, "laptop", 60.0)
+    row = D.claim_row("kappa", "laptop", tmp_path)
+    assert "not tested: over the laptop budget of 60 s; at `gpu` scale 30 runs, " in row, row
+    assert "on one H100 (estimate) | 0.521 | 30 runs | ~" in row
+
+
 def test_the_docs_are_rewritten_only_between_their_markers(tmp_path):
     text = f"before\n{D.CLAIMS_START}\nold table\n{D.CLAIMS_END}\nafter\n"
     assert D.between(text, D.CLAIMS_START, D.CLAIMS_END, "new") == (

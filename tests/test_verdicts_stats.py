@@ -165,3 +165,16 @@ def test_an_interval_keeps_the_seeds_and_values_behind_it_for_effects_csv():
     text = shown(measured)
     assert text["a"] == str(e) and text["a"].endswith("(95% t, n=3)")
     assert text["per size"] == {"0.1M": str(P.interval([1.0, 2.0]))} and text["n"] == 3
+
+
+def test_runs_that_diverge_inside_their_warmup_are_named():
+    from omegaconf import OmegaConf
+    from sweeps.core import warmup_divergences
+    cfg = OmegaConf.create({"optim": {"warmup_steps": 10}})
+    t = pd.DataFrame({"optim.lr": [0.1, 0.3, 0.3, 1.0], "diverged_at_step": [None, 8, 10, 11]})
+    assert warmup_divergences(t, cfg) == (
+        "2 of 3 diverged runs (LR 0.3; earliest at step 8, warm-up 10 steps)")
+    assert warmup_divergences(t.assign(diverged_at_step=[None, 11, 12, 40]), cfg) == ""
+    swept = t.assign(**{"optim.warmup_steps": [40, 40, 5, 5]})  # a part sweeping the warm-up
+    assert warmup_divergences(swept, cfg) == (
+        "1 of 3 diverged runs (LR 0.3; earliest at step 8, warm-up 40 steps)")

@@ -405,7 +405,7 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
     effects.to_csv(out / "effects.csv", index=False)
     (out / "verdict.json").write_text(json.dumps(
         {**asdict(v), "wall_s": round(wall_s, 1), "train_s": round(training_time(done), 1),
-         "seeds": spec.seeds, "tokens_per_param": [round(x, 3) for x in p.tokens_per_param()],
+         "seeds": spec.seeds, "tokens_per_param": [float(f"{x:.4g}") for x in p.tokens_per_param()],
          "unfinished_runs": unfinished, "runs": sum(len(t) for t in tables.values()),
          "seed_spread": spread},
         indent=2, default=_jsonable, ensure_ascii=False) + "\n")

@@ -1,7 +1,8 @@
-"""`python -m sweeps.docs scale=laptop [sweep.root=runs] [--out docs]`: the claims table of
+"""`python -m sweeps.docs scale=laptop [sweep.root=runs] [--repo .]`: the claims table of
 README.md, the results section of docs/repro.md and the figures both show, from the result
 directories a `sweeps.<result>` / `sweeps.all` / `sweeps.dynamics` run wrote, never by hand.
 
+    (paths under --repo, the repository's root by default)
     results/<scale>/<result>/                 verdict.json, effects.csv, report.md of
                                               <root>/repro/<result>-<scale>/ (committed: small)
     README.md, between CLAIMS_START/END       one row per result, from results/<scale>/
@@ -37,8 +38,8 @@ DYNAMICS_RUN_FIGURE = "outliers_over_training.png"  # analysis/dynamics_report/ 
 
 
 def parse(argv: Sequence[str]) -> Tuple[str, Path, Path]:
-    """(scale, sweep root, docs dir) from `scale=... [sweep.root=...] [--out DIR]`."""
-    scale, root, out = "laptop", Path("runs"), Path("docs")
+    """(scale, sweep root, repository root) from `scale=... [sweep.root=...] [--repo DIR]`."""
+    scale, root, repo = "laptop", Path("runs"), Path(".")
     args = list(argv)
     while args:
         a = args.pop(0)
@@ -46,12 +47,12 @@ def parse(argv: Sequence[str]) -> Tuple[str, Path, Path]:
             scale = a.split("=", 1)[1]
         elif a.startswith("sweep.root="):
             root = Path(a.split("=", 1)[1])
-        elif a == "--out" and args:
-            out = Path(args.pop(0))
+        elif a == "--repo" and args:
+            repo = Path(args.pop(0))
         else:
             raise SystemExit(f"error: unknown argument {a!r}; usage: python -m sweeps.docs "
-                             "scale=laptop [sweep.root=runs] [--out docs]")
-    return scale, root, out
+                             "scale=laptop [sweep.root=runs] [--repo .]")
+    return scale, root, repo
 
 
 def figure_copies(scale: str, root: Path, out: Path) -> List[Tuple[Path, Path]]:
@@ -227,7 +228,8 @@ def write_docs(scale: str, results: Path, readme: Path, repro: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    scale, root, out = parse(sys.argv[1:] if argv is None else argv)
+    scale, root, repo = parse(sys.argv[1:] if argv is None else argv)
+    out = repo / "docs"
 
     def entry() -> None:
         for src, dst in figure_copies(scale, root, out):
@@ -238,10 +240,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             print(f"{dst} <- {src}")
-        kept = keep_results(scale, root, RESULTS_DIR)
-        print(f"results/{scale}/: {', '.join(kept) or 'no result directory yet'}")
-        write_docs(scale, RESULTS_DIR, Path("README.md"), out / "repro.md")
-        print(f"README.md and {out / 'repro.md'}: claims and results at {scale} scale")
+        kept = keep_results(scale, root, repo / RESULTS_DIR)
+        print(f"{repo / RESULTS_DIR / scale}: {', '.join(kept) or 'no result directory yet'}")
+        write_docs(scale, repo / RESULTS_DIR, repo / "README.md", out / "repro.md")
+        print(f"{repo / 'README.md'} and {out / 'repro.md'}: claims and results at {scale} scale")
 
     run_cli(entry)
 

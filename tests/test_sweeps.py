@@ -6,8 +6,10 @@ background from the session's start (tests/conftest.py: sweeps_runs); the tests 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -176,12 +178,22 @@ def test_the_dynamics_script_judges_each_finding_per_recipe(sweeps_runs):
         MIN_SEEDS, SPECS["tiny"].seeds)  # two recipes
 
 
-def test_docs_figures_are_the_result_dirs_figures(root, all_printed, tmp_path):
-    from sweeps.docs import main as docs
-    docs(["scale=tiny", f"sweep.root={root}", "--out", str(tmp_path)])
+def test_docs_figures_claims_and_results_are_the_result_dirs(root, all_printed, tmp_path):
+    """sweeps.docs on a copy of the repository's README and docs/repro.md: the figures are the
+    result dirs' own, results/tiny/ keeps each verdict, and the claims table shows it."""
+    from sweeps import docs as D
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "docs").mkdir()
+    shutil.copyfile(repo / "README.md", tmp_path / "README.md")
+    shutil.copyfile(repo / "docs" / "repro.md", tmp_path / "docs" / "repro.md")
+    D.main(["scale=tiny", f"sweep.root={root}", "--repo", str(tmp_path)])
+    readme = (tmp_path / "README.md").read_text()
     for name in RESULTS:
         made = (root / "repro" / f"{name}-tiny" / "figure.png").read_bytes()
-        assert (tmp_path / "repro" / f"{name}.png").read_bytes() == made
+        assert (tmp_path / "docs" / "repro" / f"{name}.png").read_bytes() == made
+        saved = json.loads((tmp_path / "results" / "tiny" / name / "verdict.json").read_text())
+        assert f"| **{saved['reproduced']}** ([why](docs/repro.md#{name})) |" in readme
+    assert D.claims_table("tiny", tmp_path / "results") in readme
 
 
 # What each result's runs may change from the §2.1 baseline (sweeps.core.baseline), per part:

@@ -65,7 +65,13 @@ def test_on_8_forced_cpu_devices_sharded_runs_match_one_device():
     """tests/sharding/: data-parallel, FSDP, a sharded vmapped group, resume across a mesh
     change, all against one device."""
     # First: XLA ignores flags after a bare `intra_op_parallelism_threads=1` (proxies/launch.py).
-    flags = f"--xla_force_host_platform_device_count=8 {os.environ.get('XLA_FLAGS', '')}"
+    # Eight devices share two busy cores: one device's thread can reach a collective more than
+    # XLA's termination timeout (40 s) after the others, and XLA then aborts the process
+    # ("Fatal Python error: Aborted", seen under a loaded machine), so the timeout is raised.
+    flags = ("--xla_force_host_platform_device_count=8 "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=900 "
+             "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 "
+             f"{os.environ.get('XLA_FLAGS', '')}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     env["XLA_FLAGS"] = flags.strip()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",

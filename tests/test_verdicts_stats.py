@@ -129,24 +129,37 @@ def test_under_no_effect_the_stabiliser_rules_on_per_seed_tables_stay_under_5_pe
         assert decided <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / len(verdicts)), (name, decided)
 
 
-def test_an_a_a_comparison_from_real_runs_is_inconclusive(tmp_path, corpus_dir, cache_dir):
-    """Two arms that compute the same thing, trained: μParam (simple) at its base width (every
-    LR multiplier 1, the readout's too) against SP, 3 seeds. Their LR sensitivities are equal
-    seed by seed, and the verdict, at every size, is "inconclusive"."""
+# Two arms that compute the same thing: μParam (simple) at its base width (every LR multiplier
+# 1, the readout's too) against SP; QK-clip with a τ no logit reaches against no QK-clip.
+A_A = {
+    "mup_at_base_width": (["model.mup_base_width=32"],
+                          {"model": {"parametrization": ["sp", "mup_simple"]}},
+                          lambda df: df["model.parametrization"] == "mup_simple"),
+    "qk_clip_never_fires": ([], {"optim": {"qk_clip_tau": [None, 1e9]}},
+                            lambda df: df["optim.qk_clip_tau"].notna()),
+}
+
+
+@pytest.mark.parametrize("case", list(A_A))
+def test_an_a_a_comparison_from_real_runs_is_inconclusive(case, tmp_path, corpus_dir, cache_dir):
+    """Each A/A pair trained, 3 seeds × 3 LRs: their LR sensitivities are equal seed by seed,
+    and the verdict "the second arm lowers LR sensitivity at every size" is "inconclusive"."""
     from analysis.load import load_sweep
     from proxies.sweep import run_sweep
     from tests.test_sweep import sweep_cfg
+    overrides, axes, second_arm = A_A[case]
     cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.seeds=3",
-                    "sweep.lrs=[1e-3,1e-2,1e-1]", "model.mup_base_width=32")
-    cfg.sweep.axes = {"model": {"parametrization": ["sp", "mup_simple"]}}
+                    "sweep.lrs=[1e-3,1e-2,1e-1]", *overrides)
+    cfg.sweep.axes = axes
     out, _ = run_sweep(cfg)
     df = load_sweep(out)
     assert len(df) == 18 and (df["status"] == "done").all()
-    stats = P.series_stats(df, ["model.parametrization"])
-    effects = P.paired_effects(stats, "model.parametrization", "sp", "mup_simple")
+    df["arm"] = second_arm(df)
+    stats = P.series_stats(df, ["arm"])
+    effects = P.paired_effects(stats, "arm", False, True)
     assert [e.n for e in effects.values()] == [3]
     assert all(abs(e.mean) < 1e-6 for e in effects.values()), effects
-    assert P.every_size_verdict(effects, "μParam (simple)")[0] == "inconclusive"
+    assert P.every_size_verdict(effects, case)[0] == "inconclusive"
 
 
 def test_an_interval_keeps_the_seeds_and_values_behind_it_for_effects_csv():

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
-from proxies.config import LR_KEY
+from proxies.config import LR_KEY, nonembed_params
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main, warmup
 
@@ -74,12 +74,13 @@ def length_rows(df: pd.DataFrame, s: ScaleSpec, steps: int, k: int) -> List[Dict
     effects = P.paired_effects(stats, QK, False, True)
     level = 1 - (1 - P.CONFIDENCE) / k
     rows = []
-    for n, g in df.groupby("n_params_nonembed", sort=True):
-        label = P.size_label(n)
-        e = effects.get(label, P.interval([]))
+    # By shape: qk-layernorm's scales make the two arms' parameter counts differ slightly.
+    for (d, n_layers), g in df.groupby(P.SHAPE, sort=True):
+        n = float(nonembed_params(int(d), int(n_layers)))  # 12·L·d², as the plan counts it
+        e = effects.get(P.size_label(g["n_params_nonembed"].min()), P.interval([]))
         off = g[~g[QK].astype(bool)]
         top = off[off[LR_KEY] == off[LR_KEY].max()]
-        rows.append({"steps": steps, "size": label, "n_params_nonembed": float(n),
+        rows.append({"steps": steps, "size": P.size_label(n), "n_params_nonembed": n,
                      "tokens_per_param": tokens_per_param(s, steps, float(n)), "effect": e,
                      "effect_corrected": e.at(level),
                      "max_logit_top_lr_off": float(top["max_attn_logit"].median()),
@@ -118,6 +119,8 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
             f"{r.diverged_off:.0%} off / {r.diverged_on:.0%} on"
             for r in g.itertuples()) + f" -> {by_length[steps]}"
         for steps, g in table.groupby("steps", sort=True)}
+    measured["LR sensitivity no qk-LN − qk-LN, per length and size"] = {
+        f"{r.steps} steps, {r.size}": r.effect for r in table.itertuples()}
     measured["verdict rule"] = (f"shortest length whose every size's interval (Bonferroni over "
                                 f"{len(FACTORS)} lengths) lies above {P.RESOLUTION:g}")
     onset = [steps for steps, v in by_length.items() if v == "true"]

@@ -43,7 +43,9 @@ def length_table(effect: float, spread: float = 0.002, seeds: int = 3) -> pd.Dat
                 rows.append({"model.d_model": 64, "model.n_layers": 2, "model.n_heads": 2,
                              "model.qk_layernorm": qk, "optim.lr": lr, "train.seed": seed,
                              "final_eval_ce": 2.0 + excess + wobble, "loss_at_init": 5.5,
-                             "diverged": False, "status": "done", "n_params_nonembed": 98304.0,
+                             "diverged": False, "status": "done",
+                             # qk-LN's scales: the arms' parameter counts differ a little
+                             "n_params_nonembed": 98304.0 + (256.0 if qk else 0.0),
                              "max_attn_logit": 50.0 if qk else 5e3})
     return pd.DataFrame(rows)
 
@@ -57,6 +59,8 @@ def test_the_onset_is_the_shortest_length_whose_effect_clears_its_interval():
     assert verdict == "true" and "from 600 steps on" in why, why
     assert measured["onset"] == "600 steps (12.5 tokens/param)"
     assert measured["200 steps"].endswith("-> inconclusive")
+    table = O.onset_table(tables({200: 0.0, 600: 0.05}), LAPTOP)
+    assert list(table["steps"]) == [200, 600] and set(table["size"]) == {"0.098M"}
 
 
 def test_no_onset_is_inconclusive_and_the_opposite_at_the_longest_length_is_false():

@@ -313,16 +313,18 @@ class Loop:
         self._t_last = time.time()
         self._bar = tqdm(total=self.tc.steps, initial=start, disable=self.tc.quiet,
                          dynamic_ncols=True, unit="step")
-        with self.stop.armed_loop():
-            for update in range(start + 1, end + 1):
-                if self.stop.requested or not self.any_active():
-                    break
-                self.step(update, end)
-                done = update
-            self.resolve()
-            if self.stop.requested:
-                self.checkpoint(done)
-        self._bar.close()
+        try:  # closed whatever stops the loop, so an error's line starts a line of its own
+            with self.stop.armed_loop():
+                for update in range(start + 1, end + 1):
+                    if self.stop.requested or not self.any_active():
+                        break
+                    self.step(update, end)
+                    done = update
+                self.resolve()
+                if self.stop.requested:
+                    self.checkpoint(done)
+        finally:
+            self._bar.close()
         return done
 
     def step(self, update: int, end: int) -> None:

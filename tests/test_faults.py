@@ -418,6 +418,20 @@ def refuse_metrics_row(monkeypatch, at_step: int):
     monkeypatch.setattr(R, "append_line", append)
 
 
+def test_a_refused_write_under_the_progress_bar_starts_its_own_line(make_cfg, monkeypatch,
+                                                                     capsys):
+    from proxies.cli import run_cli
+    cfg = make_cfg("train.quiet=false")
+    refuse_metrics_row(monkeypatch, 8)
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: train(cfg))
+    err = capsys.readouterr().err
+    assert e.value.code == 74 and "error: cannot write" in err
+    before = err.split("error: cannot write")[0]
+    assert "step/s" in before, err  # the bar was drawn
+    assert before.endswith("\n"), repr(err[-300:])
+
+
 def test_a_full_disk_mid_run_is_one_line_and_the_rerun_is_exact(make_cfg, reference,
                                                                   monkeypatch):
     cfg = make_cfg()

@@ -52,6 +52,24 @@ def unhandled(name: str, value: Any) -> NoReturn:
     raise AssertionError(f"unhandled {name}={value!r}")
 
 
+# How a field counts in a run's identity (the hash naming its run directory, what resume
+# compares), stated once at the field: by default always. `shown(...)`: never, it changes how a
+# run is computed or shown, not its results. `added(...)`: only when it differs from its
+# default, for a feature added after runs were first hashed, so adding it renamed (and
+# retrained) none of them. tests/test_config.py fails when a new field would rename runs.
+IDENTITY = "identity"
+
+
+def shown(default: Any) -> Any:
+    return field(default=default, metadata={IDENTITY: "never"})
+
+
+def added(default: Any = None, *, default_factory: Any = None) -> Any:
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={IDENTITY: "when_set"})
+    return field(default=default, metadata={IDENTITY: "when_set"})
+
+
 class NormKind(Choice):
     layernorm = "layernorm"
     rmsnorm = "rmsnorm"
@@ -188,21 +206,21 @@ class ModelConfig:
     dtype: ComputeDtype = ComputeDtype.float32
     # κ experiment: q and k each become sqrt(κ)·z/‖z‖ per head, so logit = κ·cos(q, k) and the
     # max attention logit is ≈ κ (no 1/sqrt(d_head)). None = off.
-    attn_kappa: Optional[float] = None
+    attn_kappa: Optional[float] = added(None)
     # How ordinary steps compute attention (probe steps always write the logits out, so the
     # max-logit probe is exact). Outside a run's identity: both give the same results.
-    attn_impl: AttnImpl = AttnImpl.auto
+    attn_impl: AttnImpl = shown(AttnImpl.auto)
     # Soft-cap c·tanh(z/c) of the attention logits (Gemma 2, arXiv 2408.00118: c = 50); the
     # max-logit probes read the logits before the cap. None = off.
-    attn_softcap: Optional[float] = None
+    attn_softcap: Optional[float] = added(None)
     # Soft-cap c·tanh(z/c) of the output logits (Gemma 2: c = 30). None = off.
-    logit_softcap: Optional[float] = None
+    logit_softcap: Optional[float] = added(None)
     # σReparam (Zhai et al., arXiv 2303.06296): each block linear layer's kernel W used as
     # (γ/σ(W))·W, σ by one power-iteration step per train step, γ a learned scalar.
-    sigma_reparam: bool = False
+    sigma_reparam: bool = added(False)
     # Where the blocks' norms sit: pre (the sublayer's input, the paper) | output (each
     # sublayer's output, OLMo 2) | qkv (q, k, v instead of the attention's input, Rybakov et al.)
-    norm_placement: NormPlacement = NormPlacement.pre
+    norm_placement: NormPlacement = added(NormPlacement.pre)
 
 
 @dataclass
@@ -220,10 +238,10 @@ class OptimConfig:
     z_loss: float = 0.0  # coefficient of (log Z)²; 0 = off, paper 1e-4
     # QK-clip (Kimi K2, arXiv 2507.20534): after each update, a head whose max attention logit on
     # the step's batch S exceeds τ has its query and key weights scaled by sqrt(τ/S). None = off.
-    qk_clip_tau: Optional[float] = None
+    qk_clip_tau: Optional[float] = added(None)
     # StableAdamW's update clipping (Wortsman et al., arXiv 2304.13013): each tensor's step
     # (its Adam direction and decay) divided by max(1, RMS(g/sqrt(v̂))).
-    update_clip: bool = False
+    update_clip: bool = added(False)
 
 
 @dataclass
@@ -280,17 +298,17 @@ class TrainConfig:
     # (the paper's LR sensitivity keeps a recovered run's final loss). None = 2% of train.steps.
     divergence_patience: Optional[int] = None
     probes: bool = True  # attention-logit, log Z and activation probes on log steps
-    quiet: bool = False  # no progress bar (sweeps set it)
-    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    quiet: bool = shown(False)  # no progress bar (sweeps set it)
+    spike: SpikeConfig = added(default_factory=SpikeConfig)
     # Testing aid: update numbers s (1-based, like metrics rows' `step`) whose batch is replaced
     # by garbage (batch) or whose gradient is multiplied by inject_spike_scale before clipping.
-    inject_spike_at: List[int] = field(default_factory=list)
-    inject_spike_kind: InjectKind = InjectKind.batch  # testing aid: what inject_spike_at does
-    inject_spike_scale: float = 1000.0  # testing aid: kind=grad's multiplier (per group member)
+    inject_spike_at: List[int] = added(default_factory=list)
+    inject_spike_kind: InjectKind = added(InjectKind.batch)  # testing aid: what inject_spike_at does
+    inject_spike_scale: float = added(1000.0)  # testing aid: kind=grad's multiplier (per group member)
     # Readout + cross-entropy in chunks of this many tokens (train and eval steps), so B×L×V
     # float32 logits never exist at once. 0 = whole batch at once; -1 = auto: 1024 when the
     # vocabulary is >= 2048 (measured, see proxies/step.py: ce_chunk_for). Outside a run's identity.
-    ce_chunk: int = -1
+    ce_chunk: int = shown(-1)
 
 
 @dataclass
@@ -619,19 +637,24 @@ def validate(cfg: DictConfig | Config) -> None:
             raise ConfigError(f"dynamics.top_frac={dyn.top_frac} must be in (0, 1); e.g. 1e-3")
 
 
-# Keys that change how a run is shown, not what it computes: outside its identity.
-_NOT_IDENTITY = {"train": ("quiet", "ce_chunk"), "model": ("attn_impl",)}
-# Features added after runs were first hashed: left out of the identity while off, so turning
-# a new feature into the schema never renames (and retrains) the runs that do not use it.
-# Plain values (as config.yaml holds them); a nested section is off when all of it equals these.
-_OFF_VALUES: Dict[str, Dict[str, Any]] = {
-    "model": {"attn_kappa": None, "attn_softcap": None, "logit_softcap": None,
-              "sigma_reparam": False, "norm_placement": "pre"},
-    "optim": {"qk_clip_tau": None, "update_clip": False},
-    "train": {"spike": {"action": "log", "window": 128, "sigma": 6.0, "min_samples": 32,
-                        "skip_batches": 8, "max_rollbacks": 3},
-              "inject_spike_at": [], "inject_spike_kind": "batch", "inject_spike_scale": 1000.0},
-}
+IDENTITY_SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "data": DataConfig,
+                     "train": TrainConfig}
+
+
+def marked(how: str) -> Dict[str, Dict[str, Any]]:
+    """Per identity section, its fields marked `how` ("never" | "when_set", see IDENTITY) and
+    their defaults as config.yaml holds them (a nested section as its dict)."""
+    out = {}
+    for section, cls in IDENTITY_SECTIONS.items():
+        plain = OmegaConf.to_container(OmegaConf.structured(cls), resolve=True, enum_to_str=True)
+        out[section] = {f.name: plain[f.name] for f in fields(cls)
+                        if f.metadata.get(IDENTITY) == how}
+    return out
+
+
+_NOT_IDENTITY = marked("never")
+# A field `added` is left out while at its default; a nested section while all of it is.
+_OFF_VALUES = marked("when_set")
 
 
 def to_plain(cfg: DictConfig | Config) -> Dict[str, Any]:

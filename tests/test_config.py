@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from proxies.cli import one_line
-from proxies.config import (_OFF_VALUES, Choice, Config, ConfigError, ModelConfig, NormKind,
+from proxies.config import (_OFF_VALUES, IDENTITY, Choice, Config, ConfigError, ModelConfig,
+                            NormKind,
                             SpikeAction, SpikeConfig, SweepConfig, TrainConfig, config_hash,
                             identity, identity_of, to_plain, validate)
 
@@ -43,6 +44,41 @@ def test_spike_keys_stay_out_of_the_identity_while_default():
     # The off values are the schema's defaults, as config.yaml holds them.
     defaults = to_plain(Config())["train"]
     assert {k: defaults[k] for k in _OFF_VALUES["train"]} == _OFF_VALUES["train"]
+
+
+# Every key of a default run's identity. A field missing from here is one a change added to
+# every run's identity: it renames (and retrains) every existing run.
+IDENTITY_KEYS = {
+    "data": "bpe_vocab_size cache_dir hf_config hf_name hf_split hf_val_split max_docs path source "
+            "text_field token_dtype tokenizer train_bin val_bin val_fraction vocab_size",
+    "model": "attn_scale d_model dtype init_std mlp mup_base_width n_heads n_layers norm "
+             "parametrization pos_emb qk_layernorm rope_base tie_embeddings use_bias",
+    "optim": "b1 b2 eps grad_clip independent_wd lr min_lr schedule warmup_steps weight_decay "
+             "z_loss",
+    "train": "batch_size checkpoint_every divergence_loss divergence_patience eval_batches "
+             "eval_every eval_set keep_checkpoints log_every probes seed seq_len steps",
+}
+
+
+def test_no_new_field_renames_the_existing_runs():
+    keys = {f"{s}.{k}" for s, sec in identity(Config()).items() for k in sec}
+    known = {f"{s}.{k}" for s, names in IDENTITY_KEYS.items() for k in names.split()}
+    assert not keys - known, (
+        f"{sorted(keys - known)} would enter every run's identity and rename every existing run: "
+        "declare the field with config.added(default) (docs/runs.md: Adding a toggle)")
+    assert not known - keys, f"{sorted(known - keys)} left every run's identity: runs renamed"
+
+
+def test_an_added_field_enters_the_identity_only_when_set():
+    """σReparam, a toggle added after runs were first hashed: off, the default run keeps its
+    hash; on, it is part of the identity."""
+    from dataclasses import fields as dc_fields
+    meta = {f.name: f.metadata.get(IDENTITY) for f in dc_fields(ModelConfig)}
+    assert meta["sigma_reparam"] == "when_set" and meta["attn_impl"] == "never"
+    assert meta["d_model"] is None  # an ordinary field: always in the identity
+    assert config_hash(cfg_with("model.sigma_reparam=false")) == DEFAULT_HASH
+    assert identity(cfg_with("model.sigma_reparam=true"))["model"]["sigma_reparam"] is True
+    assert config_hash(cfg_with("model.attn_impl=explicit")) == DEFAULT_HASH
 
 
 @pytest.mark.parametrize("override", [

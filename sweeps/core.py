@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import (Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union,
                     get_args)
 
+import yaml
 from omegaconf import OmegaConf
 
 import matplotlib
@@ -133,35 +134,42 @@ def warmup(steps: int) -> int:
     return max(1, round(WARMUP_SHARE * steps))
 
 
+def merge(*trees: Dict[str, Any]) -> Dict[str, Any]:
+    """Nested dict merge, later trees win (the part's keys over the scale's base)."""
+    out: Dict[str, Any] = {}
+    for t in trees:
+        for k, v in t.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                             dict) else v
+    return out
+
+
+def config_file(path: str) -> Dict[str, Any]:
+    """A YAML file of proxies/configs/ as a plain dict (its `# @package` line is a comment)."""
+    return yaml.safe_load((Path(CONFIG_DIR) / path).read_text())
+
+
 def baseline(steps: int) -> Dict[str, Any]:
-    """The paper's §2.1 default (qk-layernorm, z-loss 1e-4, independent decay 1e-4; AdamW
-    (0.9, 0.95, 1e-8), clip 1, cosine to 1e-5 are the schema's defaults), warm-up 5% of `steps`."""
-    return {"model": {"qk_layernorm": True},
-            "optim": {"z_loss": 1e-4, "independent_wd": True, "weight_decay": 1e-4,
-                      "warmup_steps": warmup(steps), "min_lr": 1e-5, "b1": 0.9, "b2": 0.95,
-                      "eps": 1e-8, "grad_clip": 1.0}}
+    """The paper's §2.1 recipe (proxies/configs/recipe/paper.yaml, the one place it is stated)
+    with the warm-up at 5% of `steps`."""
+    return merge(config_file("recipe/paper.yaml"), {"optim": {"warmup_steps": warmup(steps)}})
 
 
-# §2.1's model at every scale: no biases, RoPE, untied embeddings, fan-in init (qk-layernorm per
-# head comes with `baseline`). The laptop (2 CPU cores, byte-level stdlib corpus) keeps its small
-# sizes and float32 (bfloat16 is slow on CPUs); the gpu and paper scales compute in bfloat16.
-_SECTION_2_1 = {"pos_emb": "rope", "use_bias": False, "tie_embeddings": False,
-                "init_std": "fan_in"}
-_PAPER_MODEL = {**_SECTION_2_1, "dtype": "bfloat16"}
-_C4 = {"source": "hf", "hf_name": "allenai/c4", "hf_config": "en", "hf_val_split": "validation",
-       "tokenizer": "spiece.model"}
+# The laptop (2 CPU cores, byte-level stdlib corpus) keeps its small sizes and float32 (bfloat16
+# is slow on CPUs); the gpu and paper scales compute in bfloat16 on the paper's data.
+_BF16 = {"dtype": "bfloat16"}
+_C4 = config_file("data/c4.yaml")
 
 
 def _base(steps: int, train: Dict[str, Any], model: Optional[Dict[str, Any]] = None,
           data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    b = baseline(steps)
-    out = {"model": {**(model or {}), **b["model"]}, "optim": b["optim"], "train": train}
+    out = merge(baseline(steps), {"model": model or {}, "train": train})
     return {**out, "data": data} if data else out
 
 
 SPECS: Dict[str, ScaleSpec] = {
     "tiny": ScaleSpec(
-        base=_base(4, _train(4, 2, 16, 2, 2, 1, 4), _SECTION_2_1),
+        base=_base(4, _train(4, 2, 16, 2, 2, 1, 4)),
         lrs=[1e-3, 1e-1], sizes=[size(16, 1, 8), size(32, 1, 16)],
         extra_size=size(32, 2, 16), held_out=size(48, 2, 16),
         widths=[size(16, 1, 8), size(32, 1, 16)], depths=[size(16, 1, 8), size(16, 2, 8)],
@@ -172,7 +180,7 @@ SPECS: Dict[str, ScaleSpec] = {
     # LR sensitivity) are about what a change of seed moves, so every verdict carries a
     # t-interval over seeds, and "true" or "false" needs three.
     "laptop": ScaleSpec(
-        base=_base(200, _train(200, 16, 128, 25, 100, 32, 100), _SECTION_2_1),
+        base=_base(200, _train(200, 16, 128, 25, 100, 32, 100)),
         lrs=half_decades(3e-4, 3e-1), sizes=[size(64, 2), size(96, 3), size(128, 4)],
         extra_size=size(160, 5), held_out=size(192, 6),
         # Fig 7's layout: width at a fixed depth of 4, depth at the fixed width 64, both from
@@ -191,7 +199,7 @@ SPECS: Dict[str, ScaleSpec] = {
     # save_to_disk copy (nothing is downloaded unless data.hf_name is left to the hub).
     # Depth at the paper's fixed width 512, width at its fixed depth 6, head dim 64 throughout.
     "gpu": ScaleSpec(
-        base=_base(10_000, _train(10_000, 32, 512, 100, 500, 8, 1000), _PAPER_MODEL, _C4),
+        base=_base(10_000, _train(10_000, 32, 512, 100, 500, 8, 1000), _BF16, _C4),
         lrs=half_decades(1e-4, 1.0), sizes=[size(512, 3, 64), size(640, 4, 64),
                                             size(768, 6, 64)],
         extra_size=size(768, 9, 64), held_out=size(768, 12, 64),
@@ -205,7 +213,7 @@ SPECS: Dict[str, ScaleSpec] = {
     # The paper's grids (9.4M ... 1.2B non-embedding params, 1e5 steps of 256 × 512, C4, bf16)
     # for a cluster; one seed, as the paper ran (verdicts then say there is no interval).
     "paper": ScaleSpec(
-        base=_base(100_000, _train(100_000, 256, 512, 100, 5000, 8, 5000), _PAPER_MODEL, _C4),
+        base=_base(100_000, _train(100_000, 256, 512, 100, 5000, 8, 5000), _BF16, _C4),
         lrs=half_decades(1e-4, 1.0),
         sizes=[size(512, 3, 64), size(640, 4, 64), size(768, 6, 64), size(768, 12, 64),
                size(1024, 12, 64), size(1024, 24, 64), size(2048, 12, 64), size(2048, 24, 64)],
@@ -257,16 +265,6 @@ class Result:
 
     def panels(self, spec: ScaleSpec) -> List[PanelSpec]:
         return list(self.dashboard(spec) if callable(self.dashboard) else self.dashboard)
-
-
-def merge(*trees: Dict[str, Any]) -> Dict[str, Any]:
-    """Nested dict merge, later trees win (the part's keys over the scale's base)."""
-    out: Dict[str, Any] = {}
-    for t in trees:
-        for k, v in t.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
-                                                                             dict) else v
-    return out
 
 
 def part_config(result: Result, part: Part, scale: str, overrides: Sequence[str]) -> DictConfig:

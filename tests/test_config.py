@@ -200,3 +200,30 @@ def test_the_config_reference_lists_every_key_with_its_comment():
         assert f"| `{key}` |" in text, key
     assert "| `optim.z_loss` | float | `0.0` | coefficient of (log Z)²" in text
     assert "`layernorm` \\| `rmsnorm`" in text  # a Choice lists its values
+
+
+def composed(config: str, *overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from proxies.train import CONFIG_DIR
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose(config, overrides=list(overrides))
+
+
+def test_the_paper_recipe_is_one_file_every_entry_composes():
+    """`+recipe=paper` on a run, `+exp=lr_sens` (the paper's first result) and the sweeps/
+    scripts' baseline all hold recipe/paper.yaml's values; the size presets hold sizes only."""
+    from sweeps.core import baseline, config_file
+    recipe = config_file("recipe/paper.yaml")
+    run = composed("config", "model=paper_9m", "+recipe=paper")
+    exp = composed("sweep", "+exp=lr_sens")
+    for section, values in recipe.items():
+        for k, v in values.items():
+            assert run[section][k] == v and exp[section][k] == v, (section, k)
+            assert baseline(200)[section][k] == v
+    assert list(exp.sweep.axes.model.qk_layernorm) == [False, True]
+    assert exp.optim.warmup_steps == baseline(200)["optim"]["warmup_steps"] == 10
+    preset = config_file("model/paper_9m.yaml")
+    assert set(preset) - {"defaults"} == {"d_model", "n_layers", "n_heads"}

@@ -36,7 +36,7 @@ def build_wheel(tmp_path: Path) -> Path:
 def test_wheel_ships_the_hydra_configs(tmp_path):
     names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
     for f in ("config.yaml", "sweep.yaml", "model/laptop.yaml", "model/paper_85m.yaml",
-              "exp/lr_sens.yaml", "exp/lr_sens_paper.yaml"):
+              "exp/lr_sens.yaml", "exp/lr_sens_paper.yaml", "recipe/paper.yaml", "data/c4.yaml"):
         assert f"proxies/configs/{f}" in names, f
     launchers = {n for n in names if n.startswith("proxies/configs/hydra/launcher/")}
     assert {Path(n).name for n in launchers} >= {"local.yaml", "slurm.yaml", "ray.yaml"}

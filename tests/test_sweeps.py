@@ -224,7 +224,7 @@ VARIES = {
 }
 
 
-# §2.1's model at every scale (sweeps/core.py: _SECTION_2_1), whatever the result.
+# §2.1's model at every scale (proxies/configs/recipe/paper.yaml), whatever the result.
 SECTION_2_1 = {"model.pos_emb": "rope", "model.use_bias": False, "model.tie_embeddings": False,
                "model.init_std": "fan_in"}
 

@@ -109,12 +109,18 @@ def seed_slopes(sc: pd.DataFrame) -> Tuple[pd.Series, pd.Series]:
     return pd.Series(by_size, dtype=float), pd.Series(by_lr, dtype=float)
 
 
+# The verdict's sub-claims that can say "false": two slopes, three ε claims.
+PARTS = 5
+
+
 def falls(size: P.Effect, lr: P.Effect) -> Tuple[Reproduced, str]:
-    """true when both slopes' intervals lie below 0, false when either lies above 0."""
+    """true when both slopes' intervals lie below 0, false when either lies above 0 (at
+    Bonferroni's level for the verdict's PARTS sub-claims)."""
     shown = f"slope in log params {size}, in log LR {lr}"
-    if size.above_zero or lr.above_zero:
+    rs = [P.below(size, 0.0, PARTS), P.below(lr, 0.0, PARTS)]
+    if "false" in rs:
         return "false", f"it rises: {shown}"
-    if size.below_zero and lr.below_zero:
+    if all(r == "true" for r in rs):
         return "true", shown
     why = "one seed gives no interval" if min(size.n, lr.n) < 2 else "an interval includes 0"
     return "inconclusive", f"{why}: {shown}"
@@ -150,17 +156,17 @@ def large_eps(grid: Sequence[float], g: float) -> Optional[float]:
 
 def no_worse(e: P.Effect) -> Reproduced:
     """Loss difference (first minus second) no worse than LOSS_TOL."""
-    return P.below(e, LOSS_TOL)
+    return P.below(e, LOSS_TOL, PARTS)
 
 
 def keeps(r: P.Effect) -> Reproduced:
     """log10 update-RMS ratio (1e-15 over 1e-8) at least log10(KEEP)."""
-    return P.above(r, float(np.log10(KEEP)))
+    return P.above(r, float(np.log10(KEEP)), PARTS)
 
 
 def worse(e: P.Effect) -> Reproduced:
     """Loss difference (larger ε minus 1e-8) worse by more than LOSS_TOL."""
-    return P.above(e, LOSS_TOL)
+    return P.above(e, LOSS_TOL, PARTS)
 
 
 def combine(subs: Dict[str, Tuple[Reproduced, str]]) -> Tuple[Reproduced, str]:

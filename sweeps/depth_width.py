@@ -96,7 +96,7 @@ def judge_rates(st: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str,
     diff = (sl["depth"] - sl["width"]).dropna()
     eff = {"depth − width": P.interval(diff.astype(float)),
            **{k: P.trend_effect(v) for k, v in st.items()}}
-    raises, faster = P.above(eff["depth"]), P.above(eff["depth − width"])
+    raises, faster = P.above(eff["depth"], parts=2), P.above(eff["depth − width"], parts=2)
     verb = {"true": "raises", "false": "does not raise", "inconclusive": "may raise"}
     than = {"true": "faster than", "false": "not faster than", "inconclusive": "maybe faster than"}
     return P.all_of([raises, faster]), (
@@ -117,7 +117,8 @@ def lower_loss_at_largest(st: Dict[str, pd.DataFrame]) -> str:
         return "no finished largest size on one path"
     seeds = w.index.intersection(d.index)
     e = P.interval((w.loc[seeds, "best_loss"] - d.loc[seeds, "best_loss"]).astype(float))
-    r = P.above(e)  # true: the width path's loss is higher, so depth is lower
+    # Lower only where the interval excludes 0 (equal losses are no difference).
+    r = "true" if e.above_zero else "false" if e.below_zero else "inconclusive"
     who = {"true": "depth", "false": "width"}
     nw, nd = float(w["n_params_nonembed"].iloc[0]), float(d["n_params_nonembed"].iloc[0])
     sizes = (f"width path {P.size_label(nw)} vs depth path {P.size_label(nd)}"
@@ -166,7 +167,7 @@ def judge_e2(off: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str, P
     if all(v.empty for v in off.values()):
         return "inconclusive", "no finished runs without qk-layernorm", {}
     eff = {k: P.interval(logit_slopes(v)) for k, v in off.items()}
-    rs = {k: P.above(e) for k, e in eff.items()}
+    rs = {k: P.above(e, parts=len(eff)) for k, e in eff.items()}
     words = {"true": "grows", "false": "does not grow", "inconclusive": "grows?"}
     return P.all_of(list(rs.values())), "; ".join(
         f"{k} path: max attention logit {words[rs[k]]} with size, {e} decades per decade of "

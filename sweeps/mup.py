@@ -133,9 +133,13 @@ def improvement(stats: pd.DataFrame, column: str, base_width: int) -> P.Effect:
     return P.interval(per_seed.astype(float))
 
 
+# The verdict's sub-claims: (A) the best LR's drift, (B) loss and LR sensitivity not improved.
+PARTS = 3
+
+
 def judge_best_lr(stats: pd.DataFrame) -> Tuple[Reproduced, str, P.Effect, P.Effect]:
     mup, sp = P.interval(drift_slopes(stats, MUP)), P.interval(drift_slopes(stats, SP))
-    r = P.within(mup, DRIFT_MARGIN)
+    r = P.within(mup, DRIFT_MARGIN, parts=PARTS)
     word = {"true": "stays put", "false": "moves"}.get(r, "may or may not stay put")
     return r, (f"under μP (simple) the best LR {word}: {mup} decades per doubling of width "
                f"(put: within ±{DRIFT_MARGIN:.2f}; SP {sp})"), mup, sp
@@ -145,7 +149,7 @@ def judge_not_improved(stats: pd.DataFrame, base_width: int
                        ) -> Tuple[Reproduced, str, Dict[str, P.Effect]]:
     eff = {"LR sensitivity": improvement(stats, "lr_sensitivity", base_width),
            "best loss": improvement(stats, "best_loss", base_width)}
-    rs = {k: P.below(e, NEGLIGIBLE) for k, e in eff.items()}
+    rs = {k: P.below(e, NEGLIGIBLE, parts=PARTS) for k, e in eff.items()}
     r = P.all_of(list(rs.values()))
     words = {"true": "not improved", "false": "improved", "inconclusive": "improved?"}
     why = "; ".join(f"{k} {words[rs[k]]} (SP − μP {e})" for k, e in eff.items())

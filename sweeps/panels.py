@@ -177,32 +177,43 @@ def _interval(e: Effect) -> bool:
     return e.decided
 
 
-def above(e: Effect, bound: float = 0.0) -> Reproduced:
-    """The claim "the statistic lies above `bound`"."""
+# A verdict that is a conjunction of k sub-claims (`all_of`) is "true" only when all are, which
+# needs no correction, but "false" when any one is: k chances. Each rule therefore takes `parts`
+# = k and says "false" only at Bonferroni's level 1 − 5%/k (tests/test_verdicts_null.py measures
+# every result's whole verdict on null tables).
+
+def _against(e: Effect, parts: int) -> Effect:
+    """The interval that decides "false" for one of `parts` sub-claims."""
+    return e if parts <= 1 else e.at(1 - (1 - e.confidence) / parts)
+
+
+def above(e: Effect, bound: float = 0.0, parts: int = 1) -> Reproduced:
+    """The claim "the statistic lies above `bound`" (one of `parts` sub-claims)."""
     if not _interval(e):
         return "inconclusive"
     if e.lo > bound:
         return "true"
-    return "false" if e.hi <= bound else "inconclusive"
+    return "false" if _against(e, parts).hi <= bound else "inconclusive"
 
 
-def below(e: Effect, bound: float = 0.0) -> Reproduced:
-    """The claim "the statistic lies below `bound`"."""
+def below(e: Effect, bound: float = 0.0, parts: int = 1) -> Reproduced:
+    """The claim "the statistic lies below `bound`" (one of `parts` sub-claims)."""
     if not _interval(e):
         return "inconclusive"
     if e.hi < bound:
         return "true"
-    return "false" if e.lo >= bound else "inconclusive"
+    return "false" if _against(e, parts).lo >= bound else "inconclusive"
 
 
-def within(e: Effect, margin: float) -> Reproduced:
+def within(e: Effect, margin: float, parts: int = 1) -> Reproduced:
     """An equivalence claim: the statistic lies inside (−margin, margin); "false" when the
-    interval lies wholly outside."""
+    interval lies wholly outside (one of `parts` sub-claims)."""
     if not _interval(e):
         return "inconclusive"
     if -margin < e.lo and e.hi < margin:
         return "true"
-    return "false" if e.lo >= margin or e.hi <= -margin else "inconclusive"
+    f = _against(e, parts)
+    return "false" if f.lo >= margin or f.hi <= -margin else "inconclusive"
 
 
 def all_of(verdicts: Sequence[Reproduced]) -> Reproduced:

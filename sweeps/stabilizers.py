@@ -62,6 +62,8 @@ LR_FACTOR = 1.5  # claim (1)
 LOGIT_SLACK = 1.1  # claim (2): the held-out batch's max logit may pass the clipped batch's τ
 SMALL_LOSS_COST = 0.02  # claim (2), nats of best loss: about the laptop seed spread
 COLLAPSE = 0.5  # claim (3): entropy below this share of its value at init has collapsed
+# The verdict is claims (1)-(4) together: each says "false" at Bonferroni's level for four.
+CLAIMS = 4
 NEAR_BEST = 0.1  # nats: the highest LR whose loss is within this of the best
 ENTROPY = "attn/entropy_min_head"
 
@@ -265,7 +267,7 @@ def judge_softcap_lr(ps: pd.DataFrame, grid_top: float) -> Tuple[Reproduced, str
                                 "cannot show 1.5× above it")
     e = paired(ps, "attn_softcap+qk_layernorm", "qk_layernorm", "top_trained_lr",
                lambda x, y: math.log10(x / y))
-    r = P.above(e, math.log10(LR_FACTOR) - 1e-9)
+    r = P.above(e, math.log10(LR_FACTOR) - 1e-9, parts=CLAIMS)
     ratio = 10 ** e.mean if np.isfinite(e.mean) else float("nan")
     return r, (f"qk-LN + soft-cap's highest LR that trains is {ratio:.2g}× qk-LN's "
                f"(log10 ratio {e}; claimed >= log10 1.5 = {math.log10(LR_FACTOR):.3f})")
@@ -282,7 +284,7 @@ def judge_qk_clip(ps: pd.DataFrame, tau: float) -> Tuple[Reproduced, str]:
     held = ("inconclusive" if len(clipped) < P.MIN_SEEDS else
             "true" if (clipped <= LOGIT_SLACK * tau).all() else "false")
     cost = paired(ps, "qk_clip", "none", "best_loss")
-    small = P.below(cost, SMALL_LOSS_COST)
+    small = P.below(cost, SMALL_LOSS_COST, parts=CLAIMS)
     return P.all_of([held, small]), (
         f"max logit with QK-clip {clipped.max():.3g} vs τ = {tau:g} ({held}; without it "
         f"{none.max():.3g}); best loss cost {cost} nats ({small}; small = below "
@@ -316,7 +318,7 @@ def judge_update_clip(ps: pd.DataFrame, n_lrs: int) -> Tuple[Reproduced, str, P.
     if n_lrs < 2:
         return ("inconclusive", "one half-decade LR on the grid: LR sensitivity is 0 by "
                 "construction", e)
-    r = P.above(e, P.RESOLUTION)
+    r = P.above(e, P.RESOLUTION, parts=CLAIMS)
     word = {"true": "lowers", "false": "does not lower"}.get(r, "may or may not lower")
     return r, f"update clipping {word} LR sensitivity without qk-LN (none − clipped {e})", e
 

@@ -149,7 +149,8 @@ def judge_late(late: pd.DataFrame) -> Tuple[Reproduced, str, Dict[str, Any]]:
     drift = P.interval(per_seed(off, "logit_drift"))
     late_drift = P.interval(per_seed(off, "logit_late_drift"))
     higher = paired(off, on, "logit_drift")
-    verdicts = [P.below(drift), P.below(late_drift), P.above(higher)]
+    verdicts = [P.below(drift, parts=3), P.below(late_drift, parts=3),
+                P.above(higher, parts=3)]
     why = (f"without z-loss the mean logit drifts {drift} nats from init ({verdicts[0]}: < 0 is "
            f"the paper's fall), {late_drift} over the last quarter ({verdicts[1]}); z-loss keeps "
            f"it higher by {higher} ({verdicts[2]})")

@@ -38,6 +38,7 @@ from analysis.figures import log_axes
 from proxies import metric_names as M
 from proxies.config import LR_KEY
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 
 E = "optim.eps"
@@ -113,11 +114,11 @@ def seed_slopes(sc: pd.DataFrame) -> Tuple[pd.Series, pd.Series]:
 PARTS = 5
 
 
-def falls(size: P.Effect, lr: P.Effect) -> Tuple[Reproduced, str]:
+def falls(size: V.Effect, lr: V.Effect) -> Tuple[Reproduced, str]:
     """true when both slopes' intervals lie below 0, false when either lies above 0 (at
     Bonferroni's level for the verdict's PARTS sub-claims)."""
     shown = f"slope in log params {size}, in log LR {lr}"
-    rs = [P.below(size, 0.0, PARTS), P.below(lr, 0.0, PARTS)]
+    rs = [V.below(size, 0.0, PARTS), V.below(lr, 0.0, PARTS)]
     if "false" in rs:
         return "false", f"it rises: {shown}"
     if all(r == "true" for r in rs):
@@ -137,12 +138,12 @@ def per_seed(ep: pd.DataFrame, column: str) -> pd.DataFrame:
                          "v": vals}).pivot_table(index="seed", columns="eps", values="v")
 
 
-def paired(t: pd.DataFrame, a: float, b: float, f=lambda x, y: x - y) -> P.Effect:
+def paired(t: pd.DataFrame, a: float, b: float, f=lambda x, y: x - y) -> V.Effect:
     """f(column a, column b) over the seeds with both, with its t interval."""
     if a not in t.columns or b not in t.columns:
-        return P.interval([])
+        return V.interval([])
     both = t[[a, b]].dropna()
-    return P.interval(f(both[a], both[b]).astype(float))
+    return V.interval(f(both[a], both[b]).astype(float))
 
 
 def large_eps(grid: Sequence[float], g: float) -> Optional[float]:
@@ -154,19 +155,19 @@ def large_eps(grid: Sequence[float], g: float) -> Optional[float]:
     return next((e for e in sorted(grid) if e > BASE and e * (1 + 1e-9) >= g / EPS_NEAR), None)
 
 
-def no_worse(e: P.Effect) -> Reproduced:
+def no_worse(e: V.Effect) -> Reproduced:
     """Loss difference (first minus second) no worse than LOSS_TOL."""
-    return P.below(e, LOSS_TOL, PARTS)
+    return V.below(e, LOSS_TOL, PARTS)
 
 
-def keeps(r: P.Effect) -> Reproduced:
+def keeps(r: V.Effect) -> Reproduced:
     """log10 update-RMS ratio (1e-15 over 1e-8) at least log10(KEEP)."""
-    return P.above(r, float(np.log10(KEEP)), PARTS)
+    return V.above(r, float(np.log10(KEEP)), PARTS)
 
 
-def worse(e: P.Effect) -> Reproduced:
+def worse(e: V.Effect) -> Reproduced:
     """Loss difference (larger ε minus 1e-8) worse by more than LOSS_TOL."""
-    return P.above(e, LOSS_TOL, PARTS)
+    return V.above(e, LOSS_TOL, PARTS)
 
 
 def combine(subs: Dict[str, Tuple[Reproduced, str]]) -> Tuple[Reproduced, str]:
@@ -191,7 +192,7 @@ def eps_parts(ep: pd.DataFrame) -> Tuple[Dict[str, Tuple[Reproduced, str]], Dict
            "1e-15 keeps the update RMS up": (
                keeps(ratio), f"log10 update-RMS ratio {ratio} (keep ≥ {np.log10(KEEP):+.3f})")}
     if big is None:
-        d_big = P.interval([])
+        d_big = V.interval([])
         out["a larger ε is worse"] = ("inconclusive", (
             f"no ε of the grid reaches the baseline's gradient RMS {g:.3g} within "
             f"{EPS_NEAR:g}×: the paper's regime is not reached"))
@@ -220,7 +221,7 @@ def highest_trained_lr(sc: pd.DataFrame, size: Dict[str, int]) -> Optional[float
 
 def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     sc, ep = t["scaling"], t["eps"]
-    size_fx, lr_fx = (P.interval(v) for v in seed_slopes(sc))
+    size_fx, lr_fx = (V.interval(v) for v in seed_slopes(sc))
     subs = {"gradient RMS falls with size and LR": falls(size_fx, lr_fx)}
     measured: Dict[str, Any] = {
         "statistic": "gradient RMS of block 0's first MLP layer, mean over the run's tail",

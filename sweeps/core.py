@@ -43,7 +43,8 @@ from proxies.cli import run_cli  # noqa: E402
 from proxies.config import (LR_KEY, DEFAULT_TARGETS, ConfigError, nonembed_params,  # noqa: E402
                             to_plain)
 from proxies.cost import print_plan  # noqa: E402
-from sweeps.panels import SEED, Effect, seed_mean, series_stats  # noqa: E402
+from sweeps.panels import SEED, seed_mean, series_stats  # noqa: E402
+from sweeps.verdicts import Effect, Reproduced  # noqa: E402
 from proxies.grid import expand_grid, sweep_dir  # noqa: E402
 from proxies.launch import GridPoint  # noqa: E402
 from proxies.sweep import apply_axes_replacement, run_sweep, split_axes_override  # noqa: E402
@@ -51,7 +52,6 @@ from proxies.train import CONFIG_DIR  # noqa: E402
 
 Scale = Literal["tiny", "laptop", "gpu", "paper"]
 SCALES: Tuple[str, ...] = get_args(Scale)
-Reproduced = Literal["true", "false", "inconclusive"]
 
 
 # ------------------------------------------------------------------------------------ scales
@@ -176,7 +176,7 @@ SPECS: Dict[str, ScaleSpec] = {
         warmups=(warmup(4), 2), kappa_size=size(32, 1, 16), kappa_lr=1e-2,
         kappas=[1.0, 1e2], eps_lr=1e-2, epsilons=[1e-8, 1e-2], seeds=2,
         stabilizer_size=size(16, 1, 8), stabilizer_lrs=(1e-1,), qk_clip_tau=1.0),
-    # Three seeds (sweeps/panels.py: MIN_SEEDS): the laptop differences being judged (~0.01 in
+    # Three seeds (sweeps/verdicts.py: MIN_SEEDS): the laptop differences being judged (~0.01 in
     # LR sensitivity) are about what a change of seed moves, so every verdict carries a
     # t-interval over seeds, and "true" or "false" needs three.
     "laptop": ScaleSpec(

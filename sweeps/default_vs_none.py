@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 
 from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 
 R = "model.qk_layernorm"  # the three stabilisers move together; qk-layernorm names the arm
@@ -51,7 +52,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     stats = P.series_stats(t["main"], [R])
     effects = P.paired_effects(stats, R, False, True)  # none − default: > 0 when they help
     loss = P.paired_effects(stats, R, False, True, column="best_loss")
-    reproduced, why = P.every_size_verdict(effects, "the §2.1 default")
+    reproduced, why = V.every_size_verdict(effects, "the §2.1 default")
     return reproduced, why, {
         "LR sensitivity none − default, per size (mean [95% interval])": effects,
         "LR sensitivity none → default (seed means)":

@@ -38,6 +38,7 @@ from matplotlib.ticker import FuncFormatter
 from analysis.dashboard.panels import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from analysis.figures import log_axes
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 from proxies.config import LR_KEY
 
@@ -89,17 +90,17 @@ def slopes_per_seed(stats: pd.DataFrame, column: str = "lr_sensitivity") -> pd.S
     return pd.Series(out, dtype=float)
 
 
-def judge_rates(st: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str, P.Effect]]:
+def judge_rates(st: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str, V.Effect]]:
     """Depth raises LR sensitivity (its slope per decade of params), and faster than width
     (depth − width slope, paired by seed)."""
     sl = {k: slopes_per_seed(v) for k, v in st.items()}
     diff = (sl["depth"] - sl["width"]).dropna()
-    eff = {"depth − width": P.interval(diff.astype(float)),
+    eff = {"depth − width": V.interval(diff.astype(float)),
            **{k: P.trend_effect(v) for k, v in st.items()}}
-    raises, faster = P.above(eff["depth"], parts=2), P.above(eff["depth − width"], parts=2)
+    raises, faster = V.above(eff["depth"], parts=2), V.above(eff["depth − width"], parts=2)
     verb = {"true": "raises", "false": "does not raise", "inconclusive": "may raise"}
     than = {"true": "faster than", "false": "not faster than", "inconclusive": "maybe faster than"}
-    return P.all_of([raises, faster]), (
+    return V.all_of([raises, faster]), (
         f"depth {verb[raises]} LR sensitivity ({eff['depth']} per decade of params), "
         f"{than[faster]} width ({eff['width']}): paired difference depth − width "
         f"{eff['depth − width']}"), eff
@@ -116,7 +117,7 @@ def lower_loss_at_largest(st: Dict[str, pd.DataFrame]) -> str:
     if w.empty or d.empty:
         return "no finished largest size on one path"
     seeds = w.index.intersection(d.index)
-    e = P.interval((w.loc[seeds, "best_loss"] - d.loc[seeds, "best_loss"]).astype(float))
+    e = V.interval((w.loc[seeds, "best_loss"] - d.loc[seeds, "best_loss"]).astype(float))
     # Lower only where the interval excludes 0 (equal losses are no difference).
     r = "true" if e.above_zero else "false" if e.below_zero else "inconclusive"
     who = {"true": "depth", "false": "width"}
@@ -162,14 +163,14 @@ def logit_slopes(df: pd.DataFrame) -> pd.Series:
     return pd.Series(out, dtype=float)
 
 
-def judge_e2(off: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str, P.Effect]]:
+def judge_e2(off: Dict[str, pd.DataFrame]) -> Tuple[Reproduced, str, Dict[str, V.Effect]]:
     """Fig. E.2: does the max attention logit grow with size along both paths without qk-LN?"""
     if all(v.empty for v in off.values()):
         return "inconclusive", "no finished runs without qk-layernorm", {}
-    eff = {k: P.interval(logit_slopes(v)) for k, v in off.items()}
-    rs = {k: P.above(e, parts=len(eff)) for k, e in eff.items()}
+    eff = {k: V.interval(logit_slopes(v)) for k, v in off.items()}
+    rs = {k: V.above(e, parts=len(eff)) for k, e in eff.items()}
     words = {"true": "grows", "false": "does not grow", "inconclusive": "grows?"}
-    return P.all_of(list(rs.values())), "; ".join(
+    return V.all_of(list(rs.values())), "; ".join(
         f"{k} path: max attention logit {words[rs[k]]} with size, {e} decades per decade of "
         "params (mean over LRs)" for k, e in eff.items()), eff
 

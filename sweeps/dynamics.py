@@ -23,7 +23,7 @@ Every finding is judged against a null measured on the same model at step 0 (the
 weights start truncated-normal (kurtosis ≈ 2.4, not 3), norms start with a dynamic range of their
 own, R leads E at init by construction (row norms are nearly equal), and h = swish(g)·u puts
 coincident gate/up outliers at h's top entries by construction; none of these is a finding.
-Each statistic is per seed with a t interval over seeds (sweeps/panels.py): "true" or
+Each statistic is per seed with a t interval over seeds (sweeps/verdicts.py): "true" or
 "false" only when the interval clears the stated threshold, else "inconclusive". The overall
 verdict is the conjunction of every finding of every recipe: true when all are true, false when
 any is false, inconclusive otherwise.
@@ -41,6 +41,7 @@ import numpy as np
 
 from analysis.dashboard.panels import PanelSpec
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import (SPECS, Part, Reproduced, Result, ScaleSpec, Tables, main, size,
                          warmup)
 
@@ -132,7 +133,7 @@ def summaries(t: Tables) -> Dict[str, List[Dict[str, Any]]]:
 
 
 
-def per_seed(sums: Sequence[Dict[str, Any]], f: Callable[[Dict[str, Any]], Any]) -> P.Effect:
+def per_seed(sums: Sequence[Dict[str, Any]], f: Callable[[Dict[str, Any]], Any]) -> V.Effect:
     """f of each seed's summary (None where undefined) with its interval over seeds."""
     vals = []
     for sm in sums:
@@ -141,7 +142,7 @@ def per_seed(sums: Sequence[Dict[str, Any]], f: Callable[[Dict[str, Any]], Any])
         except (TypeError, ZeroDivisionError, ValueError):  # a None in the summary
             v = None
         vals.append(float(v) if v is not None else float("nan"))
-    return P.interval(vals)
+    return V.interval(vals)
 
 
 def at_init(sums: Sequence[Dict[str, Any]]) -> bool:
@@ -158,7 +159,7 @@ def heavy_tails(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]:
     while the residual stream turns heavy-tailed (its kurtosis gains more than that)."""
     w = per_seed(sums, lambda s: s["weight_kurtosis_median"] - s["weight_kurtosis_median_init"])
     r = per_seed(sums, lambda s: s["resid_kurtosis_median"] - s["resid_kurtosis_median_init"])
-    verdict = P.all_of([P.within(w, LOGISTIC_EXCESS), P.above(r, LOGISTIC_EXCESS)])
+    verdict = V.all_of([V.within(w, LOGISTIC_EXCESS), V.above(r, LOGISTIC_EXCESS)])
     return verdict, (f"kurtosis change from step 0: weight matrices {w} (near-Gaussian: within "
                      f"±{LOGISTIC_EXCESS}), residual stream {r} (heavy-tailed: above "
                      f"{LOGISTIC_EXCESS}); medians over tensors")
@@ -172,7 +173,7 @@ def outliers_follow_r(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]:
     lead = per_seed(sums, lambda s: s["ec_top_lead"])
     lead0 = per_seed(sums, lambda s: s["ec_top_lead_init"])
     gain = per_seed(sums, lambda s: s["ec_pearson_E_gain"])
-    r_leads, contender = P.above(lead, 0.0), P.above(gain, 0.0)
+    r_leads, contender = V.above(lead, 0.0), V.above(gain, 0.0)
     verdict = ("false" if r_leads == "false" else
                "true" if r_leads == "true" and contender == "true" else "inconclusive")
     return verdict, (f"R's lead among C's top entries (top-|R| − top-E overlap, median over "
@@ -187,7 +188,7 @@ def norm_compression(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]:
     a = per_seed(sums, lambda s: math.log(s["reamplification_max"] /
                                           s["reamplification_max_init"]))
     bound = math.log1p(NORM_CHANGE)
-    return P.all_of([P.above(c, bound), P.above(a, bound)]), (
+    return V.all_of([V.above(c, bound), V.above(a, bound)]), (
         f"log change from step 0 of the median compression {c} and of the largest "
         f"re-amplification {a} (counts: above log {1 + NORM_CHANGE:g} = {bound:.3f})")
 
@@ -199,7 +200,7 @@ def swiglu_coincidence(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]
     d = per_seed(sums, lambda s: s["swiglu_coincidence"] - s["swiglu_coincidence_init"])
     co = per_seed(sums, lambda s: s["swiglu_coincidence"])
     co0 = per_seed(sums, lambda s: s["swiglu_coincidence_init"])
-    return P.above(d, 0.0), (f"coincidence (median over layers) {co} at the end vs {co0} at step "
+    return V.above(d, 0.0), (f"coincidence (median over layers) {co} at the end vs {co0} at step "
                            f"0 (the null); change {d}")
 
 
@@ -213,7 +214,7 @@ def emergence_law(sums: Sequence[Dict[str, Any]]) -> Tuple[Reproduced, str]:
            f"{FIT_R2}); {n} probe steps")
     if n < MIN_FIT_POINTS:
         return "inconclusive", f"{why}: a 5-parameter fit needs {MIN_FIT_POINTS} or more"
-    return P.all_of([P.above(g, math.log(R_GROWTH)), P.above(r2, FIT_R2)]), why
+    return V.all_of([V.above(g, math.log(R_GROWTH)), V.above(r2, FIT_R2)]), why
 
 
 FINDINGS: Dict[str, Callable[[Sequence[Dict[str, Any]]], Tuple[Reproduced, str]]] = {
@@ -244,7 +245,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[str, str, Dict[str, Any]]:
     measured: Dict[str, Any] = {k: f"{v}: {why}" for k, (v, why) in findings.items()}
     measured["verdict rule"] = ("every finding of every recipe true: true; any false: false; "
                                 "else inconclusive")
-    overall = P.all_of([v for v, _ in findings.values()])
+    overall = V.all_of([v for v, _ in findings.values()])
     n_true = sum(v == "true" for v, _ in findings.values())
     by = {o: [k for k, (v, _) in findings.items() if v == o] for o in ("false", "inconclusive")}
     why = f"{n_true} of {len(findings)} findings reproduced" + "".join(

@@ -34,6 +34,7 @@ import pandas as pd
 from analysis.dashboard.panels import PanelSpec, lr_vs_loss
 from analysis.figures import log_axes
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, half_decades, main
 
 K = "model.attn_kappa"
@@ -87,13 +88,13 @@ def bigram_losses(b: pd.DataFrame) -> pd.Series:
     return ok.groupby(P.SEED)["final_eval_ce"].min()
 
 
-def paired(a: pd.Series, b: pd.Series) -> P.Effect:
+def paired(a: pd.Series, b: pd.Series) -> V.Effect:
     """a − b over the seeds both have, with its t interval."""
     seeds = a.dropna().index.intersection(b.dropna().index)
-    return P.interval((a[seeds] - b[seeds]).astype(float))
+    return V.interval((a[seeds] - b[seeds]).astype(float))
 
 
-def state(e: P.Effect, tol: float) -> str:
+def state(e: V.Effect, tol: float) -> str:
     """'above' / 'below' when the interval lies wholly above / below `tol`, else 'unsure'
     (always with one seed: no interval)."""
     if e.decided and e.lo > tol:

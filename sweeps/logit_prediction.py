@@ -20,7 +20,7 @@ paper's own text was not at hand, so these are its words as the spec gives them)
   at init, so those fits say nothing about growth.
 
 Seeds: one fit per (LR, seed) on that seed's runs, checked on that seed's held-out run; the
-verdict's statistics carry a t interval over seeds (sweeps/panels.py).
+verdict's statistics carry a t interval over seeds (sweeps/verdicts.py).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from analysis.figures import log_axes
 from proxies import metric_names as M
 from proxies.config import LR_KEY, DEFAULT_THRESHOLD
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main, size_params
 
 CLAIM = ("block 0's max attention logit at 2% of training, fitted as a quadratic in log(params) "
@@ -151,14 +152,14 @@ def decide(pr: pd.DataFrame) -> Tuple[Reproduced, str]:
     if pr.empty:
         return "inconclusive", "the held-out size has not finished (or too few sizes to fit)"
     seeds = int(pr["seed"].nunique())
-    err = P.interval(seed_errors(pr))
+    err = V.interval(seed_errors(pr))
     tol = np.log10(PRED_TOLERANCE)
     wrong_always = [lr for lr, g in pr.groupby("lr")
-                    if len(g) >= P.MIN_SEEDS and not g["flag_right"].any()]
+                    if len(g) >= V.MIN_SEEDS and not g["flag_right"].any()]
     flags = f"1e4 flag right at {int(pr['flag_right'].sum())}/{len(pr)} (LR, seed)"
     shown = f"median |log10(pred/measured)| {err}, tolerance {tol:.3f} (×{PRED_TOLERANCE:g})"
-    if seeds < P.MIN_SEEDS:
-        return "inconclusive", (f"{seeds} seed(s); a verdict needs {P.MIN_SEEDS}: {flags}; "
+    if seeds < V.MIN_SEEDS:
+        return "inconclusive", (f"{seeds} seed(s); a verdict needs {V.MIN_SEEDS}: {flags}; "
                                 f"{shown}")
     if wrong_always:
         return "false", (f"the 1e4 flag is wrong in every seed at LR "
@@ -207,7 +208,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
             f"{lr:g}": f"{int(g['diverged'].sum())} / {int(g['crossed'].sum())}"
             for lr, g in pr.groupby("lr", sort=True)},
         "1e4 flag right (LR × seed)": f"{int(pr['flag_right'].sum())}/{len(pr)}",
-        "median |log10(pred/measured)| (interval over seeds)": P.interval(seed_errors(pr)),
+        "median |log10(pred/measured)| (interval over seeds)": V.interval(seed_errors(pr)),
         f"predicted at {s.target_params:.2g} params by LR": {
             f"{lr:g}": f"{v:.3g}" for lr, v in by_lr(pr, "at_target").items()},
         "rule": f"crossed = early logit > {THRESHOLD:g}, or diverged with logit ≥ "

@@ -14,7 +14,7 @@ at high LR (paper: it "does not alleviate the need for" qk-layernorm).
 
 The claim has two halves, and the verdict needs both (true when both are true, false when
 either is false, inconclusive otherwise); every statistic is per seed with a t interval
-over seeds (sweeps/panels.py), and every threshold below is fixed before any data:
+over seeds (sweeps/verdicts.py), and every threshold below is fixed before any data:
 
 (A) the best LR stays put under μParam (simple): the slope of log10(interpolated best LR) per
     doubling of width, per seed. True when its interval lies inside ±DRIFT_MARGIN, false when it
@@ -43,6 +43,7 @@ from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
 from analysis.figures import log_axes
 from proxies.config import Parametrization, unhandled
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 
 MP = "model.parametrization"
@@ -121,36 +122,36 @@ def drift_slopes(stats: pd.DataFrame, arm: str) -> pd.Series:
     return pd.Series(out, dtype=float)
 
 
-def improvement(stats: pd.DataFrame, column: str, base_width: int) -> P.Effect:
+def improvement(stats: pd.DataFrame, column: str, base_width: int) -> V.Effect:
     """SP minus μParam (simple) in `column`, averaged over the widths above the base, per seed
     (positive: μParam is better), with its interval."""
     g = P.with_seed(stats)
     g = g[g[WIDTH] > base_width]
     wide = g.pivot_table(index=[P.SEED, WIDTH], columns=MP, values=column)
     if SP not in wide.columns or MUP not in wide.columns:
-        return P.interval([])
+        return V.interval([])
     per_seed = (wide[SP] - wide[MUP]).dropna().groupby(level=0).mean()
-    return P.interval(per_seed.astype(float))
+    return V.interval(per_seed.astype(float))
 
 
 # The verdict's sub-claims: (A) the best LR's drift, (B) loss and LR sensitivity not improved.
 PARTS = 3
 
 
-def judge_best_lr(stats: pd.DataFrame) -> Tuple[Reproduced, str, P.Effect, P.Effect]:
-    mup, sp = P.interval(drift_slopes(stats, MUP)), P.interval(drift_slopes(stats, SP))
-    r = P.within(mup, DRIFT_MARGIN, parts=PARTS)
+def judge_best_lr(stats: pd.DataFrame) -> Tuple[Reproduced, str, V.Effect, V.Effect]:
+    mup, sp = V.interval(drift_slopes(stats, MUP)), V.interval(drift_slopes(stats, SP))
+    r = V.within(mup, DRIFT_MARGIN, parts=PARTS)
     word = {"true": "stays put", "false": "moves"}.get(r, "may or may not stay put")
     return r, (f"under μP (simple) the best LR {word}: {mup} decades per doubling of width "
                f"(put: within ±{DRIFT_MARGIN:.2f}; SP {sp})"), mup, sp
 
 
 def judge_not_improved(stats: pd.DataFrame, base_width: int
-                       ) -> Tuple[Reproduced, str, Dict[str, P.Effect]]:
+                       ) -> Tuple[Reproduced, str, Dict[str, V.Effect]]:
     eff = {"LR sensitivity": improvement(stats, "lr_sensitivity", base_width),
            "best loss": improvement(stats, "best_loss", base_width)}
-    rs = {k: P.below(e, NEGLIGIBLE, parts=PARTS) for k, e in eff.items()}
-    r = P.all_of(list(rs.values()))
+    rs = {k: V.below(e, NEGLIGIBLE, parts=PARTS) for k, e in eff.items()}
+    r = V.all_of(list(rs.values()))
     words = {"true": "not improved", "false": "improved", "inconclusive": "improved?"}
     why = "; ".join(f"{k} {words[rs[k]]} (SP − μP {e})" for k, e in eff.items())
     return r, f"{why} (improved: above {NEGLIGIBLE})", eff
@@ -164,7 +165,7 @@ def judge_e4(off: pd.DataFrame, on: pd.DataFrame) -> Tuple[Reproduced, str, Dict
     both = pd.concat([off.assign(**{QK: False}), on.assign(**{QK: True})], ignore_index=True)
     stats = P.series_stats(both[both[MP] == MUP], [QK])
     effects = P.paired_effects(stats, QK, False, True)
-    r, why = P.every_size_verdict(effects, "qk-layernorm under μP (simple)")
+    r, why = V.every_size_verdict(effects, "qk-layernorm under μP (simple)")
     return r, why, effects
 
 
@@ -196,7 +197,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
         "Fig. E.4: LR sensitivity no qk-LN − qk-LN under μP (simple), per size": e4_effects,
         "verdict rule": "true when (A) and (B) are true, false when either is false",
     }
-    return P.all_of([a, b]), f"(A) {a}: {a_why}. (B) {b}: {b_why}", measured
+    return V.all_of([a, b]), f"(A) {a}: {a_why}. (B) {b}: {b_why}", measured
 
 
 # -------------------------------------------------------------------------------- the figure

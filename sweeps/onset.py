@@ -8,9 +8,9 @@ the qk-LN effect on LR sensitivity (off − on, paired by seed, with its interva
 attention logit at the grid's top LR without qk-LN, and the share of diverged runs in each arm.
 
 Verdict: the shortest length at which qk-layernorm lowers LR sensitivity at every size studied,
-each size's interval above P.RESOLUTION at Bonferroni's level for the number of lengths (the
+each size's interval above V.RESOLUTION at Bonferroni's level for the number of lengths (the
 search over lengths is that many tests): "true" naming that length; "false" when at the longest
-length some size's interval lies below −P.RESOLUTION (no onset within the study); otherwise
+length some size's interval lies below −V.RESOLUTION (no onset within the study); otherwise
 "inconclusive". Every length's numbers are reported whatever the verdict.
 """
 
@@ -25,6 +25,7 @@ import pandas as pd
 from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
 from proxies.config import LR_KEY, nonembed_params
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main, warmup
 
 QK = "model.qk_layernorm"
@@ -72,12 +73,12 @@ def length_rows(df: pd.DataFrame, s: ScaleSpec, steps: int, k: int) -> List[Dict
     Bonferroni's level for k lengths, the top-LR max logit without qk-LN, diverged shares."""
     stats = P.series_stats(df, [QK])
     effects = P.paired_effects(stats, QK, False, True)
-    level = 1 - (1 - P.CONFIDENCE) / k
+    level = 1 - (1 - V.CONFIDENCE) / k
     rows = []
     # By shape: qk-layernorm's scales make the two arms' parameter counts differ slightly.
     for (d, n_layers), g in df.groupby(P.SHAPE, sort=True):
         n = float(nonembed_params(int(d), int(n_layers)))  # 12·L·d², as the plan counts it
-        e = effects.get(P.size_label(g["n_params_nonembed"].min()), P.interval([]))
+        e = effects.get(P.size_label(g["n_params_nonembed"].min()), V.interval([]))
         off = g[~g[QK].astype(bool)]
         top = off[off[LR_KEY] == off[LR_KEY].max()]
         rows.append({"steps": steps, "size": P.size_label(n), "n_params_nonembed": n,
@@ -102,9 +103,9 @@ def shows(g: pd.DataFrame) -> Reproduced:
     """One length: "true" when every size's corrected interval lies above RESOLUTION, "false"
     when one lies below −RESOLUTION, else "inconclusive"."""
     cs = list(g["effect_corrected"])
-    if any(e.decided and e.hi < -P.RESOLUTION for e in cs):
+    if any(e.decided and e.hi < -V.RESOLUTION for e in cs):
         return "false"
-    return "true" if cs and all(e.decided and e.lo > P.RESOLUTION for e in cs) else "inconclusive"
+    return "true" if cs and all(e.decided and e.lo > V.RESOLUTION for e in cs) else "inconclusive"
 
 
 def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
@@ -122,7 +123,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     measured["LR sensitivity no qk-LN − qk-LN, per length and size"] = {
         f"{r.steps} steps, {r.size}": r.effect for r in table.itertuples()}
     measured["verdict rule"] = (f"shortest length whose every size's interval (Bonferroni over "
-                                f"{len(FACTORS)} lengths) lies above {P.RESOLUTION:g}")
+                                f"{len(FACTORS)} lengths) lies above {V.RESOLUTION:g}")
     onset = [steps for steps, v in by_length.items() if v == "true"]
     studied = ", ".join(f"{steps}: {v}" for steps, v in by_length.items())
     if onset:

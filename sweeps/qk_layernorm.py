@@ -19,7 +19,7 @@ Verdict: (b) is the figure's main claim and decides "false" and "inconclusive"; 
 the paper's own Fig. 1 shows it, but at a proxy scale a grid of two or three sizes over less than
 a decade of params rarely resolves a slope, and the figure's claim does not rest on it.
 
-The rule pattern (`outcome`, `overall`) is shared by the other paper sweeps of this set.
+The rule pattern (`outcome`, `overall`) lives in sweeps/verdicts.py with every other rule.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import pandas as pd
 
 from analysis.dashboard.panels import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 from proxies.config import LR_KEY
 
@@ -39,12 +40,6 @@ QK = "model.qk_layernorm"
 CLAIM = ("without qk-layernorm the highest LR that trains falls as size grows; qk-layernorm "
          "lowers LR sensitivity at every size (and LR sensitivity rises with size in both arms)")
 
-# A run "trains" when its counted loss has covered at least this share of the way from the loss
-# at init ℓ0 down to the best loss of its series ℓ*: a diverged or collapsed run sits near ℓ0,
-# a trained one near ℓ*, and halfway separates the two whatever the scale of the loss.
-TRAINED_SHARE = 0.5
-# Bounds within this of 0 are 0: a least-squares slope through equal values comes out ±1e-17.
-FLOAT_NOISE = 1e-12
 
 
 def parts(s: ScaleSpec) -> List[Part]:
@@ -56,55 +51,21 @@ def qk_label(v: Any) -> str:
     return "qk-layernorm" if bool(v) else "no qk-layernorm"
 
 
-# --------------------------------------------------------- the verdict pattern of this set
-
-def outcome(e: P.Effect, claimed: int = +1) -> Reproduced:
-    """A one-statistic verdict: "true" when the interval lies on the claimed side of 0
-    (`claimed` = +1: above, -1: below), "false" when no part of it does (at 0 included: no
-    resample shows the claimed direction), "inconclusive" otherwise and with fewer than two
-    seeds; bounds within FLOAT_NOISE of 0 count as 0."""
-    return P.above(e, FLOAT_NOISE) if claimed > 0 else P.below(e, -FLOAT_NOISE)
-
-
-overall = P.overall  # the figure-level combination, shared with warmup and z_loss
-
-
-def trend_words(e: P.Effect, what: str = "LR sensitivity") -> str:
-    """How `what` moves with size (a `P.trend_effect`), or why the grid cannot tell."""
-    if e.n == 0 or not np.isfinite(e.mean):
-        return f"the grid cannot show how {what} moves with size (fewer than two sizes)"
-    r = outcome(e)
-    word = ("falls" if e.below_zero else
-            {"true": "rises", "false": "does not rise"}.get(r, "may or may not rise"))
-    return f"{what} {word} with size ({e} per decade of params)"
-
-
 # --------------------------------------------------------------- (a) the highest LR that trains
-
-def top_trained_lr(g: pd.DataFrame) -> float:
-    """Highest LR of one series (one size, one seed) whose run trains (see TRAINED_SHARE); NaN
-    when none does."""
-    g = g.sort_values(LR_KEY)
-    loss, div = P.counted_loss(g)
-    l0, best = float(g["loss_at_init"].max()), float(np.nanmin(loss))
-    trained = ~div & (loss <= l0 - TRAINED_SHARE * (l0 - best))
-    lrs = g[LR_KEY].to_numpy(float)[trained]
-    return float(lrs.max()) if len(lrs) else float("nan")
-
 
 def top_trained_lrs(df: pd.DataFrame) -> pd.DataFrame:
     """Per (size, seed): non-embedding params, the highest LR that trains, its log10."""
     df = P.with_seed(df)
     rows = [{P.SHAPE[0]: k[0], P.SHAPE[1]: k[1], P.SEED: k[2],
              "n_params_nonembed": float(g["n_params_nonembed"].max()),
-             "top_lr": top_trained_lr(g)}
+             "top_lr": P.top_trained_lr(g)}
             for k, g in df.groupby(P.SHAPE + [P.SEED], sort=True)]
     out = pd.DataFrame(rows, columns=P.SHAPE + [P.SEED, "n_params_nonembed", "top_lr"])
     out["log10_top_lr"] = np.log10(out["top_lr"])
     return out.sort_values(["n_params_nonembed", P.SEED], ignore_index=True)
 
 
-def judge_top_lr(off: pd.DataFrame) -> Tuple[Reproduced, str, P.Effect, Dict[str, float]]:
+def judge_top_lr(off: pd.DataFrame) -> Tuple[Reproduced, str, V.Effect, Dict[str, float]]:
     """(a): the slope of log10(highest LR that trains) per decade of params, without qk-LN,
     per seed; the claim is a negative slope. Censored grids say so: when every size trains at
     the grid's highest LR the grid cannot show where divergence starts."""
@@ -117,7 +78,7 @@ def judge_top_lr(off: pd.DataFrame) -> Tuple[Reproduced, str, P.Effect, Dict[str
         return "inconclusive", (f"without qk-LN every size trains at the grid's highest LR "
                                 f"{grid_top:g}: the grid cannot show where divergence starts"
                                 ), slope, by_size
-    r = outcome(slope, claimed=-1)
+    r = V.outcome(slope, claimed=-1)
     word = {"true": "falls", "false": "does not fall"}.get(r, "may or may not fall")
     return r, (f"without qk-LN the highest LR that trains {word} with size (slope {slope} "
                "decades of LR per decade of params)"), slope, by_size
@@ -131,10 +92,10 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     on = stats[stats[QK].astype(bool)]
     off = stats[~stats[QK].astype(bool)]
     effects = P.paired_effects(stats, QK, False, True)  # off − on: > 0 when qk-LN lowers it
-    b, b_why = P.every_size_verdict(effects, "qk-layernorm")
+    b, b_why = V.every_size_verdict(effects, "qk-layernorm")
     a, a_why, slope, top_by_size = judge_top_lr(df[~df[QK].astype(bool)])
     trend_off, trend_on = P.trend_effect(off), P.trend_effect(on)
-    verdict = overall(b, [a])
+    verdict = V.overall(b, [a])
     measured = {
         "(b) LR sensitivity off − on per size, mean [95% interval] over seeds":
             effects,
@@ -149,7 +110,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
         "verdict rule": "(b) decides false/inconclusive; true needs (a) true; (c) reported",
     }
     why = (f"(b) {b}: {b_why}; (a) {a}: {a_why}; (c) reported: no qk-LN "
-           f"{trend_words(trend_off)}, with qk-LN {trend_words(trend_on)}")
+           f"{V.trend_words(trend_off)}, with qk-LN {V.trend_words(trend_on)}")
     return verdict, why, measured
 
 

@@ -49,8 +49,9 @@ import pandas as pd
 from analysis.dashboard.panels import PanelSpec, lr_vs_loss
 from proxies.config import LR_KEY
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, half_decades, main
-from sweeps.qk_layernorm import top_trained_lr
+from sweeps.panels import top_trained_lr
 
 CLAIM = ("ours, beyond the paper: qk-layernorm + soft-cap trains at >= 1.5x qk-layernorm's highest "
          "LR; QK-clip keeps max logits <= tau at a small loss cost; sigma-reparam prevents "
@@ -213,16 +214,16 @@ def per_seed(df: pd.DataFrame, main_top: float = math.inf) -> pd.DataFrame:
 
 
 def paired(ps: pd.DataFrame, a: str, b: str, column: str,
-           f: Any = lambda x, y: x - y) -> P.Effect:
+           f: Any = lambda x, y: x - y) -> V.Effect:
     """f(a's value, b's value) per seed, with its interval over seeds."""
     va = ps[ps[SETTING] == a].set_index(P.SEED)[column]
     vb = ps[ps[SETTING] == b].set_index(P.SEED)[column]
     seeds = va.index.intersection(vb.index)
-    return P.interval(pd.Series({k: f(va[k], vb[k]) for k in seeds}, dtype=float))
+    return V.interval(pd.Series({k: f(va[k], vb[k]) for k in seeds}, dtype=float))
 
 
 def _sens(v: pd.Series) -> str:
-    e = P.interval(v.to_numpy(float))
+    e = V.interval(v.to_numpy(float))
     return (f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}] ({e.confidence:.0%} t, n={e.n})" if e.n >= 2
             else f"{e.mean:.3f} (n={e.n})")
 
@@ -267,7 +268,7 @@ def judge_softcap_lr(ps: pd.DataFrame, grid_top: float) -> Tuple[Reproduced, str
                                 "cannot show 1.5× above it")
     e = paired(ps, "attn_softcap+qk_layernorm", "qk_layernorm", "top_trained_lr",
                lambda x, y: math.log10(x / y))
-    r = P.above(e, math.log10(LR_FACTOR) - 1e-9, parts=CLAIMS)
+    r = V.above(e, math.log10(LR_FACTOR) - 1e-9, parts=CLAIMS)
     ratio = 10 ** e.mean if np.isfinite(e.mean) else float("nan")
     return r, (f"qk-LN + soft-cap's highest LR that trains is {ratio:.2g}× qk-LN's "
                f"(log10 ratio {e}; claimed >= log10 1.5 = {math.log10(LR_FACTOR):.3f})")
@@ -281,11 +282,11 @@ def judge_qk_clip(ps: pd.DataFrame, tau: float) -> Tuple[Reproduced, str]:
         return "inconclusive", (f"without QK-clip the max logit never passes τ = {tau:g} "
                                 f"({none.max():.3g}): nothing to clip")
     clipped = ps[ps[SETTING] == "qk_clip"]["max_logit_any_lr"]
-    held = ("inconclusive" if len(clipped) < P.MIN_SEEDS else
+    held = ("inconclusive" if len(clipped) < V.MIN_SEEDS else
             "true" if (clipped <= LOGIT_SLACK * tau).all() else "false")
     cost = paired(ps, "qk_clip", "none", "best_loss")
-    small = P.below(cost, SMALL_LOSS_COST, parts=CLAIMS)
-    return P.all_of([held, small]), (
+    small = V.below(cost, SMALL_LOSS_COST, parts=CLAIMS)
+    return V.all_of([held, small]), (
         f"max logit with QK-clip {clipped.max():.3g} vs τ = {tau:g} ({held}; without it "
         f"{none.max():.3g}); best loss cost {cost} nats ({small}; small = below "
         f"{SMALL_LOSS_COST})")
@@ -302,8 +303,8 @@ def judge_sigma_reparam(ps: pd.DataFrame) -> Tuple[Reproduced, str]:
     words = (f"at the top LR the lowest head's entropy falls below {COLLAPSE} of its init "
              f"value in {int(base.sum())}/{len(base)} seeds without σReparam, "
              f"{int(sigma.sum())}/{len(sigma)} with it")
-    if min(len(base), len(sigma)) < P.MIN_SEEDS:
-        return "inconclusive", words + f" (a verdict needs {P.MIN_SEEDS} seeds)"
+    if min(len(base), len(sigma)) < V.MIN_SEEDS:
+        return "inconclusive", words + f" (a verdict needs {V.MIN_SEEDS} seeds)"
     if not base.all():
         return "inconclusive", words + " (the baseline must collapse in every seed to test it)"
     if not sigma.any():
@@ -311,14 +312,14 @@ def judge_sigma_reparam(ps: pd.DataFrame) -> Tuple[Reproduced, str]:
     return ("false" if sigma.all() else "inconclusive"), words
 
 
-def judge_update_clip(ps: pd.DataFrame, n_lrs: int) -> Tuple[Reproduced, str, P.Effect]:
+def judge_update_clip(ps: pd.DataFrame, n_lrs: int) -> Tuple[Reproduced, str, V.Effect]:
     """(4): LR sensitivity none − update clipping, paired by seed, above 0 (`n_lrs`: half-decade
     points on the grid; with one, LR sensitivity is 0 by construction)."""
     e = paired(ps, "none", "update_clip", "lr_sensitivity")
     if n_lrs < 2:
         return ("inconclusive", "one half-decade LR on the grid: LR sensitivity is 0 by "
                 "construction", e)
-    r = P.above(e, P.RESOLUTION, parts=CLAIMS)
+    r = V.above(e, V.RESOLUTION, parts=CLAIMS)
     word = {"true": "lowers", "false": "does not lower"}.get(r, "may or may not lower")
     return r, f"update clipping {word} LR sensitivity without qk-LN (none − clipped {e})", e
 
@@ -328,7 +329,7 @@ def redundancy(ps: pd.DataFrame, main_top: float) -> Dict[str, str]:
     `main_top` when that range differs."""
     def says(name: str, column: str) -> str:
         e = paired(ps, f"{name}+qk_layernorm", "qk_layernorm", column)
-        r = P.below(e, -P.RESOLUTION)
+        r = V.below(e, -V.RESOLUTION)
         return f"{e}: " + {"true": "adds to qk-LN", "false": "redundant with qk-LN (no lower)"}.get(
             r, "not resolved")
 
@@ -354,7 +355,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     measured = {**ranked(ps, main_top), **redundancy(ps, main_top),
                 "claims (1)-(4)": f"{c1}, {c2}, {c3}, {c4}",
                 "verdict rule": "all four true: true; any false: false; else inconclusive"}
-    return P.all_of([c1, c2, c3, c4]), why, measured
+    return V.all_of([c1, c2, c3, c4]), why, measured
 
 
 # ------------------------------------------------------------------------------ the figure
@@ -388,7 +389,7 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     order = ps.groupby(SETTING)["lr_sensitivity"].mean().sort_values(ascending=False).index
     ax = axs[2]
     for i, setting in enumerate(order):
-        e = P.interval(ps[ps[SETTING] == setting]["lr_sensitivity"].to_numpy(float))
+        e = V.interval(ps[ps[SETTING] == setting]["lr_sensitivity"].to_numpy(float))
         err = [[e.mean - e.lo], [e.hi - e.mean]] if e.n >= 2 else None
         ax.barh(i, e.mean, xerr=err, color=colour(setting), capsize=2,
                 hatch="//" if "qk_layernorm" in setting else None, edgecolor="white")

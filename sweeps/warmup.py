@@ -35,7 +35,7 @@ import pandas as pd
 from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
-from sweeps.qk_layernorm import outcome, overall, trend_words
+from sweeps.verdicts import outcome, overall, trend_words
 
 W = "optim.warmup_steps"
 CLAIM = ("a longer warm-up lowers LR sensitivity and loss, most for the larger models "

@@ -36,6 +36,7 @@ import pandas as pd
 
 from analysis.dashboard.panels import lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main
 from proxies.config import LR_KEY
 from proxies.optim import learning_rate
@@ -121,7 +122,7 @@ def all_stats(t: Tables) -> pd.DataFrame:
 def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     stats = all_stats(t)
     effects = P.paired_effects(stats, IND, False, True)  # coupled − independent
-    reproduced, why = P.every_size_verdict(effects, "independent decay (λ=1e-4)")
+    reproduced, why = V.every_size_verdict(effects, "independent decay (λ=1e-4)")
     coupled = stats[~stats[IND].astype(bool)]
     ranges = {P.size_label(n): ", ".join(f"{r}×{c}" for r, c in
                                          g["lr_range"].value_counts().sort_index().items())

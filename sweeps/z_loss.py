@@ -46,8 +46,9 @@ import pandas as pd
 
 from analysis.dashboard.panels import PanelSpec, lr_vs_loss, sensitivity_vs_params
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, main, warmup
-from sweeps.qk_layernorm import overall
+from sweeps.verdicts import overall
 from analysis.sensitivity import counted_loss
 from proxies.config import LR_KEY
 from proxies.metric_names import LOG_Z_MEAN as LOG_Z, LOGITS_MEAN as MEAN_LOGIT
@@ -135,22 +136,22 @@ def per_seed(df: pd.DataFrame, column: str) -> pd.Series:
     return P.with_seed(df).groupby(P.SEED)[column].mean()
 
 
-def paired(off: pd.DataFrame, on: pd.DataFrame, column: str) -> P.Effect:
+def paired(off: pd.DataFrame, on: pd.DataFrame, column: str) -> V.Effect:
     """`column` with z-loss − without, paired by seed."""
     a, b = per_seed(on, column), per_seed(off, column)
     seeds = a.index.intersection(b.index)
-    return P.interval((a[seeds] - b[seeds]).astype(float))
+    return V.interval((a[seeds] - b[seeds]).astype(float))
 
 
 def judge_late(late: pd.DataFrame) -> Tuple[Reproduced, str, Dict[str, Any]]:
     """The main claim on the late runs: without z-loss the mean logit falls (M < 0) and is still
     falling late (M_late < 0); z-loss keeps it higher (M with − without > 0, paired by seed)."""
     off, on = late[late[Z] == 0], late[late[Z] > 0]
-    drift = P.interval(per_seed(off, "logit_drift"))
-    late_drift = P.interval(per_seed(off, "logit_late_drift"))
+    drift = V.interval(per_seed(off, "logit_drift"))
+    late_drift = V.interval(per_seed(off, "logit_late_drift"))
     higher = paired(off, on, "logit_drift")
-    verdicts = [P.below(drift, parts=3), P.below(late_drift, parts=3),
-                P.above(higher, parts=3)]
+    verdicts = [V.below(drift, parts=3), V.below(late_drift, parts=3),
+                V.above(higher, parts=3)]
     why = (f"without z-loss the mean logit drifts {drift} nats from init ({verdicts[0]}: < 0 is "
            f"the paper's fall), {late_drift} over the last quarter ({verdicts[1]}); z-loss keeps "
            f"it higher by {higher} ({verdicts[2]})")
@@ -158,16 +159,16 @@ def judge_late(late: pd.DataFrame) -> Tuple[Reproduced, str, Dict[str, Any]]:
         "late: mean logit init → end (seed means)": {
             z_label(0.0): fmt_init_end(off, "mean_logit"), z_label(1e-4): fmt_init_end(on, "mean_logit")},
         "late: M, drift of the mean logit from init (nats)": {
-            z_label(0.0): drift, z_label(1e-4): P.interval(per_seed(on, "logit_drift"))},
+            z_label(0.0): drift, z_label(1e-4): V.interval(per_seed(on, "logit_drift"))},
         "late: M_late, drift over the last quarter, no z-loss": late_drift,
         "late: M with − without z-loss": higher,
         "late: log Z init → end (seed means)": {
             z_label(0.0): fmt_init_end(off, "log_z"), z_label(1e-4): fmt_init_end(on, "log_z")},
         "late: D, drop of log Z from init / |log Z at init| (reported)": {
-            z_label(0.0): P.interval(per_seed(off, "log_z_drop")),
-            z_label(1e-4): P.interval(per_seed(on, "log_z_drop"))},
+            z_label(0.0): V.interval(per_seed(off, "log_z_drop")),
+            z_label(1e-4): V.interval(per_seed(on, "log_z_drop"))},
         "late: final loss with − without z-loss (reported)": paired(off, on, "loss")}
-    return P.all_of(verdicts), why, measured
+    return V.all_of(verdicts), why, measured
 
 
 def fmt_init_end(df: pd.DataFrame, prefix: str) -> str:
@@ -193,7 +194,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     late_r, late_why, measured = judge_late(late)
     stats = P.series_stats(grid, [Z])
     effects = P.paired_effects(stats, Z, 0.0, 1e-4)  # no z-loss − z-loss
-    fig3_r, fig3_why = P.every_size_verdict(effects, "z-loss 1e-4 without weight decay")
+    fig3_r, fig3_why = V.every_size_verdict(effects, "z-loss 1e-4 without weight decay")
     measured.update({
         "main: LR sensitivity no z-loss − z-loss, per size": effects,
         "main: LR sensitivity no z-loss → z-loss (seed means)":

@@ -10,6 +10,7 @@ import pandas as pd
 
 from sweeps import onset as O
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import SPECS, plan, warmup
 
 LAPTOP = SPECS["laptop"]
@@ -78,9 +79,9 @@ def test_two_seeds_never_decide():
 def test_an_effect_inside_the_bonferroni_interval_is_not_an_onset():
     """Per-seed effects 0.003, 0.004, 0.005: the 95% interval clears RESOLUTION, the interval at
     1 − 5%/3 (three lengths searched) does not, so that length shows nothing."""
-    e = P.interval([0.003, 0.004, 0.005])
+    e = V.interval([0.003, 0.004, 0.005])
     c = e.at(1 - 0.05 / len(O.FACTORS))
-    assert e.lo > P.RESOLUTION > c.lo, (e, c)
+    assert e.lo > V.RESOLUTION > c.lo, (e, c)
     assert O.shows(pd.DataFrame({"effect": [e], "effect_corrected": [c]})) == "inconclusive"
     rows = O.length_rows(length_table(0.05), LAPTOP, 600, len(O.FACTORS))
     assert rows[0]["effect_corrected"].confidence == 1 - 0.05 / 3

@@ -29,7 +29,7 @@ default run reads N = FAST_N tables per result (STABILIZERS_FAST_N for stabilize
 costs ~5× the others' per table); `-m slow` reads SLOW_N.
 
 A verdict that is a conjunction of sub-claims says "false" when any one is false, so each
-sub-claim says "false" only at Bonferroni's level for their number (sweeps/panels.py: `parts`);
+sub-claim says "false" only at Bonferroni's level for their number (sweeps/verdicts.py: `parts`);
 before that, z_loss, mup, adam_eps and stabilizers decided 7-12% of their null tables. kappa
 still decides more than 5% (it reads a noisy argmin as the best κ): its run is marked xfail
 (strict) with the measured rate. The last tests plant an effect in the same harness, to show it
@@ -56,6 +56,7 @@ from sweeps import logit_prediction as LP
 from sweeps import mup as MU
 from sweeps import onset as ON
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps import qk_layernorm as QK
 from sweeps import stabilizers as S
 from sweeps import warmup as WU

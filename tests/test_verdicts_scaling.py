@@ -19,6 +19,7 @@ import pytest
 from sweeps import depth_width as DW
 from sweeps import mup as MU
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps.core import SPECS
 
 LAPTOP = SPECS["laptop"]
@@ -51,8 +52,8 @@ def test_the_synthetic_series_set_the_statistics_the_rules_read():
 
 # ------------------------------------------------------------------------ the small rules
 
-def eff(*values: float) -> P.Effect:
-    return P.interval(values)
+def eff(*values: float) -> V.Effect:
+    return V.interval(values)
 
 
 @pytest.mark.parametrize("values,want", [((0.01, 0.02, 0.0), "true"),
@@ -61,14 +62,14 @@ def eff(*values: float) -> P.Effect:
                                          ((0.3, -0.3, 0.0), "inconclusive"),
                                          ((0.01,), "inconclusive")])
 def test_within_is_an_equivalence_test(values, want):
-    assert P.within(eff(*values), 0.15) == want
+    assert V.within(eff(*values), 0.15) == want
 
 
 @pytest.mark.parametrize("values,want", [((-0.05, -0.04, -0.045), "true"),
                                          ((0.05, 0.06, 0.04), "false"),
                                          ((-0.05, 0.05, 0.0), "inconclusive")])
 def test_below_a_negligible_improvement(values, want):
-    assert P.below(eff(*values), 0.01) == want
+    assert V.below(eff(*values), 0.01) == want
 
 
 @pytest.mark.parametrize("verdicts,want", [(["true", "true"], "true"),
@@ -77,7 +78,7 @@ def test_below_a_negligible_improvement(values, want):
                                            (["true", "inconclusive"], "inconclusive"),
                                            ([], "inconclusive")])
 def test_a_conjunction(verdicts, want):
-    assert P.all_of(verdicts) == want == P.all_of(verdicts)
+    assert V.all_of(verdicts) == want == V.all_of(verdicts)
 
 
 # ------------------------------------------------------------------------------ μParam

@@ -14,6 +14,7 @@ import pytest
 
 from analysis.sensitivity import lr_sensitivity
 from sweeps import panels as P
+from sweeps import verdicts as V
 from sweeps import qk_layernorm as qk
 from sweeps import default_vs_none as st
 from sweeps import warmup as wu
@@ -94,21 +95,21 @@ def split_seed(bad_seed: int = 0) -> Callable[[int], float]:
 # --------------------------------------------------------------------------- the rule pattern
 
 def test_outcome_reads_the_interval_and_needs_two_seeds():
-    assert qk.outcome(P.Effect(0.2, 0.1, 0.3, 3)) == "true"
-    assert qk.outcome(P.Effect(-0.2, -0.3, -0.1, 3)) == "false"
-    assert qk.outcome(P.Effect(0.0, 0.0, 0.0, 3)) == "false"  # no resample shows the claim
-    assert qk.outcome(P.Effect(0.1, -0.1, 0.3, 3)) == "inconclusive"
-    assert qk.outcome(P.Effect(0.2, float("nan"), float("nan"), 1)) == "inconclusive"
-    assert qk.outcome(P.Effect(-0.2, -0.3, -0.1, 3), claimed=-1) == "true"
-    assert qk.outcome(P.Effect(0.2, 0.1, 0.3, 3), claimed=-1) == "false"
+    assert V.outcome(V.Effect(0.2, 0.1, 0.3, 3)) == "true"
+    assert V.outcome(V.Effect(-0.2, -0.3, -0.1, 3)) == "false"
+    assert V.outcome(V.Effect(0.0, 0.0, 0.0, 3)) == "false"  # no resample shows the claim
+    assert V.outcome(V.Effect(0.1, -0.1, 0.3, 3)) == "inconclusive"
+    assert V.outcome(V.Effect(0.2, float("nan"), float("nan"), 1)) == "inconclusive"
+    assert V.outcome(V.Effect(-0.2, -0.3, -0.1, 3), claimed=-1) == "true"
+    assert V.outcome(V.Effect(0.2, 0.1, 0.3, 3), claimed=-1) == "false"
 
 
 def test_overall_lets_the_main_claim_decide_and_needs_the_rest_for_true():
-    assert qk.overall("true", ["true", "true"]) == "true"
-    assert qk.overall("true", ["true", "false"]) == "inconclusive"
-    assert qk.overall("true", ["inconclusive"]) == "inconclusive"
-    assert qk.overall("false", ["true"]) == "false"
-    assert qk.overall("inconclusive", ["true"]) == "inconclusive"
+    assert V.overall("true", ["true", "true"]) == "true"
+    assert V.overall("true", ["true", "false"]) == "inconclusive"
+    assert V.overall("true", ["inconclusive"]) == "inconclusive"
+    assert V.overall("false", ["true"]) == "false"
+    assert V.overall("inconclusive", ["true"]) == "inconclusive"
 
 
 # --------------------------------------------------------------------------------- qk-layernorm
@@ -166,9 +167,9 @@ def test_qk_layernorm_says_when_the_grid_cannot_show_the_divergence_lr():
 def test_top_trained_lr_counts_a_collapsed_run_as_not_trained():
     g = pd.DataFrame(rows(QK, False))
     g = g[(g["model.d_model"] == 64) & (g["train.seed"] == 0)].copy()
-    assert qk.top_trained_lr(g) == TOP
+    assert P.top_trained_lr(g) == TOP
     g.loc[g["optim.lr"] == TOP, "final_eval_ce"] = 5.5  # not diverged, but barely below ℓ0
-    assert qk.top_trained_lr(g) == 1e-1
+    assert P.top_trained_lr(g) == 1e-1
 
 
 # ------------------------------------------------------------------------------------ warm-up

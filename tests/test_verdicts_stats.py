@@ -12,11 +12,11 @@ import pytest
 from scipy import stats
 
 from sweeps import panels as P
-from sweeps import qk_layernorm as QK
+from sweeps import verdicts as V
 from sweeps import stabilizers as S
 
 TABLES = 2000
-SEEDS = P.MIN_SEEDS
+SEEDS = V.MIN_SEEDS
 # The seed spread (sd over seeds) of a paired LR-sensitivity difference at laptop scale: the
 # archived 2-seed laptop runs' per-size differences spread by 0.01-0.05 nats; the simulations
 # use 0.03 (the rules are scale-free in it: only the ratio effect / spread matters).
@@ -30,7 +30,7 @@ def mc_bound(rate: float) -> float:
 
 def effects(mean: float, n: int = SEEDS, tables: int = TABLES, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
-    return [P.interval(rng.normal(mean, SPREAD, n)) for _ in range(tables)]
+    return [V.interval(rng.normal(mean, SPREAD, n)) for _ in range(tables)]
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
@@ -44,19 +44,19 @@ def test_the_t_interval_holds_the_true_mean_at_its_stated_rate(n):
 
 def test_the_interval_is_the_textbook_t_interval_and_prints_its_method_and_n():
     v = [0.1, 0.3, 0.2]
-    e = P.interval(v)
+    e = V.interval(v)
     half = stats.t.ppf(0.975, 2) * np.std(v, ddof=1) / np.sqrt(3)
     assert (e.mean, e.lo, e.hi, e.n) == pytest.approx((0.2, 0.2 - half, 0.2 + half, 3))
     assert str(e) == f"+0.200 [{0.2 - half:+.3f}, {0.2 + half:+.3f}] (95% t, n=3)"
-    assert str(P.interval([0.1])) == "+0.100 (n=1, no interval)"
-    assert not P.interval([0.5, 0.6]).decided  # 2 seeds: an interval, no verdict
+    assert str(V.interval([0.1])) == "+0.100 (n=1, no interval)"
+    assert not V.interval([0.5, 0.6]).decided  # 2 seeds: an interval, no verdict
 
 
 RULES = {
-    "above 0": lambda e: P.above(e, 0.0),
-    "below 0": lambda e: P.below(e, 0.0),
-    "qk-LN outcome": QK.outcome,
-    "update clipping (above RESOLUTION)": lambda e: P.above(e, P.RESOLUTION),
+    "above 0": lambda e: V.above(e, 0.0),
+    "below 0": lambda e: V.below(e, 0.0),
+    "qk-LN outcome": V.outcome,
+    "update clipping (above RESOLUTION)": lambda e: V.above(e, V.RESOLUTION),
 }
 
 
@@ -71,8 +71,8 @@ def test_under_no_effect_every_size_says_true_or_false_at_most_5_percent():
     """Three sizes, no effect at any: "false" needs one size's Holm interval below 0, "true" all
     three above, so each stays under 2.5%."""
     rng = np.random.default_rng(1)
-    said = pd.Series([P.every_size_verdict(
-        {f"size {i}": P.interval(rng.normal(0.0, SPREAD, SEEDS)) for i in range(3)}, "x")[0]
+    said = pd.Series([V.every_size_verdict(
+        {f"size {i}": V.interval(rng.normal(0.0, SPREAD, SEEDS)) for i in range(3)}, "x")[0]
         for _ in range(TABLES)]).value_counts(normalize=True)
     assert said.get("false", 0) <= mc_bound(0.025), said.to_dict()
     assert said.get("true", 0) <= mc_bound(0.025), said.to_dict()
@@ -82,31 +82,31 @@ def test_without_holms_correction_every_size_would_say_false_too_often():
     """The same null tables read with the uncorrected 95% intervals: "any size below 0" fires
     ~7% of the time (1 − 0.975³), which is why the rule corrects for the number of sizes."""
     rng = np.random.default_rng(1)
-    fired = np.mean([any(P.interval(rng.normal(0.0, SPREAD, SEEDS)).hi < -P.RESOLUTION
+    fired = np.mean([any(V.interval(rng.normal(0.0, SPREAD, SEEDS)).hi < -V.RESOLUTION
                          for _ in range(3)) for _ in range(TABLES)])
     assert fired > 0.05
 
 
 def test_within_says_true_at_most_2_5_percent_when_the_effect_sits_at_the_margin():
     """An equivalence claim's null is an effect at the margin: "true" must stay under 2.5%."""
-    said = [P.within(e, 0.05) for e in effects(0.05)]
+    said = [V.within(e, 0.05) for e in effects(0.05)]
     assert np.mean([s == "true" for s in said]) <= mc_bound(0.025)
 
 
 def test_a_planted_effect_of_twice_the_seed_spread_comes_out_true_as_often_as_t_predicts():
     """With 3 seeds an effect of 2 × the seed spread is found ("true") with the power of a
     one-sided t-test at 2.5% (noncentral t: ~0.32); "false" never."""
-    said = pd.Series([P.above(e, 0.0) for e in effects(2 * SPREAD, seed=2)])
+    said = pd.Series([V.above(e, 0.0) for e in effects(2 * SPREAD, seed=2)])
     power = float(1 - stats.nct.cdf(stats.t.ppf(0.975, SEEDS - 1), SEEDS - 1, 2 * np.sqrt(SEEDS)))
     assert abs((said == "true").mean() - power) <= 3 * np.sqrt(power * (1 - power) / TABLES)
     assert (said == "false").mean() == 0
 
 
-@pytest.mark.parametrize("lo,want", [(P.RESOLUTION * 1.01, "true"),
-                                     (P.RESOLUTION * 0.99, "inconclusive")])
+@pytest.mark.parametrize("lo,want", [(V.RESOLUTION * 1.01, "true"),
+                                     (V.RESOLUTION * 0.99, "inconclusive")])
 def test_every_size_reads_resolution_on_both_sides_of_its_boundary(lo, want):
-    e = P.Effect(0.05, lo, 0.1, 3, 0.01)
-    assert P.every_size_verdict({"a": e, "b": e}, "x")[0] == want
+    e = V.Effect(0.05, lo, 0.1, 3, 0.01)
+    assert V.every_size_verdict({"a": e, "b": e}, "x")[0] == want
 
 
 def test_under_no_effect_the_stabiliser_rules_on_per_seed_tables_stay_under_5_percent():
@@ -159,15 +159,15 @@ def test_an_a_a_comparison_from_real_runs_is_inconclusive(case, tmp_path, corpus
     effects = P.paired_effects(stats, "arm", False, True)
     assert [e.n for e in effects.values()] == [3]
     assert all(abs(e.mean) < 1e-6 for e in effects.values()), effects
-    assert P.every_size_verdict(effects, case)[0] == "inconclusive"
+    assert V.every_size_verdict(effects, case)[0] == "inconclusive"
 
 
 def test_an_interval_keeps_the_seeds_and_values_behind_it_for_effects_csv():
     from sweeps.core import effect_rows, shown
-    e = P.interval(pd.Series({0: 0.1, 1: float("nan"), 2: 0.3, 5: 0.2}))
+    e = V.interval(pd.Series({0: 0.1, 1: float("nan"), 2: 0.3, 5: 0.2}))
     assert (e.n, e.seeds, e.values) == (3, (0, 2, 5), (0.1, 0.3, 0.2))
     assert e.at(0.99).seeds == e.seeds and e.at(0.99).values == e.values
-    measured = {"a": e, "per size": {"0.1M": P.interval([1.0, 2.0])}, "text": "x", "n": 3}
+    measured = {"a": e, "per size": {"0.1M": V.interval([1.0, 2.0])}, "text": "x", "n": 3}
     rows = effect_rows(measured)
     assert rows.to_dict("records") == [
         {"effect": "a", "part": "", "seed": 0, "value": 0.1},
@@ -177,7 +177,7 @@ def test_an_interval_keeps_the_seeds_and_values_behind_it_for_effects_csv():
         {"effect": "per size", "part": "0.1M", "seed": 1, "value": 2.0}]
     text = shown(measured)
     assert text["a"] == str(e) and text["a"].endswith("(95% t, n=3)")
-    assert text["per size"] == {"0.1M": str(P.interval([1.0, 2.0]))} and text["n"] == 3
+    assert text["per size"] == {"0.1M": str(V.interval([1.0, 2.0]))} and text["n"] == 3
 
 
 def test_runs_that_diverge_inside_their_warmup_are_named():

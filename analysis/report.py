@@ -339,14 +339,16 @@ def print_report(rep, report_md: Path) -> None:
     print(f"report: {report_md}")
 
 
-def run_sensitivity(table: pd.DataFrame) -> Dict[str, float]:
-    """LR sensitivity of each finished run's series, by the table's run_dir (what the sweep's
-    W&B record writes into each run's summary)."""
+def run_sensitivity(table: pd.DataFrame,
+                    lr_range: Tuple[float, float] = DEFAULT_LR_RANGE) -> Dict[str, float]:
+    """LR sensitivity over `lr_range` (the sweep's `sweep.lr_range`, as its report.md uses) of
+    each finished run's series, by the table's run_dir (what the sweep's W&B record writes into
+    each run's summary)."""
     done = finished(table)
     if done.empty or done[LR_KEY].nunique() < 2:
         return {}
     keys = series_keys(table)
-    sens = series_table(table)[keys + ["lr_sensitivity"]]
+    sens = series_table(table, lr_range)[keys + ["lr_sensitivity"]]
     merged = done.merge(sens, on=keys, how="inner") if keys else done.assign(
         lr_sensitivity=sens["lr_sensitivity"].iloc[0])
     return {str(r): float(s) for r, s in zip(merged["run_dir"], merged["lr_sensitivity"])

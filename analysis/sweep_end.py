@@ -30,7 +30,7 @@ def after_sweep(sweep_dir: Path) -> None:
     wandb_cfg = OmegaConf.merge(OmegaConf.structured(WandbConfig), cfg.wandb)
     table = table_from_dirs(sweep_dir)
     log_sweep(sweep_dir, cfg.wandb.group or sweep_dir.name, wandb_cfg, table,
-              run_sensitivity(table))
+              run_sensitivity(table, tuple(sw.lr_range)))
 
 
 class SweepEnd(Callback):

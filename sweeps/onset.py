@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 import numpy as np
 import pandas as pd
 
@@ -165,10 +166,14 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
              title="qk-LN effect (95% t interval over seeds)")
     ax_l.set(xscale="log", yscale="log", xlabel="tokens per non-embedding parameter",
              ylabel="max attention logit", title="at the top LR, no qk-LN")
-    ax_l.axhline(1e4, color="grey", lw=0.8, ls=":")
+    ax_l.axhline(1e4, color="grey", lw=0.8, ls=":", label="1e4, the paper's divergence")
     ax_d.set(xscale="log", xlabel="tokens per non-embedding parameter", ylim=(-0.05, 1.05),
              ylabel="share of runs diverged", title="diverged runs over the LR grid")
+    if not (table["diverged_off"].any() or table["diverged_on"].any()):
+        ax_d.text(0.5, 0.5, "no run diverged", ha="center", transform=ax_d.transAxes)
     for ax in (ax_e, ax_l, ax_d):
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.legend(fontsize=8)
     fig.suptitle("Where the instability starts: qk-layernorm off vs on against run length")
     fig.tight_layout()

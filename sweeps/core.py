@@ -409,7 +409,7 @@ def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:
         indent=2, default=_jsonable, ensure_ascii=False) + "\n")
     lines = [f"# {p.result.name} ({p.scale})\n", f"**Claim.** {p.result.claim}\n",
              f"**Verdict: {v.reproduced}.** {v.why}\n", "| statistic | value |", "|---|---|"]
-    lines += [f"| {cell(k)} | {cell(_fmt(val))} |" for k, val in measured.items()]
+    lines += [f"| {cell(k)} | {cell(fmt_value(val))} |" for k, val in measured.items()]
     if spread:
         lines += ["", "Seed spread of LR sensitivity (median over series of its standard deviation "
                   "over seeds): " + ", ".join(f"{k} {s:.4f}" for k, s in spread.items())]
@@ -513,8 +513,8 @@ def training_time(tables: Tables) -> float:
 
 
 def cell(text: str) -> str:
-    """Text for a Markdown table cell ('|log Z|' would split the cell)."""
-    return text.replace("|", "\\|")
+    """Text for a Markdown table cell ('|log Z|' would split the cell, a newline end the row)."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _jsonable(v: Any) -> Any:
@@ -524,13 +524,14 @@ def _jsonable(v: Any) -> Any:
         return str(v)
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
+    """A measured value as report.md and docs/repro.md show it."""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict):  # "; " since an interval's text holds ", "
-        return "; ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+        return "; ".join(f"{k}: {fmt_value(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
-        return ", ".join(_fmt(x) for x in v)
+        return ", ".join(fmt_value(x) for x in v)
     return str(v)
 
 

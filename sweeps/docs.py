@@ -32,7 +32,7 @@ import pandas as pd
 from proxies.cli import run_cli
 from proxies.cost import CPU_FLOPS, GPU_FLOPS, RUN_OVERHEAD_S, fmt_duration, run_flops
 from sweeps import RESULTS
-from sweeps.core import Result, plan
+from sweeps.core import Result, cell, fmt_value, plan
 
 DYNAMICS_RUN_FIGURE = "outliers_over_training.png"  # analysis/dynamics_report/ writes it
 
@@ -193,21 +193,9 @@ def results_section(scale: str, results: Path) -> str:
                 f"non-embedding parameter, {fmt_duration(v['train_s'])} of training. "
                 f"![figure](repro/{name}.png)\n",
                 "| statistic | value |", "|---|---|"]
-        out += [f"| {cell(k)} | {cell(fmt(x))} |" for k, x in v["measured"].items()]
+        out += [f"| {cell(k)} | {cell(fmt_value(x))} |" for k, x in v["measured"].items()]
         out.append("")
     return "\n".join(out).rstrip("\n")
-
-
-def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def fmt(v: Any) -> str:
-    if isinstance(v, dict):
-        return "; ".join(f"{k}: {fmt(x)}" for k, x in v.items())
-    if isinstance(v, list):
-        return ", ".join(fmt(x) for x in v)
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def between(text: str, start: str, end: str, body: str) -> str:

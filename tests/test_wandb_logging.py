@@ -42,7 +42,8 @@ def records(path: Path) -> Iterator[pb.Record]:
 
 
 def offline_runs(directory: Path) -> List[Dict]:
-    """Each offline run under `directory/wandb`: its run record, config, summary and alerts."""
+    """Each offline run under `directory/wandb`, first started first: its run record, config,
+    summary and alerts."""
     out = []
     for f in sorted((directory / "wandb").glob("offline-run-*/run-*.wandb")):
         run, config, summary, alerts = None, {}, {}, []
@@ -61,7 +62,9 @@ def offline_runs(directory: Path) -> List[Dict]:
                 summary.update({i.key or "/".join(i.nested_key): i.value_json
                                 for i in r.history.item})
         out.append({"run": run, "config": config, "summary": summary, "alerts": alerts})
-    return out
+    # in the order they started: W&B names the folder of a run resumed within the same second
+    # `<id>-1`, which sorts before `<id>`
+    return sorted(out, key=lambda r: (r["run"].start_time.seconds, r["run"].start_time.nanos))
 
 
 @pytest.fixture
@@ -89,7 +92,8 @@ def test_an_offline_sweep_names_groups_and_summarises_its_runs_in_wandb(
         assert {"final_eval_ce", "max_attn_logit", "diverged", "grad_rms_median",
                 "update_rms_median"} <= first["summary"].keys()
         # the sweep's end adds each run's series LR sensitivity to its W&B summary
-        assert any("lr_sensitivity" in r["summary"] for r in later)
+        assert any("lr_sensitivity" in r["summary"] for r in later), [
+            (r["run"].start_time.seconds, sorted(r["summary"])) for r in [first, *later]]
     (sweep_run,) = offline_runs(out)
     assert sweep_run["run"].job_type == "sweep" and sweep_run["run"].run_group == out.name
     assert "results/_type" in sweep_run["summary"]  # the results table (a wandb.Table)

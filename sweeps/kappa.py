@@ -54,6 +54,11 @@ NEAR = 10 ** 0.5
 # "Far": FAR× or more away, a decade: a κ the paper's own grid would place at the other
 # landmark or beyond. Between NEAR and FAR the rule says inconclusive.
 FAR = 10.0
+# The reference loss: the best κ (mean over seeds) among those a decade or more below the
+# paper's onset, which its claim leaves undegraded. Fixed to that set before any data, so
+# the κ beyond it are all compared with it (an argmin over the whole grid would leave
+# untested every κ below a best κ that noise placed at 3e3).
+SAFE = PAPER_ONSET / FAR
 
 
 def parts(s: ScaleSpec) -> List[Part]:
@@ -94,14 +99,16 @@ def paired(a: pd.Series, b: pd.Series) -> V.Effect:
     return V.interval((a[seeds] - b[seeds]).astype(float))
 
 
-def state(e: V.Effect, tol: float) -> str:
-    """'above' / 'below' when the interval lies wholly above / below `tol`, else 'unsure'
-    (always with one seed: no interval)."""
-    if e.decided and e.lo > tol:
+def state(e: V.Effect, tol: float, tested: int) -> str:
+    """'above' when the interval lies wholly above `tol` at Bonferroni's level for the `tested`
+    κ searched for the first one above (any one of them would do: `tested` chances), 'below'
+    when the 95% interval lies wholly below it (read as "every κ before"), else 'unsure'
+    (always with fewer than MIN_SEEDS seeds)."""
+    if not e.decided:
+        return "unsure"
+    if e.at(1 - (1 - e.confidence) / max(tested, 1)).lo > tol:
         return "above"
-    if e.decided and e.hi < tol:
-        return "below"
-    return "unsure"
+    return "below" if e.hi < tol else "unsure"
 
 
 def bracket(kappas: List[float], states: List[str]) -> Tuple[float, float]:
@@ -130,16 +137,17 @@ def statistics(t: Tables) -> Dict[str, Any]:
     """Per κ the degradation and bigram effects (paired by seed), their states and brackets."""
     lt = loss_table(t["kappa"])
     kappas = [float(k) for k in lt.columns]
-    ref = float(lt.mean().idxmin()) if len(kappas) else np.nan
+    safe = [k for k in kappas if k <= SAFE]
+    ref = float(lt[safe].mean().idxmin()) if safe else np.nan
     above = [k for k in kappas if k > ref]
     degr = {k: paired(lt[k], lt[ref]) for k in above}
     big = bigram_losses(t["bigram"])
     worse = {k: paired(lt[k], big) for k in kappas} if len(big) else {}
     return {"losses": lt, "kappas": kappas, "ref": ref, "bigram": big, "degradation": degr,
             "worse": worse,
-            "onset": bracket(above, [state(degr[k], DEGRADED) for k in above]),
-            "cross": bracket(kappas, [state(e, 0.0) for e in worse.values()]) if worse
-            else (np.nan, np.nan),
+            "onset": bracket(above, [state(degr[k], DEGRADED, len(degr)) for k in above]),
+            "cross": bracket(kappas, [state(e, 0.0, len(worse)) for e in worse.values()])
+            if worse else (np.nan, np.nan),
             "seeds": int(lt.shape[0])}
 
 
@@ -153,19 +161,23 @@ def fmt_bracket(b: Tuple[float, float]) -> str:
 
 
 def decide(st: Dict[str, Any]) -> Tuple[Reproduced, str]:
-    """The rule, fixed before any data: with two seeds or more and a bigram bar,
+    """The rule, fixed before any data: with MIN_SEEDS seeds or more, a bigram bar and a κ
+    ≤ SAFE to measure degradation from,
     true: the degradation onset's bracket lies within NEAR× of 1e3 and the bigram crossing's
       within NEAR× of 1e4;
     false: either lies FAR× or more away (degraded by 1e2 or only from 1e4 on, never degraded
       with κ up to 1e4; worse than bigram by 1e3 or not before 1e5);
-    inconclusive otherwise (a bracket that spans the bands, a grid too short, one seed)."""
+    inconclusive otherwise (a bracket that spans the bands, a grid too short, too few seeds).
+    A bracket's 'above' end is Bonferroni-corrected for the κ searched (`state`)."""
     if len(st["kappas"]) < 2:
         return "inconclusive", "fewer than two κ values finished"
+    if not np.isfinite(st["ref"]):
+        return "inconclusive", f"no κ ≤ {SAFE:g} finished to measure degradation from"
     kmax = max(st["kappas"])
     shown = (f"onset (loss > best + {DEGRADED} nats) at κ {fmt_bracket(st['onset'])}, worse "
              f"than bigram at κ {fmt_bracket(st['cross'])}")
-    if st["seeds"] < 2:
-        return "inconclusive", f"one seed gives no interval: {shown}"
+    if st["seeds"] < V.MIN_SEEDS:
+        return "inconclusive", f"{st['seeds']} seed(s); a verdict needs {V.MIN_SEEDS}: {shown}"
     if not len(st["bigram"]):
         return "inconclusive", f"the bigram runs have not finished: {shown}"
     onset_far = far(st["onset"], PAPER_ONSET, kmax)

@@ -250,6 +250,18 @@ def test_kappa_inconclusive_when_seeds_disagree_or_one_seed():
     assert KA.judge(kappa_tables(PAPER_LIKE, seeds=1), SPEC)[0] == "inconclusive"
 
 
+def test_kappa_measures_degradation_from_the_best_kappa_the_claim_leaves_undegraded():
+    """The reference is the best κ ≤ 1e2 (a decade below the paper's onset), whatever κ is best
+    overall: a grid whose lowest loss sits at 3e3 by chance still tests every κ above 1e2
+    against the reference, and a grid without κ ≤ 1e2 gives no verdict."""
+    dip = {**{k: 2.5 for k in KAPPAS}, 10.0: 2.45, 3e3: 2.3}
+    st = KA.statistics(kappa_tables(dip))
+    assert st["ref"] == 10.0 and sorted(st["degradation"]) == KAPPAS[2:]
+    high = {k: v for k, v in PAPER_LIKE.items() if k > KA.SAFE}
+    reproduced, why, _ = KA.judge(kappa_tables(high), SPEC)
+    assert reproduced == "inconclusive" and "no κ ≤ 100" in why
+
+
 def test_kappa_bands_of_the_two_landmarks_do_not_overlap():
     assert KA.PAPER_ONSET * KA.NEAR <= KA.PAPER_CROSS / KA.NEAR * (1 + 1e-9)
     assert KA.near((3e3, 3e3), 1e3) and not KA.near((3e3, 3e3), 1e4)

@@ -20,6 +20,7 @@ from proxies.optim import adamw, hparams_from_config, qk_clip
 from proxies.step import head_max_logits_by_layer, init_state, loss_and_aux, make_train_step
 from proxies.train import train, train_group
 from sweeps import stabilizers as S
+from sweeps.verdicts import interval
 from tests.conftest import assert_same_records, records
 
 V, L = 64, 16
@@ -404,17 +405,42 @@ def per_seed_table(**by_setting) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# A grid fine enough that its rounding (steps of 0.01 decades) decides nothing below.
+FINE = 10 ** np.arange(-2.0, 0.0 + 1e-9, 0.01)
+
+
 def test_softcap_lr_claim_needs_1_5x_in_every_seed_and_room_on_the_grid():
     ps = lambda capped: per_seed_table(  # noqa: E731
         qk_layernorm={"top_trained_lr": [0.3] * len(capped)},
         **{"attn_softcap+qk_layernorm": {"top_trained_lr": capped}})
-    assert S.judge_softcap_lr(ps([0.6, 0.6, 0.6]), 1.0)[0] == "true"  # 2x
-    assert S.judge_softcap_lr(ps([0.3, 0.33, 0.3]), 1.0)[0] == "false"  # 1x, 1.1x
-    assert S.judge_softcap_lr(ps([0.6, 0.378, 0.6]), 1.0)[0] == "inconclusive"  # seeds disagree
-    assert S.judge_softcap_lr(ps([0.6, 0.6]), 1.0)[0] == "inconclusive"  # 2 seeds: no verdict
+    assert S.judge_softcap_lr(ps([0.6, 0.6, 0.6]), FINE)[0] == "true"  # 2x
+    assert S.judge_softcap_lr(ps([0.3, 0.33, 0.3]), FINE)[0] == "false"  # 1x, 1.1x
+    assert S.judge_softcap_lr(ps([0.6, 0.378, 0.6]), FINE)[0] == "inconclusive"  # seeds disagree
+    assert S.judge_softcap_lr(ps([0.6, 0.6]), FINE)[0] == "inconclusive"  # 2 seeds: no verdict
     censored = per_seed_table(qk_layernorm={"top_trained_lr": [1.0, 0.6, 0.6]},
                               **{"attn_softcap+qk_layernorm": {"top_trained_lr": [1.0] * 3}})
-    assert S.judge_softcap_lr(censored, 1.0)[0] == "inconclusive"
+    assert S.judge_softcap_lr(censored, FINE)[0] == "inconclusive"
+
+
+def test_softcap_lr_claim_is_no_surer_than_the_lr_grid_resolves():
+    """Three seeds on the same grid LRs have no spread, yet each edge is known only to its grid
+    step: on a half-decade grid (0.3, 1, 3, ...), soft-cap one step above qk-LN (3.3×, each
+    seed) is inconclusive, as the true ratio may be anywhere from ~1 to ~10; two steps above
+    (10×) is "true"; "false" (at Bonferroni's level for the four claims) takes two steps below.
+    The floor is the rounding's sd: a uniform error of one step on each arm, √(2/12) steps."""
+    half = np.array([0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+    ps = lambda capped: per_seed_table(  # noqa: E731
+        qk_layernorm={"top_trained_lr": [0.3] * 3},
+        **{"attn_softcap+qk_layernorm": {"top_trained_lr": [capped] * 3}})
+    assert S.judge_softcap_lr(ps(1.0), FINE * 100)[0] == "true"  # a fine grid: 3.3× is sure
+    assert S.judge_softcap_lr(ps(1.0), half)[0] == "inconclusive"
+    assert S.judge_softcap_lr(ps(3.0), half)[0] == "true"
+    assert S.judge_softcap_lr(ps(0.1), half)[0] == "inconclusive"
+    assert S.judge_softcap_lr(ps(0.03), half)[0] == "false"
+    e = S.rounding_floor(interval([0.5, 0.5, 0.5]), np.full(6, 0.5))
+    assert e.sd == pytest.approx(0.5 * np.sqrt(2 / 12)) and e.lo < e.mean < e.hi
+    spread = interval([0.2, 0.9, 1.6])  # seeds that differ more than the rounding keep theirs
+    assert S.rounding_floor(spread, np.full(6, 0.5)) == spread
 
 
 def test_qk_clip_claim_needs_logits_held_a_small_cost_and_something_to_clip():
@@ -519,7 +545,8 @@ def test_each_stabiliser_threshold_decides_on_both_sides_of_its_boundary():
     def softcap(capped: float) -> str:
         return S.judge_softcap_lr(per_seed_table(
             qk_layernorm={"top_trained_lr": [0.2] * 3},
-            **{"attn_softcap+qk_layernorm": {"top_trained_lr": [capped] * 3}}), 1.0)[0]
+            **{"attn_softcap+qk_layernorm": {"top_trained_lr": [capped] * 3}}),
+            np.linspace(0.1, 1.0, 10_000))[0]  # steps of ~1e-4 decades: no rounding
     assert (softcap(0.2 * 1.5 * 1.01), softcap(0.2 * 1.5 * 0.99)) == (
         "true", "false")
 

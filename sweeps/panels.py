@@ -120,6 +120,23 @@ def top_trained_lr(g: pd.DataFrame) -> float:
     return float(lrs.max()) if len(lrs) else float("nan")
 
 
+def step_above(lr: float, grid: Sequence[float]) -> float:
+    """Decades from `lr` to the next LR of the grid (at the top, the step below it): how far
+    the true edge may lie above a grid's "highest LR that trains"."""
+    grid = np.unique(np.asarray(grid, float))
+    if len(grid) < 2:
+        return 0.0
+    i = min(int(np.searchsorted(grid, lr * (1 - 1e-9))), len(grid) - 2)
+    return float(np.log10(grid[i + 1] / grid[i]))
+
+
+def rounding_sd(lrs: Sequence[float], grid: Sequence[float]) -> float:
+    """The sd (decades) of a grid LR's rounding error, each known only to its step above:
+    uniform over the step, variance step²/12, averaged over `lrs` (NaN ones dropped)."""
+    steps = [step_above(x, grid) for x in np.asarray(lrs, float) if np.isfinite(x)]
+    return float(np.sqrt(np.mean(np.square(steps)) / 12)) if steps else 0.0
+
+
 def colours(values: Sequence[Any], cmap: str = "viridis") -> Dict[Any, Any]:
     """Ordered values -> colours along a sequential map (small to large)."""
     values = sorted(set(values))

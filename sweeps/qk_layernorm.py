@@ -65,14 +65,24 @@ def top_trained_lrs(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["n_params_nonembed", P.SEED], ignore_index=True)
 
 
+def slope_rounding_sd(top: pd.DataFrame, off: pd.DataFrame) -> float:
+    """The sd a least-squares slope of grid-rounded log10 LRs over log10 params has from the
+    rounding alone (`P.rounding_sd` / √Σ(x − x̄)²): its seeds' floor, so that seeds landing on
+    the same grid LRs at every size do not make the slope exact."""
+    x = np.log10(top["n_params_nonembed"].unique().astype(float))
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    return P.rounding_sd(top["top_lr"], off[LR_KEY].unique()) / np.sqrt(sxx) if sxx > 0 else 0.0
+
+
 def judge_top_lr(off: pd.DataFrame) -> Tuple[Reproduced, str, V.Effect, Dict[str, float]]:
     """(a): the slope of log10(highest LR that trains) per decade of params, without qk-LN,
-    per seed; the claim is a negative slope. Censored grids say so: when every size trains at
-    the grid's highest LR the grid cannot show where divergence starts."""
+    per seed, its seeds' sd at least the LR grid's rounding (`slope_rounding_sd`); the claim is a
+    negative slope. Censored grids say so: when every size trains at the grid's highest LR the
+    grid cannot show where divergence starts."""
     top = top_trained_lrs(off)
     by_size = {P.size_label(n): float(f"{10 ** g['log10_top_lr'].mean():.3g}")
                for n, g in top.groupby("n_params_nonembed", sort=True)}
-    slope = P.trend_effect(top, "log10_top_lr")
+    slope = V.with_sd_floor(P.trend_effect(top, "log10_top_lr"), slope_rounding_sd(top, off))
     grid_top = float(off[LR_KEY].max())
     if len(top) and (top["top_lr"] >= grid_top).all():
         return "inconclusive", (f"without qk-LN every size trains at the grid's highest LR "

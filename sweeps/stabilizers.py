@@ -40,7 +40,6 @@ combination's LR sensitivity lies below qk-layernorm's alone.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any, Dict, List, Tuple
 
 import matplotlib.pyplot as plt
@@ -260,41 +259,21 @@ def _geo(v: pd.Series) -> float:
 
 # ------------------------------------------------------------------------------ the claims
 
-def step_above(lr: float, grid: np.ndarray) -> float:
-    """Decades from `lr` to the next LR of the sorted `grid` (at the top, the step below it):
-    where a grid's "highest LR that trains" leaves the true edge."""
-    if len(grid) < 2:
-        return 0.0
-    i = min(int(np.searchsorted(grid, lr * (1 - 1e-9))), len(grid) - 2)
-    return float(np.log10(grid[i + 1] / grid[i]))
-
-
-def rounding_floor(e: V.Effect, steps: np.ndarray) -> V.Effect:
-    """`e` (a paired difference of log10 grid LRs) with its seeds' sd floored at the grid's own
-    rounding: each value is known to within its step above (uniform, variance step²/12), so a
-    difference of two has variance (step_a² + step_b²)/12; `steps` holds both arms' steps, all
-    seeds. Without the floor, three seeds on the same grid LRs give an interval of zero width."""
-    floor = float(np.sqrt(2 * np.mean(np.square(steps)) / 12)) if len(steps) else 0.0
-    if not np.isfinite(e.sd) or e.sd >= floor:
-        return e
-    return replace(V.t_interval_from(e.mean, floor, e.n, e.confidence), values=e.values,
-                   seeds=e.seeds)
-
-
 def judge_softcap_lr(ps: pd.DataFrame, grid: Any) -> Tuple[Reproduced, str]:
     """(1): log10 of the highest-LR-that-trains ratio, qk-LN + soft-cap over qk-LN, per seed,
-    against log10(1.5), its interval at least as wide as the LR `grid`'s rounding
-    (`rounding_floor`)."""
+    against log10(1.5), its seeds' sd at least the LR `grid`'s rounding (`P.rounding_sd`:
+    without it, three seeds on the same grid LRs give an interval of zero width)."""
     grid = np.unique(np.asarray(grid, float))
     grid_top = float(grid.max())
     alone = ps[ps[SETTING] == "qk_layernorm"]["top_trained_lr"]
     if len(alone) and (alone >= grid_top).any():
         return "inconclusive", (f"qk-LN alone trains at the grid's top LR {grid_top:g}: the grid "
                                 "cannot show 1.5× above it")
+    # a difference of two grid-rounded values: the rounding's variance twice
     arms = ps[ps[SETTING].isin(["attn_softcap+qk_layernorm", "qk_layernorm"])]["top_trained_lr"]
-    steps = np.array([step_above(x, grid) for x in arms.dropna()])
-    e = rounding_floor(paired(ps, "attn_softcap+qk_layernorm", "qk_layernorm", "top_trained_lr",
-                              lambda x, y: math.log10(x / y)), steps)
+    e = V.with_sd_floor(paired(ps, "attn_softcap+qk_layernorm", "qk_layernorm", "top_trained_lr",
+                               lambda x, y: math.log10(x / y)),
+                        math.sqrt(2) * P.rounding_sd(arms, grid))
     r = V.above(e, math.log10(LR_FACTOR) - 1e-9, parts=CLAIMS)
     ratio = 10 ** e.mean if np.isfinite(e.mean) else float("nan")
     return r, (f"qk-LN + soft-cap's highest LR that trains is {ratio:.2g}× qk-LN's "

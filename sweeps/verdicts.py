@@ -69,6 +69,16 @@ class Effect:
                 f"({self.confidence:.0%} t, n={self.n})")
 
 
+def with_sd_floor(e: Effect, floor: float) -> Effect:
+    """`e` with its seeds' sd raised to `floor` where it is smaller: for statistics of values
+    read off a grid (an LR grid), which carry at least the grid's rounding error even when
+    every seed lands on the same grid point (their sd then 0, an interval of zero width)."""
+    if not np.isfinite(e.sd) or e.sd >= floor:
+        return e
+    return replace(t_interval_from(e.mean, floor, e.n, e.confidence), values=e.values,
+                   seeds=e.seeds)
+
+
 def t_interval_from(mean: float, sd: float, n: int, confidence: float = CONFIDENCE) -> Effect:
     if n < 2 or not np.isfinite(sd):
         return Effect(mean, float("nan"), float("nan"), n, sd, confidence)

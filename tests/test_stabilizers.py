@@ -20,7 +20,8 @@ from proxies.optim import adamw, hparams_from_config, qk_clip
 from proxies.step import head_max_logits_by_layer, init_state, loss_and_aux, make_train_step
 from proxies.train import train, train_group
 from sweeps import stabilizers as S
-from sweeps.verdicts import interval
+from sweeps import panels as P
+from sweeps.verdicts import interval, with_sd_floor
 from tests.conftest import assert_same_records, records
 
 V, L = 64, 16
@@ -437,10 +438,11 @@ def test_softcap_lr_claim_is_no_surer_than_the_lr_grid_resolves():
     assert S.judge_softcap_lr(ps(3.0), half)[0] == "true"
     assert S.judge_softcap_lr(ps(0.1), half)[0] == "inconclusive"
     assert S.judge_softcap_lr(ps(0.03), half)[0] == "false"
-    e = S.rounding_floor(interval([0.5, 0.5, 0.5]), np.full(6, 0.5))
-    assert e.sd == pytest.approx(0.5 * np.sqrt(2 / 12)) and e.lo < e.mean < e.hi
+    assert P.rounding_sd([0.3, 1.0], half) == pytest.approx(0.5 * np.sqrt(1 / 12), abs=0.02)
+    e = with_sd_floor(interval([0.5, 0.5, 0.5]), 0.2)
+    assert e.sd == 0.2 and e.lo < e.mean < e.hi
     spread = interval([0.2, 0.9, 1.6])  # seeds that differ more than the rounding keep theirs
-    assert S.rounding_floor(spread, np.full(6, 0.5)) == spread
+    assert with_sd_floor(spread, 0.2) == spread
 
 
 def test_qk_clip_claim_needs_logits_held_a_small_cost_and_something_to_clip():

@@ -35,6 +35,7 @@ from sweeps import RESULTS
 from sweeps.core import Result, cell, fmt_value, plan
 
 DYNAMICS_RUN_FIGURE = "outliers_over_training.png"  # analysis/dynamics_report/ writes it
+CLAIMED = ("onset",) + RESULTS  # the rows, in order: the onset study says what a scale can show
 
 
 def parse(argv: Sequence[str]) -> Tuple[str, Path, Path]:
@@ -59,7 +60,7 @@ def figure_copies(scale: str, root: Path, out: Path) -> List[Tuple[Path, Path]]:
     """(source, destination) of every figure the docs show."""
     repro = root / "repro"
     pairs = [(repro / f"{name}-{scale}" / "figure.png", out / "repro" / f"{name}.png")
-             for name in RESULTS]
+             for name in CLAIMED]
     dyn = repro / f"dynamics-{scale}"
     pairs.append((dyn / "figure.png", out / "dynamics" / "r_by_recipe.png"))
     gelu = gelu_run(dyn)
@@ -87,7 +88,6 @@ def gelu_run(dyn: Path) -> Optional[Path]:
 
 RESULTS_DIR = Path("results")
 KEPT = ("verdict.json", "effects.csv", "report.md")  # what results/<scale>/<result>/ keeps
-CLAIMED = ("onset",) + RESULTS  # the rows, in order: the onset study says what a scale can show
 CLAIMS_START = "<!-- claims: written by `python -m sweeps.docs` from results/; do not edit -->"
 CLAIMS_END = "<!-- end of claims -->"
 RESULTS_START = "<!-- results: written by `python -m sweeps.docs` from results/; do not edit -->"

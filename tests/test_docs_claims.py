@@ -72,3 +72,12 @@ def test_keep_results_copies_the_small_files_of_each_result_dir(tmp_path):
     assert D.keep_results("laptop", tmp_path / "runs", tmp_path / "results") == ["z_loss"]
     kept = sorted(p.name for p in (tmp_path / "results" / "laptop" / "z_loss").iterdir())
     assert kept == ["effects.csv", "report.md", "verdict.json"]
+
+
+def test_every_claimed_result_has_its_figure_shown(tmp_path):
+    """Each row of the claims table (the onset study included) has its figure copied into
+    docs/repro/ beside the results the docs link to."""
+    pairs = dict(D.figure_copies("laptop", tmp_path / "runs", tmp_path / "docs"))
+    for name in D.CLAIMED:
+        src = tmp_path / "runs" / "repro" / f"{name}-laptop" / "figure.png"
+        assert pairs[src] == tmp_path / "docs" / "repro" / f"{name}.png"

@@ -317,3 +317,85 @@ def test_helpers():
          "| 1 |\n\n## Figures\n\n![x](x.png)\n"
     sec = D.report_md_sections(md)
     assert set(sec) == {"notes", "sensitivity"} and "| 1 |" in sec["sensitivity"]
+
+
+class FakeGraphQL:
+    """`wandb.Api()` as wandb-workspaces' save() uses it, with no network: the project list, the
+    report list, and a GraphQL transport that records each query and its variables, gives a
+    project's internal id, answers an upsert with the view it was sent, and finds no saved
+    workspace view."""
+
+    default_entity = "me"
+    sent: list = []
+
+    def __init__(self, *args, **kwargs):
+        self._service_api = self  # the SDK's GraphQL transport, as wandb-workspaces finds it
+
+    app_url = "https://wandb.test"
+
+    def projects(self, entity):
+        return [type("P", (), {"name": "p"})()]
+
+    def reports(self, path):
+        return []
+
+    def execute_graphql(self, query, variables=None):
+        variables = dict(variables or {})
+        FakeGraphQL.sent.append((query, variables))
+        if "upsertView" in query:
+            return {"upsertView": {"inserted": True, "view": {
+                "id": f"id-{len(FakeGraphQL.sent)}", "name": variables.get("name") or "v",
+                "displayName": variables.get("displayName", ""),
+                "description": variables.get("description", ""),
+                "project": {"name": variables["projectName"],
+                            "entityName": variables["entityName"]},
+                "spec": variables["spec"]}}}
+        if "internalId" in query:  # a run set names its project by W&B's id for it
+            return {"project": {"internalId": f"{variables['entityName']}/"
+                                              f"{variables['projectName']}-id"}}
+        return {"project": {"allViews": {"edges": []}}}  # no saved workspace view
+
+
+def test_saving_sends_the_planned_report_and_workspace_through_wandb_graphql(
+        tmp_path, monkeypatch, capsys):
+    """The save path itself, with only `wandb.Api` faked (as wandb-workspaces tests its own):
+    the report's upsertView carries every planned panel, grid by grid, each run set filtered
+    to the sweep's group and runs with the sweep-level record left out and its setting's config
+    values; the workspace's carries a section per metric family with its panels and the same
+    binding. Dropping a panel or changing a filter changes what is sent."""
+    import wandb
+    from analysis.dashboard.reports import report_plan
+    from analysis.dashboard.workspaces import workspace_plan
+    sweep = tmp_path / "runs" / "lr_sens-0123abcd"
+    fake_sweep(sweep, tmp_path / "runs")
+    FakeGraphQL.sent = []
+    monkeypatch.setattr(D.cli, "logged_in", lambda: True)
+    monkeypatch.setattr(wandb, "Api", FakeGraphQL)
+    D.main([str(sweep), "--project", "p", "--workspace"])
+    upserts = [json.loads(v["spec"]) | {"_vars": v} for q, v in FakeGraphQL.sent
+               if "upsertView" in q]
+    report, workspace = upserts
+    assert report["_vars"]["type"] == "runs" and report["_vars"]["entityName"] == "me"
+    plan, views = report_plan(sweep)
+    grids = [b for b in report["blocks"] if b["type"] == "panel-grid"]
+    planned = [g for s in plan.sections for g in s.grids]
+    assert len(grids) == len(planned)
+    for block, g in zip(grids, planned):
+        panels = block["metadata"]["panelBankSectionConfig"]["panels"]
+        assert [p["config"].get("chartTitle") or p["config"].get("title") for p in panels] == [
+            p["title"] for p in g.panels]
+        (rs,) = block["metadata"]["runSets"]
+        text = json.dumps(rs["filters"])
+        assert f'"value": "{g.group}"' in text
+        assert '"name": "jobType"}, "op": "!=", "value": "sweep"' in text
+        for key, value in g.where.items():
+            assert key in text and json.dumps(value) in text
+    assert workspace["_vars"]["type"] == "project-view"
+    wplan = workspace_plan(views[0].group, views)
+    sections = workspace["section"]["panelBankConfig"]["sections"]
+    assert [s["name"] for s in sections] == list(wplan.sections)
+    assert [len(s["panels"]) for s in sections] == [len(p) for p in wplan.sections.values()]
+    ws_filters = json.dumps(workspace["section"]["runSets"][0]["filters"])
+    assert '"value": "lr_sens-0123abcd"' in ws_filters
+    out = capsys.readouterr().out
+    assert "report: https://wandb.test/me/p/reports/" in out and "workspace: https://" in out

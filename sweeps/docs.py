@@ -5,6 +5,7 @@ directories a `sweeps.<result>` / `sweeps.all` / `sweeps.dynamics` run wrote, ne
     (paths under --repo, the repository's root by default)
     results/<scale>/<result>/                 verdict.json, effects.csv, report.md of
                                               <root>/repro/<result>-<scale>/ (committed: small)
+                                              and records.tar.gz, its run records (`RECORDS`)
     README.md, between CLAIMS_START/END       one row per result, from results/<scale>/
     docs/repro.md, between RESULTS_START/END  each verdict with its numbers, from the same
 
@@ -20,10 +21,13 @@ committed README or docs/repro.md differ from what results/ renders.
 from __future__ import annotations
 
 import functools
+import gzip
 import importlib
+import io
 import json
 import shutil
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -99,7 +103,8 @@ def result_module(name: str) -> Result:
 
 
 def keep_results(scale: str, root: Path, results: Path) -> List[str]:
-    """Copy each result directory's KEPT files to results/<scale>/<result>/; the names kept."""
+    """Copy each result directory's KEPT files to results/<scale>/<result>/, with RECORDS (its
+    run records); the names kept."""
     kept = []
     for name in CLAIMED:
         src = root / "repro" / f"{name}-{scale}"
@@ -110,8 +115,49 @@ def keep_results(scale: str, root: Path, results: Path) -> List[str]:
         for f in KEPT:
             if (src / f).exists():
                 shutil.copyfile(src / f, dst / f)
+        write_archive(record_paths(src, root), root, dst / RECORDS)
         kept.append(name)
     return kept
+
+
+# ------------------------------------------------------------------ the run records, archived
+# Each result's records in one archive that depends on their bytes alone (sorted names, fixed
+# mtimes and owners, no name or time in the gzip header): an unchanged result writes the same
+# bytes, so git stores it once. Its names start with runs/, the default sweep root and run
+# store: `tar xzf records.tar.gz` in an empty directory, then `python -m sweeps.<result>
+# scale=<scale>` there judges the records again without training.
+
+RECORDS = "records.tar.gz"
+ARCHIVE_ROOT = Path("runs")
+PART_FILES = ("sweep.yaml", "results.csv", "runs.json")
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "events.jsonl")
+
+
+def record_paths(result_dir: Path, root: Path) -> List[Path]:
+    """The files behind a result, relative to the sweep root: its plan, each part's sweep
+    record and table, and the records (not checkpoints) of every run its tables name."""
+    top = root.resolve()
+    found = {result_dir / "plan.json"}
+    for part in (p for p in result_dir.iterdir() if (p / "results.csv").exists()):
+        found.update(part / f for f in PART_FILES)
+        for run_dir in pd.read_csv(part / "results.csv")["run_dir"].dropna():
+            found.update((part / run_dir).resolve() / f for f in RUN_FILES)
+    return sorted(p.resolve().relative_to(top) for p in found if p.exists())
+
+
+def write_archive(paths: Sequence[Path], root: Path, out: Path) -> None:
+    """`paths` (relative to `root`) as a gzipped tar under ARCHIVE_ROOT/, whose bytes depend
+    only on theirs."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for rel in paths:
+            data = (root / rel).read_bytes()
+            info = tarfile.TarInfo((ARCHIVE_ROOT / rel).as_posix())
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    packed = gzip.compress(buf.getvalue(), compresslevel=9, mtime=0)
+    if not out.exists() or out.read_bytes() != packed:
+        out.write_bytes(packed)
 
 
 def read_verdict(results: Path, scale: str, name: str) -> Optional[Dict[str, Any]]:

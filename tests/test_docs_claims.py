@@ -4,6 +4,7 @@ from results/<scale>/*/verdict.json: a test fails when the committed text is sta
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_keep_results_copies_the_small_files_of_each_result_dir(tmp_path):
         (src / f).write_text(f)
     assert D.keep_results("laptop", tmp_path / "runs", tmp_path / "results") == ["z_loss"]
     kept = sorted(p.name for p in (tmp_path / "results" / "laptop" / "z_loss").iterdir())
-    assert kept == ["effects.csv", "report.md", "verdict.json"]
+    assert kept == ["effects.csv", "records.tar.gz", "report.md", "verdict.json"]
 
 
 def test_every_claimed_result_has_its_figure_shown(tmp_path):
@@ -81,3 +82,38 @@ def test_every_claimed_result_has_its_figure_shown(tmp_path):
     for name in D.CLAIMED:
         src = tmp_path / "runs" / "repro" / f"{name}-laptop" / "figure.png"
         assert pairs[src] == tmp_path / "docs" / "repro" / f"{name}.png"
+
+
+def test_a_results_records_archive_is_byte_identical_when_nothing_changed(tmp_path):
+    """records.tar.gz holds the plan, each part's sweep record and table, and the records (not
+    the checkpoints) of every run the tables name, under runs/; written again from unchanged
+    records it has the same bytes (so git keeps one copy), and a changed record changes it."""
+    import tarfile
+    root = tmp_path / "runs"
+    result = root / "repro" / "z_loss-laptop"
+    part = result / "main"
+    part.mkdir(parents=True)
+    (result / "verdict.json").write_text("{}")
+    (result / "plan.json").write_text("{}")
+    (part / "sweep.yaml").write_text("sweep: {}\n")
+    (part / "results.csv").write_text("run_dir,final_eval_ce\n../../../r1,2.0\n")
+    run = root / "r1"
+    (run / "checkpoints").mkdir(parents=True)
+    for f in ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints/state"):
+        (run / f).write_text(f)
+    out = tmp_path / "results"
+    D.keep_results("laptop", root, out)
+    archive = out / "laptop" / "z_loss" / D.RECORDS
+    first = archive.read_bytes()
+    with tarfile.open(archive) as tar:
+        assert tar.getnames() == ["runs/r1/config.yaml", "runs/r1/metrics.jsonl",
+                                  "runs/r1/summary.json", "runs/repro/z_loss-laptop/main/results.csv",
+                                  "runs/repro/z_loss-laptop/main/sweep.yaml",
+                                  "runs/repro/z_loss-laptop/plan.json"]
+        assert {m.mtime for m in tar.getmembers()} == {0}
+    os.utime(run / "metrics.jsonl", (1e9, 1e9))  # touched, not changed
+    D.keep_results("laptop", root, out)
+    assert archive.read_bytes() == first
+    (run / "metrics.jsonl").write_text("changed")
+    D.keep_results("laptop", root, out)
+    assert archive.read_bytes() != first

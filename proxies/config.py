@@ -244,6 +244,12 @@ class OptimConfig:
     update_clip: bool = added(False)
 
 
+# The optimizer's scalar hyperparameters: arguments of the compiled train step
+# (optim.hparams_from_config), so runs that differ only in them share one step (naming.group_key).
+HPARAM_KEYS = ("lr", "min_lr", "warmup_steps", "weight_decay", "eps", "b1", "b2", "grad_clip",
+               "z_loss")
+
+
 @dataclass
 class DataConfig:
     # stdlib (embedded default: CPython's own sources) | text | tokens | hf

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from proxies.config import (LR_KEY, DataSource, PosEmb, nonembed_params, series_of,
                             unhandled)
-from proxies.launch import GridPoint
+from proxies.naming import GridPoint
 from proxies.rundir import run_finished
 
 

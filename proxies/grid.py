@@ -15,10 +15,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from proxies.config import (LR_KEY, SEED_KEY, Config, ConfigError, config_hash, to_plain,
                             validate)
-from proxies.launch import GridPoint
+from proxies.naming import GridPoint, run_name
 from proxies.rundir import atomic_write_text
 from proxies.tracking import series_name
-from proxies.train import run_name
 
 
 _MISSING = object()

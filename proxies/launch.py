@@ -34,24 +34,19 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from proxies.cli import Failed
 from proxies.config import Choice, Config, ConfigError, choice_message, to_plain, unhandled
+from proxies.naming import GridPoint
 from proxies.rundir import atomic_write_text, run_finished
 from proxies.stopping import StopRequest, Stopped, stop_requests
 
 JOBS = "jobs"  # <sweep_dir>/jobs/<group id>.json (spec) and <group id>.error (why it failed)
 POLL_S = 1.0  # how often the coordinator looks at its jobs (and at signals)
 STOP_GRACE_S = 120.0  # how long stopped CoreWorkers get to save their runs' steps
-
-
-class GridPoint(NamedTuple):
-    """One run of a sweep: the values it sweeps (by dotted key) and its full run config."""
-    swept: Dict[str, Any]
-    run: DictConfig
 
 
 OnDone = Callable[[List[GridPoint], Optional[str]], None]  # a finished job's group and its error

@@ -17,13 +17,11 @@ import jax.numpy as jnp
 import optax
 from omegaconf import DictConfig
 
-from proxies.config import (InjectKind, ModelConfig, NormPlacement, Parametrization, Schedule,
-                            divergence_patience, mlp_hidden, unhandled)
+from proxies.config import (HPARAM_KEYS, InjectKind, ModelConfig, NormPlacement, Parametrization,
+                            Schedule, divergence_patience, mlp_hidden, unhandled)
 from proxies.model import upcast, wide_dtype, width_mult
 
 Hparams = Dict[str, jax.Array]
-HPARAM_KEYS = ("lr", "min_lr", "warmup_steps", "weight_decay", "eps", "b1", "b2", "grad_clip",
-               "z_loss")
 
 
 def hparams_from_config(cfg: DictConfig) -> Hparams:

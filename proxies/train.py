@@ -30,11 +30,12 @@ from proxies import metric_names as M
 from proxies.checkpoint import Checkpointer
 from proxies.cli import one_line_errors, run_cli
 from proxies.config import (DEFAULT_THRESHOLD, EvalSet, InjectKind, SpikeAction, config_hash,
-                            identity, register_configs, unhandled, validate)
+                            register_configs, unhandled, validate)
 from proxies.data import (Dataset, cache_dir, eval_batches, eval_set_hash, load_dataset,
                           train_batch)
 from proxies.model import Transformer, count_params
-from proxies.optim import HPARAM_KEYS, hparams_from_config
+from proxies.naming import compile_key, group_key, resolve_out_dir, run_name
+from proxies.optim import hparams_from_config
 from proxies.results import early_logits, grad_rms_summary, mlp0_tail
 from proxies.rundir import (RunBusy, RunDir, lock_holder, quiet_storage_noise, run_dir,
                             writing)
@@ -48,35 +49,6 @@ register_configs()
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 Say = Callable[[str], None]
-
-
-def run_name(cfg: DictConfig) -> str:
-    m = cfg.model
-    return f"d{m.d_model}L{m.n_layers}H{m.n_heads}-{config_hash(cfg)}"
-
-
-def resolve_out_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.out_dir) if cfg.out_dir else Path("runs") / run_name(cfg)
-
-
-def group_key(cfg: DictConfig) -> str:
-    """Runs with equal group keys differ only in scalar hyperparameters: they can share one
-    compiled step, one data order and one init, and so train together under jax.vmap."""
-    ident = identity(cfg)
-    ident["optim"] = {k: v for k, v in ident["optim"].items() if k not in HPARAM_KEYS}
-    ident["train"].pop("inject_spike_scale", None)  # a step argument too (optim.py)
-    return json.dumps(ident, sort_keys=True)
-
-
-def compile_key(cfg: DictConfig) -> str:
-    """What shapes a group's compiled programs: its group key less what the step takes as an
-    argument (the run's length, the divergence limit and patience) or never sees (the seed, the
-    loop's schedule of logs, evals and checkpoints)."""
-    ident = json.loads(group_key(cfg))
-    for k in ("steps", "divergence_loss", "divergence_patience", "seed", "log_every",
-              "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
-        ident["train"].pop(k, None)
-    return json.dumps(ident, sort_keys=True)
 
 
 def enable_compile_cache(cfg: DictConfig) -> None:

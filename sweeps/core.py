@@ -46,7 +46,7 @@ from proxies.cost import print_plan  # noqa: E402
 from sweeps.panels import SEED, seed_mean, series_stats  # noqa: E402
 from sweeps.verdicts import Effect, Reproduced  # noqa: E402
 from proxies.grid import expand_grid, sweep_dir  # noqa: E402
-from proxies.launch import GridPoint  # noqa: E402
+from proxies.naming import GridPoint  # noqa: E402
 from proxies.sweep import apply_axes_replacement, run_sweep, split_axes_override  # noqa: E402
 from proxies.train import CONFIG_DIR  # noqa: E402
 

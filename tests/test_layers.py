@@ -1,5 +1,6 @@
 """The layers run one way (pyproject.toml's import contracts: sweeps > analysis > proxies,
-benchmarks on the library only) and no module imports itself through others."""
+benchmarks on the library only, a grid and its cost without the loop) and no module imports
+itself through others."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ def test_the_import_contracts_hold():
                            "lint_imports; sys.exit(lint_imports(no_cache=True, no_logo=True))"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_expanding_a_grid_and_costing_it_load_no_jax():
+    """pyproject's contracts keep the loop and the launchers out of grid.py and cost.py; this
+    checks the third-party side of it."""
+    code = "import sys, proxies.grid, proxies.cost; print('jax' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr[-2000:]
 
 
 def cycles(imports: Dict[str, Set[str]]) -> List[List[str]]:

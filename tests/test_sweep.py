@@ -17,8 +17,9 @@ from proxies.launch import available_cores
 from proxies.config import SweepRoot
 from proxies.grid import expand_grid, sweep_dir
 from proxies.sweep import run_sweep
+from proxies.naming import run_name
 from proxies.rundir import read_metrics
-from proxies.train import run_name, train
+from proxies.train import train
 from tests.conftest import assert_same_records
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,9 +5,9 @@ table at the end and runs the analysis). Each group of `proxies.sweep.plan_group
 launcher job: its spec (plain run configs, swept values, the coordinator's working directory) is
 written to `<sweep_dir>/jobs/<group id>.json`, and the job, `run_group_job(spec_path)`, trains
 the group (`train_group` takes the run directories' locks, skips finished runs and resumes
-interrupted ones; runs another process is training are left to it, `train_free`) and rebuilds the
-sweep's table under its lock. Engines, chosen by the Hydra
-launcher config the sweep was started with (`proxies/configs/hydra/launcher/`):
+interrupted ones; runs another process is training are left to it, `coordination.train_free`)
+and rebuilds the sweep's table under its lock. Engines, chosen by the Hydra launcher config the
+sweep was started with (`proxies/configs/hydra/launcher/`):
 
     local        joblib.Parallel (loky processes), the yaml's n_jobs etc.
     slurm        submitit's SLURM executor, parameters mapped as hydra-submitit-launcher maps them
@@ -156,7 +156,7 @@ def run_group_job(spec_path: str) -> List[str]:
     Returns the run directories. On failure the error's first line and traceback go to
     `<id>.error` (read by the coordinator whatever the engine) and the exception fails the job."""
     from proxies.results import update_table
-    from proxies.train import train_free
+    from proxies.coordination import train_free
 
     path = Path(spec_path)
     spec = json.loads(path.read_text())

@@ -91,7 +91,7 @@ def _grad_injection(cfg: DictConfig) -> Callable[[Any, jax.Array, Hparams], Any]
     clipping (per member in a vmapped group: 1 leaves a member's updates as they were)."""
     t = cfg.train
     match InjectKind(t.inject_spike_kind):
-        case InjectKind.batch:  # batches are replaced by the loop (proxies/train.py: Batches)
+        case InjectKind.batch:  # batches are replaced by the loop (proxies/batches.py: Batches)
             return lambda grads, step, hp: grads
         case InjectKind.grad:
             pass

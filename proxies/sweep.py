@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from proxies.cli import one_line_errors, run_cli
 from proxies.config import (LR_KEY, ConfigError, VmapMode, register_configs, unhandled)
+from proxies.coordination import held_elsewhere, train_free
 from proxies.cost import print_plan, run_flops
 from proxies.grid import expand_grid, label_runs, sweep_dir, write_manifest
 from proxies.launch import (POLL_S, CoreWorkers, JobsFailed, Launcher, available_cores,
@@ -35,7 +36,7 @@ from proxies.results import TABLE, update_table
 from proxies.rundir import RunDir, atomic_write_text, run_finished, take_lock
 from proxies.sharding import initialize_distributed
 from proxies.stopping import stop_requests
-from proxies.train import CONFIG_DIR, held_elsewhere, train_free
+from proxies.train import CONFIG_DIR
 
 SWEEP_LOCK = ".sweep.lock"
 

@@ -45,7 +45,7 @@ from proxies.config import LR_KEY
 CLAIM = ("with qk-layernorm, scaling depth raises LR sensitivity faster than scaling width "
          "(and which path has the lower loss at the largest size)")
 PATHS = ("width", "depth")
-LOGIT = "max_attn_logit"  # max over layers, heads and logged steps (proxies/train.py)
+LOGIT = "max_attn_logit"  # max over layers, heads and logged steps (proxies/members.py)
 # Two paths reach "the same size" within 5%: their sizes rarely match exactly, and 5% is far
 # below the factor of 2 or more between neighbouring sizes of a path.
 SAME_SIZE = 0.05

@@ -19,10 +19,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from proxies import rundir as R
+from proxies.batches import Batches
 from proxies.results import run_row
 from proxies.rundir import RunDirError, read_metrics, take_lock
 from proxies.stopping import EXIT_INTERRUPTED, EXIT_PREEMPTED, Stopped
-from proxies.train import Batches, train
+from proxies.train import train
 from tests.conftest import tiny_cfg
 
 REPO = Path(__file__).resolve().parent.parent

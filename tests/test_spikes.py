@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from proxies import rundir as R
+from proxies.batches import Batches
 from proxies.model import Transformer
 from proxies.naming import group_key
 from proxies.optim import hparams_from_config
@@ -17,7 +18,7 @@ from proxies.results import run_row
 from proxies.rundir import read_metrics
 from proxies.spikes import SpikeWindow, detect, init_window, push
 from proxies.step import init_state, make_train_step
-from proxies.train import Batches, train, train_group
+from proxies.train import train, train_group
 from tests.conftest import F64_RTOL, assert_same_records
 
 SPIKY = ("train.steps=24", "train.log_every=2", "train.eval_every=12", "train.checkpoint_every=6",

@@ -256,14 +256,14 @@ def test_sweep_plans_vmapped_groups_by_series(tmp_path, corpus_dir, cache_dir):
 
 def _count_trained(monkeypatch):
     """Record every run config the sweep hands to the trainer."""
-    import proxies.train as train_mod
+    import proxies.coordination as coordination
     trained = []
-    real = train_mod.train_group
+    real = coordination.train_group
 
     def counting(cfgs, *a, **k):
         trained.extend(cfgs)
         return real(cfgs, *a, **k)
-    monkeypatch.setattr(train_mod, "train_group", counting)
+    monkeypatch.setattr(coordination, "train_group", counting)
     return trained
 
 

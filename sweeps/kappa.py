@@ -43,8 +43,8 @@ CLAIM = ("planting max attention logits ≈ κ (q, k → √κ·z/‖z‖, logit
 PAPER_ONSET, PAPER_CROSS = 1e3, 1e4
 # "Degraded": the loss at κ exceeds the loss at the best κ by more than DEGRADED nats, with
 # the whole interval over seeds above it. 0.05 nats is 2% of a laptop final loss (≈2.5 nats)
-# and under half the laptop gap between the best κ and the bigram model (≈0.12 nats, README's
-# old laptop table): the onset must be told apart from the bigram crossing, which the paper
+# and under half the laptop gap between the best κ and the bigram model (≈0.12 nats at the
+# d128 L4 κ model): the onset must be told apart from the bigram crossing, which the paper
 # puts a decade later.
 DEGRADED = 0.05
 # "Near" a landmark: within NEAR× of it, half a decade on the paper's log axis. The bands of

@@ -60,7 +60,7 @@ CLAIM = ("with qk-layernorm, μParam (simple) keeps the best LR put across width
 DRIFT_MARGIN = 0.5 * float(np.log10(2.0))
 # (B) An improvement below 0.01 nats, in LR sensitivity or in the best loss, is no improvement:
 # the smallest differences between interventions measured at laptop scale (0.010-0.013 in LR
-# sensitivity, issue 16) are what a change of seed moves, so a smaller gain is not one a
+# sensitivity) are what a change of seed moves, so a smaller gain is not one a
 # reader of the paper's figures could see or rely on.
 NEGLIGIBLE = 0.01
 

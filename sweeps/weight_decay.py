@@ -22,8 +22,8 @@ paired by seed, every interval above 0: true; one below 0: false; else inconclus
 
 Note (ours, not the paper's): over the paper's 1e5 steps λ = 1e-4 shrinks weights by
 e^(−Σ s_t λ) ≈ e^−5; over a proxy run of a few hundred steps it is almost no decay, so at the
-laptop scale this compares coupled decay with nearly none. An earlier version of this script
-also trained independent decay with the paper's total decay; that part was ours and is gone.
+laptop scale this compares coupled decay with nearly none; the verdict reports the total decay
+each arm applies over the run.
 """
 
 from __future__ import annotations

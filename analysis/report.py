@@ -206,15 +206,17 @@ def analyze(sweep_dir: str | Path, targets: Sequence[float] = DEFAULT_TARGETS,
             threshold: float = DEFAULT_THRESHOLD,
             lr_range: Tuple[float, float] = DEFAULT_LR_RANGE,
             series: Dict[str, object] | None = None, hold_out: Sequence[float] = (),
-            where: Dict[str, Any] | None = None, out: str | Path | None = None) -> Report:
+            where: Dict[str, Any] | None = None, out: str | Path | None = None,
+            table: pd.DataFrame | None = None) -> Report:
     """Write `<sweep_dir>/analysis/` (or `out`: report.md and PNG figures) and return the tables.
 
     `where` keeps only runs whose columns equal the given values (a subset of the sweep);
     `hold_out` leaves sizes (non-embedding params, ±10%) out of the attention-logit fit and
-    checks its prediction there; `series` picks the runs of the loss-curve figure.
+    checks its prediction there; `series` picks the runs of the loss-curve figure; `table` is
+    the sweep's `load_sweep` table when the caller has read it already.
     """
     sweep_dir = Path(sweep_dir)
-    df = load_sweep(sweep_dir)
+    df = load_sweep(sweep_dir) if table is None else table
     return analyze_table(df, Path(out) if out else sweep_dir / "analysis", sweep_dir.name,
                          targets, threshold, lr_range, series, hold_out, where,
                          notes=repair_table(sweep_dir, df), sweep_dir=sweep_dir)
@@ -339,16 +341,15 @@ def print_report(rep, report_md: Path) -> None:
     print(f"report: {report_md}")
 
 
-def run_sensitivity(table: pd.DataFrame,
-                    lr_range: Tuple[float, float] = DEFAULT_LR_RANGE) -> Dict[str, float]:
-    """LR sensitivity over `lr_range` (the sweep's `sweep.lr_range`, as its report.md uses) of
-    each finished run's series, by the table's run_dir (what the sweep's W&B record writes into
-    each run's summary)."""
+def run_sensitivity(table: pd.DataFrame, series: pd.DataFrame) -> Dict[str, float]:
+    """Each finished run's series LR sensitivity, by the table's run_dir (what the sweep's W&B
+    record writes into each run's summary), from `series`: the table's `series_table`, the one
+    its report.md shows."""
     done = finished(table)
     if done.empty or done[LR_KEY].nunique() < 2:
         return {}
     keys = series_keys(table)
-    sens = series_table(table, lr_range)[keys + ["lr_sensitivity"]]
+    sens = series[keys + ["lr_sensitivity"]]
     merged = done.merge(sens, on=keys, how="inner") if keys else done.assign(
         lr_sensitivity=sens["lr_sensitivity"].iloc[0])
     return {str(r): float(s) for r, s in zip(merged["run_dir"], merged["lr_sensitivity"])

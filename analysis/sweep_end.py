@@ -10,27 +10,36 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.report import analyze, print_report, run_sensitivity
+from analysis.load import load_sweep
+from analysis.report import analyze, print_report, run_sensitivity, series_table
 from proxies.config import WandbConfig
-from proxies.results import table_from_dirs
-from proxies.tracking import log_sweep
+from proxies.tracking import log_sweep, wandb_mode
 
 
-def after_sweep(sweep_dir: Path) -> None:
+def after_sweep(sweep_dir: Path) -> pd.DataFrame:
     """The report (when the sweep's `sweep.analysis` is on) with the options recorded in its
-    sweep.yaml, then the W&B record (when W&B is on) with each run's series LR sensitivity."""
+    sweep.yaml, then the W&B record (when W&B is on) with each run's series LR sensitivity.
+    The sweep's table is read once and its series table computed once, for both; returns the
+    table (analysis.load.load_sweep)."""
     cfg = OmegaConf.load(sweep_dir / "sweep.yaml")
     sw = cfg.sweep
+    table = load_sweep(sweep_dir)
+    series = None
     if sw.analysis:
         rep = analyze(sweep_dir, list(sw.target_params), sw.threshold, tuple(sw.lr_range),
-                      hold_out=list(sw.hold_out))
+                      hold_out=list(sw.hold_out), table=table)
         print_report(rep, sweep_dir / "analysis" / "report.md")
+        series = rep.series
     wandb_cfg = OmegaConf.merge(OmegaConf.structured(WandbConfig), cfg.wandb)
-    table = table_from_dirs(sweep_dir)
-    log_sweep(sweep_dir, cfg.wandb.group or sweep_dir.name, wandb_cfg, table,
-              run_sensitivity(table, tuple(sw.lr_range)))
+    if wandb_mode(wandb_cfg)[0] != "disabled" and not table.empty:
+        if series is None:
+            series = series_table(table, tuple(sw.lr_range))
+        log_sweep(sweep_dir, cfg.wandb.group or sweep_dir.name, wandb_cfg, table,
+                  run_sensitivity(table, series))
+    return table
 
 
 class SweepEnd(Callback):

@@ -37,7 +37,7 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from analysis.dashboard.panels import PanelSpec  # noqa: E402
-from analysis.load import SIZE_KEYS, finished, load_sweep, series_keys  # noqa: E402
+from analysis.load import SIZE_KEYS, finished, series_keys  # noqa: E402
 from analysis.sweep_end import after_sweep  # noqa: E402
 from proxies.cli import run_cli  # noqa: E402
 from proxies.config import (LR_KEY, DEFAULT_TARGETS, ConfigError, nonembed_params,  # noqa: E402
@@ -45,7 +45,7 @@ from proxies.config import (LR_KEY, DEFAULT_TARGETS, ConfigError, nonembed_param
 from proxies.cost import print_plan  # noqa: E402
 from sweeps.panels import SEED, seed_mean, series_stats  # noqa: E402
 from sweeps.verdicts import Effect, Reproduced  # noqa: E402
-from proxies.grid import expand_grid, sweep_dir  # noqa: E402
+from proxies.grid import expand_grid  # noqa: E402
 from proxies.naming import GridPoint  # noqa: E402
 from proxies.sweep import apply_axes_replacement, run_sweep, split_axes_override  # noqa: E402
 from proxies.train import CONFIG_DIR  # noqa: E402
@@ -359,22 +359,12 @@ def unique_points(points: Sequence[GridPoint]) -> List[GridPoint]:
 def execute(p: Plan) -> Verdict:
     """Train what is missing, then analyse each part, judge, draw and write the result dir."""
     t0 = time.time()
-    for name, cfg in p.configs.items():
-        out, _ = run_sweep(cfg, p.points[name])
-        after_sweep(out)  # the part's own report and W&B record
-    return conclude(p, load_tables(p), time.time() - t0)
-
-
-def load_tables(p: Plan) -> Tables:
-    """Each part's table (analysis.load.load_sweep), with a `sweep_dir` column so figures can
-    read the runs' metrics."""
     tables = {}
     for name, cfg in p.configs.items():
-        d = sweep_dir(cfg, p.points[name])
-        t = load_sweep(d)
-        t["sweep_dir"] = str(d)
-        tables[name] = t
-    return tables
+        out, _ = run_sweep(cfg, p.points[name])
+        # the part's own report and W&B record, from the table the verdict reads too
+        tables[name] = after_sweep(out).assign(sweep_dir=str(out))
+    return conclude(p, tables, time.time() - t0)
 
 
 def conclude(p: Plan, tables: Tables, wall_s: float) -> Verdict:

@@ -303,7 +303,8 @@ def test_a_damaged_results_csv_is_rewritten_from_the_runs(tmp_path):
 
 
 def test_the_sweep_record_uses_the_sweeps_lr_range(tmp_path):
-    """run_sensitivity (what W&B records per run) over sweep.lr_range, as report.md: LRs 1e-3
+    """run_sensitivity (what W&B records per run) from the series table over sweep.lr_range,
+    the one report.md shows: LRs 1e-3
     (3.0), 1e-2 (3.5), 1e-1 (5.0) give (0 + 0.5 + 2.0) / 3 over the whole grid and 0.25 over
     [1e-3, 1e-2]."""
     from analysis.report import run_sensitivity, series_table
@@ -312,8 +313,8 @@ def test_the_sweep_record_uses_the_sweeps_lr_range(tmp_path):
     for name, lr, ce in (("a", 1e-3, 3.0), ("b", 1e-2, 3.5), ("c", 1e-1, 5.0)):
         _fake_run(root, name, lr, 64, _summary(ce, 1e5))
     table = table_from_dirs(root)
-    whole = run_sensitivity(table, (1e-4, 1.0))
+    whole = run_sensitivity(table, series_table(table, (1e-4, 1.0)))
     assert len(whole) == 3 and list(whole.values()) == pytest.approx([2.5 / 3] * 3)
-    narrow = run_sensitivity(table, (1e-3, 1e-2))
+    narrow = run_sensitivity(table, series_table(table, (1e-3, 1e-2)))
     assert list(narrow.values()) == pytest.approx([0.25] * 3)
     assert series_table(table, (1e-3, 1e-2))["lr_sensitivity"].tolist() == [pytest.approx(0.25)]

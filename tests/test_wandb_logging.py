@@ -11,8 +11,10 @@ from typing import Dict, Iterator, List
 
 import pytest
 
+from analysis import load
 from analysis.dashboard import wandb_group
 from analysis.sweep_end import after_sweep
+from proxies.results import table_from_dirs
 from proxies.tracking import series_name as series_label
 from proxies.sweep import run_sweep
 from proxies.train import train
@@ -74,12 +76,15 @@ def offline(monkeypatch):
 
 
 def test_an_offline_sweep_names_groups_and_summarises_its_runs_in_wandb(
-        offline, tmp_path, corpus_dir, cache_dir):
+        offline, tmp_path, corpus_dir, cache_dir, monkeypatch):
     cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "wandb.mode=offline", "sweep.analysis=true",
                     "sweep.sizes=[{d_model: 32, n_layers: 1, n_heads: 2}]",
                     "wandb.project=proxies-test")
     out, table = run_sweep(cfg)
+    reads = []
+    monkeypatch.setattr(load, "table_from_dirs", lambda d: reads.append(d) or table_from_dirs(d))
     after_sweep(out)  # what `python -m proxies.sweep` runs at its end
+    assert len(reads) == 1  # the report and the W&B record share one read of the runs
     assert len(table) == 2
     for run_dir in (tmp_path / "runs").iterdir():
         first, *later = offline_runs(run_dir)

@@ -686,13 +686,6 @@ def identity_of(c: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def divergence_patience(t: TrainConfig) -> int:
-    """Updates in a row above the loss limit that a run may take before it counts as diverged."""
-    if t.divergence_patience is not None:
-        return int(t.divergence_patience)
-    return max(1, round(0.02 * t.steps))
-
-
 def config_hash(cfg: DictConfig | Config) -> str:
     return identity_hash(identity(cfg))
 

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import optax
 from omegaconf import DictConfig
 
+from proxies import divergence
 from proxies.config import (HPARAM_KEYS, InjectKind, ModelConfig, NormPlacement, Parametrization,
-                            Schedule, divergence_patience, mlp_hidden, unhandled)
+                            Schedule, mlp_hidden, unhandled)
 from proxies.model import upcast, wide_dtype, width_mult
 
 Hparams = Dict[str, jax.Array]
@@ -32,9 +33,9 @@ def hparams_from_config(cfg: DictConfig) -> Hparams:
     # The run's length and divergence patience are arguments too, not constants of the compiled
     # step: runs of one structure share a compiled step whatever their length.
     hp["total_steps"] = jnp.asarray(float(cfg.train.steps), wide)
-    hp["patience"] = jnp.asarray(divergence_patience(cfg.train), jnp.int32)
-    # The divergence limit (2 × loss at init unless train.divergence_loss): the loop sets it once
-    # the loss at init is known (proxies/runner.py: Runner.set_limits).
+    hp["patience"] = jnp.asarray(divergence.patience(cfg.train), jnp.int32)
+    # The divergence limit (proxies/divergence.py: loss_limit): the loop sets it once the loss at
+    # init is known (proxies/runner.py: Runner.set_limits).
     hp["loss_limit"] = jnp.asarray(jnp.inf, wide)
     if InjectKind(cfg.train.inject_spike_kind) == InjectKind.grad:
         # Testing aid: an argument too, so one member of a vmapped group can spike alone.

@@ -125,7 +125,7 @@ class Runner:
         return self.fns
 
     def set_limits(self, limits: List[float]) -> None:
-        """Each member's loss limit (proxies/step.py: `diverged` says what crossing it means)."""
+        """Each member's loss limit (proxies/divergence.py says what crossing it means)."""
         wide = self.hp["lr"].dtype  # float32, or float64 in a float64 run
         limit = np.asarray(limits if self.vmapped else limits[0], wide)
         placed = (self.layout.put(limit, self.layout.hparams(limit)) if self.layout is not None

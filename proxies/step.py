@@ -19,6 +19,7 @@ from flax import struct
 from omegaconf import DictConfig
 
 from proxies.config import InjectKind, SpikeAction, unhandled
+from proxies.divergence import diverged
 from proxies.model import QK_CLIP, SIGMA_REPARAM, readout, readout_table, upcast, wide_dtype
 from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, clip_by_global_norm,
                            cross_entropy_with_z_loss, decay_mask, hparams_from_config,
@@ -34,8 +35,8 @@ class TrainState(struct.PyTreeNode):
     params: Any
     opt_state: Any
     spike: SpikeWindow
-    # Updates in a row whose loss was above the limit (hp["loss_limit"]): divergence is a
-    # sustained excursion, and the count resumes with the checkpoint.
+    # Updates in a row whose loss was above the limit (hp["loss_limit"]), saved and resumed with
+    # the checkpoint (proxies/divergence.py: the rule that counts them).
     over_limit: jax.Array
     # The model's variables other than its params ({} unless a stabiliser keeps some, e.g.
     # σReparam's power-iteration vectors): not trained by the optimizer, saved and resumed.
@@ -126,16 +127,6 @@ def loss_and_aux(model: nn.Module, variables: Dict[str, Any], inputs_BxL: jax.Ar
 def head_max_logits_by_layer(sown: Dict[str, Any]) -> Dict[str, jax.Array]:
     """{'block_i': (H,)} from the `qk_clip` collection (sow keeps a 1-tuple per layer)."""
     return {block: tree["attn"]["max_logit"][0] for block, tree in sown.items()}
-
-
-def diverged(loss: jax.Array, limit: jax.Array, over_limit: jax.Array, skipped: jax.Array,
-             patience: jax.Array | int) -> Tuple[jax.Array, jax.Array]:
-    """(diverged, the new count of updates in a row above the limit): a non-finite loss at once,
-    a loss above the limit once more than `patience` updates in a row; a skipped update neither
-    counts nor breaks the stretch."""
-    bad = ~jnp.isfinite(loss)
-    over = jnp.where(skipped, over_limit, jnp.where(bad | (loss > limit), over_limit + 1, 0))
-    return ~skipped & (bad | (over > patience)), over
 
 
 def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False) -> Callable:

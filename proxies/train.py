@@ -26,6 +26,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from proxies import divergence
 from proxies import metric_names as M
 from proxies.batches import Batches, shared_dataset, the_eval_set
 from proxies.cli import one_line_errors, run_cli
@@ -330,8 +331,7 @@ def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[D
     init_records(ms, fns, state0, evals, say)
     sync_processes("step-0 rows written")
     for m in ms:
-        dl = m.cfg.train.divergence_loss
-        m.limit = dl if dl is not None else 2 * loss_at_init(m)
+        m.limit = divergence.loss_limit(m.cfg.train, loss_at_init(m))
     runner.set_limits([m.limit for m in ms])
     loop = Loop(ms, runner, batches, evals, c0, stop, say)
     if start == 0 and loop.dynamics_due(0):

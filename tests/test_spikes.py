@@ -230,7 +230,7 @@ def brute_force_divergence(losses, limit, skipped, patience):
 
 @pytest.mark.parametrize("patience", [0, 1, 3])
 def test_divergence_is_a_sustained_excursion_or_a_non_finite_loss(patience):
-    from proxies.step import diverged
+    from proxies.divergence import diverged
     rng = np.random.default_rng(patience)
     for _ in range(30):
         losses = rng.choice([1.0, 5.0, np.nan], size=12, p=[0.55, 0.4, 0.05])

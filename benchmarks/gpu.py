@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ def build(size: Size, vocab: int, seq: int, batch: int, dtype: str, overrides: S
     n_nonembed = count_params(state.params)[1]
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, vocab, (batch, seq + 1), dtype=np.int32) for _ in range(4)]
-    hps = [hparams_from_config(cfg)] * max(group, 1)
+    hps = [hparams_from_config(cfg, loss_limit=math.inf)] * max(group, 1)
     if group:  # LRs spread like a sweep's
         hps = [{**hp, "lr": jnp.asarray(lr, jnp.float32)}
                for hp, lr in zip(hps, np.geomspace(1e-4, 1e-2, group))]

@@ -39,7 +39,6 @@ class Member:
     start: int = 0
     state: Any = None
     rng: Any = None
-    limit: float = math.inf
     rollbacks: List[Dict[str, Any]] = field(default_factory=list)
     diverged_at: Optional[int] = None
     last_loss: float = math.nan

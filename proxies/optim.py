@@ -25,18 +25,25 @@ from proxies.model import upcast, wide_dtype, width_mult
 Hparams = Dict[str, jax.Array]
 
 
-def hparams_from_config(cfg: DictConfig) -> Hparams:
-    """The scalar hyperparameters of a run, as float32 arrays (float64 in a float64 run): the
-    train step's third argument."""
+def optimizer_hparams(cfg: DictConfig) -> Hparams:
+    """What the optimizer and its LR schedule read, as float32 arrays (float64 in a float64 run):
+    `HPARAM_KEYS` and the run's length (an argument, not a constant of the compiled step, so runs
+    of one structure share a compiled step whatever their length)."""
     wide = wide_dtype(cfg.model)
     hp = {k: jnp.asarray(float(getattr(cfg.optim, k)), wide) for k in HPARAM_KEYS}
-    # The run's length and divergence patience are arguments too, not constants of the compiled
-    # step: runs of one structure share a compiled step whatever their length.
     hp["total_steps"] = jnp.asarray(float(cfg.train.steps), wide)
+    return hp
+
+
+def hparams_from_config(cfg: DictConfig, *, loss_limit: float) -> Hparams:
+    """The train step's third argument: the optimizer's hyperparameters (`optimizer_hparams`),
+    the run's divergence patience and `loss_limit` (proxies/divergence.py; `math.inf` for a
+    step that only a non-finite loss diverges), and with `train.inject_spike_kind=grad` the
+    injected gradient's scale."""
+    wide = wide_dtype(cfg.model)
+    hp = optimizer_hparams(cfg)
     hp["patience"] = jnp.asarray(divergence.patience(cfg.train), jnp.int32)
-    # The divergence limit (proxies/divergence.py: loss_limit): the loop sets it once the loss at
-    # init is known (proxies/runner.py: Runner.set_limits).
-    hp["loss_limit"] = jnp.asarray(jnp.inf, wide)
+    hp["loss_limit"] = jnp.asarray(loss_limit, wide)
     if InjectKind(cfg.train.inject_spike_kind) == InjectKind.grad:
         # Testing aid: an argument too, so one member of a vmapped group can spike alone.
         hp["inject_spike_scale"] = jnp.asarray(float(cfg.train.inject_spike_scale), wide)

@@ -25,7 +25,7 @@ from proxies.step import WATCHED, make_eval_step, make_train_step
 
 def vmapped_step(step: Callable) -> Callable:
     """vmap a train step over (state, hparams) with one shared batch. A member whose applied
-    update gave a non-finite loss or one above its limit keeps its previous state from then on
+    update the step found diverged (proxies/divergence.py) keeps its previous state from then on
     (frozen, `alive` false), so it never disturbs its group-mates; so does one the loop froze."""
     def group_step(states, batch, hps, alive_G):
         new, metrics = jax.vmap(step, in_axes=(0, None, 0))(states, batch, hps)
@@ -36,16 +36,35 @@ def vmapped_step(step: Callable) -> Callable:
 
 
 @dataclass
+class Evaluators:
+    """What reads one member's variables, whatever its hyperparameters: held-out CE and probes
+    (e.g. of the model at init) and the training-dynamics probe (each compiled on its first
+    call)."""
+    eval_one: Callable  # (variables, batch) -> mean CE
+    probe_one: Callable
+    dynamics: Callable
+
+
+@dataclass
 class Compiled:
     steps: List[Any]  # [ordinary step, step with per-tensor stats]
     eval_step: Callable  # over the member axis when vmapped
     probe: Callable
-    eval_one: Callable  # one member's (variables, batch), e.g. the model at init
-    probe_one: Callable
-    dynamics: Callable  # training-dynamics probe of one member (compiled on its first call)
+    dynamics: Callable  # training-dynamics probe of one member
 
 
+_EVALUATORS: Dict[str, Evaluators] = {}
 _COMPILED: Dict[str, Compiled] = {}
+
+
+def evaluators(key: str, model: Any, cfg: DictConfig) -> Evaluators:
+    """The model's evaluators, once per structure `key` and dynamics settings in this process."""
+    key = json.dumps([key, str(cfg.dynamics)])  # dynamics settings shape the probe
+    if key not in _EVALUATORS:
+        _EVALUATORS[key] = Evaluators(jax.jit(make_eval_step(model, cfg.train.ce_chunk)),
+                                      make_probe(model, cfg.model.n_layers),
+                                      make_dynamics_probe(model, cfg))
+    return _EVALUATORS[key]
 
 
 def _shardings(layout: Optional[Layout], state: Any, hp: Any, group: int) -> Dict[str, Any]:
@@ -65,12 +84,11 @@ def compiled(key: str, model: Any, cfg: DictConfig, state: Any, batch: jax.Array
     """Both step variants compiled up front (so no log step pays for compilation), once per
     structure `key`, group size (0 = not vmapped) and mesh in this process."""
     mesh = layout.key if layout is not None else None
-    key = json.dumps([key, group, str(cfg.dynamics), mesh])  # dynamics settings shape the probe
+    ev = evaluators(key, model, cfg)
+    key = json.dumps([key, group, str(cfg.dynamics), mesh])
     if key not in _COMPILED:
         donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate buffers
-        eval_one = eval_step = jax.jit(make_eval_step(model, cfg.train.ce_chunk))
-        probe_one = probe = make_probe(model, cfg.model.n_layers)
-        dynamics = make_dynamics_probe(model, cfg)
+        eval_step, probe = ev.eval_one, ev.probe_one
         shard = _shardings(layout, state, hp, group)
         if group:
             alive = jnp.ones(group, bool)
@@ -83,7 +101,7 @@ def compiled(key: str, model: Any, cfg: DictConfig, state: Any, batch: jax.Array
         else:
             steps = [jax.jit(make_train_step(model, cfg, with_stats=s), donate_argnums=donate,
                              **shard).lower(state, batch, hp).compile() for s in (False, True)]
-        _COMPILED[key] = Compiled(steps, eval_step, probe, eval_one, probe_one, dynamics)
+        _COMPILED[key] = Compiled(steps, eval_step, probe, ev.dynamics)
     return _COMPILED[key]
 
 
@@ -91,9 +109,14 @@ def stack(trees: List[Any]) -> Any:
     return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)
 
 
+def place_batch(layout: Optional[Layout], batch: np.ndarray) -> jax.Array:
+    """A host batch on the devices of `layout` (split over them for one run)."""
+    return jnp.asarray(batch) if layout is None else layout.put_batch(batch)
+
+
 class Runner:
-    """G members' states, hparams and divergence limits; `vmapped` or one plain state; on the
-    devices of `layout` (proxies/sharding.py) when there is more than one."""
+    """G members' states and train-step hparams; `vmapped` or one plain state; on the devices of
+    `layout` (proxies/sharding.py) when there is more than one."""
 
     def __init__(self, states: List[Any], hps: List[Any], vmapped: bool,
                  layout: Optional[Layout] = None):
@@ -106,7 +129,6 @@ class Runner:
             self.state = layout.put(self.state, layout.state(self.state))
             self.hp = layout.put(self.hp, layout.hparams(self.hp))
         self._alive_G = self._members(np.ones(self.G, bool))
-        self.set_limits([float("inf")] * self.G)
         self.fns: Compiled
 
     def _members(self, x_G: np.ndarray) -> jax.Array:
@@ -117,20 +139,12 @@ class Runner:
 
     def place_batch(self, batch: np.ndarray) -> jax.Array:
         """A host batch on this group's devices (split over them for one run)."""
-        return jnp.asarray(batch) if self.layout is None else self.layout.put_batch(batch)
+        return place_batch(self.layout, batch)
 
     def compile(self, key: str, model: Any, cfg: DictConfig, batch: jax.Array) -> Compiled:
         self.fns = compiled(key, model, cfg, self.state, batch, self.hp,
                             self.G if self.vmapped else 0, self.layout)
         return self.fns
-
-    def set_limits(self, limits: List[float]) -> None:
-        """Each member's loss limit (proxies/divergence.py says what crossing it means)."""
-        wide = self.hp["lr"].dtype  # float32, or float64 in a float64 run
-        limit = np.asarray(limits if self.vmapped else limits[0], wide)
-        placed = (self.layout.put(limit, self.layout.hparams(limit)) if self.layout is not None
-                  else jnp.asarray(limit))
-        self.hp = {**self.hp, "loss_limit": placed}
 
     def step(self, batch: np.ndarray, with_stats: bool) -> Dict[str, Any]:
         fn, batch = self.fns.steps[with_stats], self.place_batch(batch)

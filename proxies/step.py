@@ -22,8 +22,8 @@ from proxies.config import InjectKind, SpikeAction, unhandled
 from proxies.divergence import diverged
 from proxies.model import QK_CLIP, SIGMA_REPARAM, readout, readout_table, upcast, wide_dtype
 from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, clip_by_global_norm,
-                           cross_entropy_with_z_loss, decay_mask, hparams_from_config,
-                           learning_rate, lr_multipliers, qk_clip, update_clipped_frac)
+                           cross_entropy_with_z_loss, decay_mask, learning_rate,
+                           lr_multipliers, optimizer_hparams, qk_clip, update_clipped_frac)
 from proxies.spikes import SpikeWindow, detect, init_window, push
 
 # Per-step values the training loop reads back (proxies/runner.py), in this order.
@@ -68,7 +68,7 @@ def init_state(model: nn.Module, cfg: DictConfig, rng: jax.Array) -> TrainState:
     tokens_BxL = jnp.zeros((1, cfg.train.seq_len), jnp.int32)
     variables = model.init(rng, tokens_BxL)
     params = variables["params"]
-    hp = hparams_from_config(cfg)
+    hp = optimizer_hparams(cfg)
     opt_state = _tx(cfg, params, hp, hp["lr"]).init(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       spike=init_window(cfg.train.spike.window, wide_dtype(cfg.model)),

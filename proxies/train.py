@@ -38,7 +38,7 @@ from proxies.model import Transformer, count_params
 from proxies.naming import compile_key, group_key, run_name
 from proxies.optim import hparams_from_config
 from proxies.rundir import Say, quiet_storage_noise, writing
-from proxies.runner import Compiled, Runner
+from proxies.runner import Evaluators, Runner, evaluators, place_batch
 from proxies.sharding import group_layout, initialize_distributed, run_layout, sync_processes
 from proxies.step import init_state
 from proxies.stopping import StopRequest, Stopped, stop_requests
@@ -318,21 +318,21 @@ def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[D
     ms = [m for _, m in members]
     batches = Batches(ds, c0, ms[0].rollbacks)
     layout = group_layout(c0.mesh, len(ms)) if vmapped else run_layout(c0.mesh, tc.batch_size)
-    runner = Runner([m.state for m in ms], [hparams_from_config(m.cfg) for m in ms], vmapped,
-                    layout)
-    fns = runner.compile(compile_key(c0), model, c0, runner.place_batch(batches(start + 1)))
     held_out = the_eval_set(ds, tc)
-    evals = [runner.place_batch(b) for b in held_out]
+    evals = [place_batch(layout, b) for b in held_out]
     for m in ms:
         m.eval_set_hash = eval_set_hash(held_out)
     for m in ms:
         if jax.process_index() == 0:  # W&B mirrors process 0's records
             m.tracker = Tracker(m.run.path, m.cfg.wandb, m.meta, m.run.path.name, tc.quiet)
-    init_records(ms, fns, state0, evals, say)
+    key = compile_key(c0)
+    init_records(ms, evaluators(key, model, c0), state0, evals, say)
     sync_processes("step-0 rows written")
-    for m in ms:
-        m.limit = divergence.loss_limit(m.cfg.train, loss_at_init(m))
-    runner.set_limits([m.limit for m in ms])
+    # The step's hparams hold each run's divergence limit: built once its loss at init is recorded.
+    limits = [divergence.loss_limit(m.cfg.train, loss_at_init(m)) for m in ms]
+    hps = [hparams_from_config(m.cfg, loss_limit=limit) for m, limit in zip(ms, limits)]
+    runner = Runner([m.state for m in ms], hps, vmapped, layout)
+    runner.compile(key, model, c0, runner.place_batch(batches(start + 1)))
     loop = Loop(ms, runner, batches, evals, c0, stop, say)
     if start == 0 and loop.dynamics_due(0):
         loop.record_dynamics(0)  # the model at init: where every distribution starts
@@ -355,7 +355,7 @@ def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[D
     return summaries  # type: ignore[return-value]
 
 
-def init_records(ms: List[Member], fns: Compiled, state0: Any, evals: List[jax.Array],
+def init_records(ms: List[Member], fns: Evaluators, state0: Any, evals: List[jax.Array],
                  say: Say) -> None:
     """The step-0 row (held-out CE and probes at init) of members that lack it: a fresh run, or a
     resumed one whose metrics.jsonl went missing (init is seeded, so the row is the same)."""

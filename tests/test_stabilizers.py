@@ -2,6 +2,7 @@
 QK-clip, σReparam, StableAdamW's update clipping, norm placement; and like every toggle they
 agree across attention paths, vmapped groups and resumes."""
 
+import math
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from omegaconf import OmegaConf
 import proxies.model as model_lib
 from proxies.config import Config, ConfigError, validate
 from proxies.model import QK_CLIP, SIGMA_REPARAM, SigmaReparam, Transformer, power_iteration
-from proxies.optim import adamw, hparams_from_config, qk_clip
+from proxies.optim import adamw, hparams_from_config, optimizer_hparams, qk_clip
 from proxies.step import head_max_logits_by_layer, init_state, loss_and_aux, make_train_step
 from proxies.train import train, train_group
 from sweeps import stabilizers as S
@@ -105,7 +106,8 @@ def test_with_every_stabiliser_off_the_loss_and_gradient_are_the_plain_transform
                             jax.tree_util.tree_leaves(want_grads)):
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12 * scale,
                                    err_msg=jax.tree_util.keystr(path))
-    _, metrics = jax.jit(make_train_step(model, cfg))(state, batch, hparams_from_config(cfg))
+    hp = hparams_from_config(cfg, loss_limit=math.inf)
+    _, metrics = jax.jit(make_train_step(model, cfg))(state, batch, hp)
     np.testing.assert_allclose(metrics["loss"], want, rtol=1e-10)
     assert not {"qk_clipped_heads", "update_clipped_frac"} & set(metrics)
 
@@ -169,7 +171,7 @@ def test_the_step_clips_the_updated_weights_by_the_max_logits_of_its_own_batch()
     tau = 0.2
     cfg, model, state, batch = setup()
     clip_cfg = model_cfg(f"optim.qk_clip_tau={tau}")
-    hp = hparams_from_config(cfg)
+    hp = hparams_from_config(cfg, loss_limit=math.inf)
     plain, _ = jax.jit(make_train_step(model, cfg))(state, batch, hp)
     clipped, metrics = jax.jit(make_train_step(model, clip_cfg))(state, batch, hp)
     _, cols = model.apply(state.variables, batch[:, :-1], mutable=[QK_CLIP])
@@ -221,7 +223,8 @@ def test_sigma_reparam_layers_start_as_their_kernels_with_sigma_from_svd():
 
 def test_the_step_advances_the_power_iteration_vectors_in_the_state():
     cfg, model, state, batch = setup("model.sigma_reparam=true")
-    new, _ = jax.jit(make_train_step(model, cfg))(state, batch, hparams_from_config(cfg))
+    hp = hparams_from_config(cfg, loss_limit=math.inf)
+    new, _ = jax.jit(make_train_step(model, cfg))(state, batch, hp)
     u0 = state.model_state[SIGMA_REPARAM]["block_1"]["attn"]["out"]["SigmaReparam_0"]["u"]
     u1 = new.model_state[SIGMA_REPARAM]["block_1"]["attn"]["out"]["SigmaReparam_0"]["u"]
     expect = np.asarray(power_iteration(jnp.asarray(state.params["block_1"]["attn"]["out"][
@@ -265,7 +268,7 @@ def test_sigma_reparam_gradient_is_the_analytic_one_with_u_and_v_held_fixed(floa
 
 def test_update_clip_divides_each_tensors_step_by_max_1_rms_g_over_sqrt_v_hat():
     cfg = model_cfg("optim.weight_decay=0.1", "optim.eps=1e-8")
-    hp = hparams_from_config(cfg)
+    hp = optimizer_hparams(cfg)
     lr = 0.01
     params = {"a": jnp.ones((4, 3)), "b": jnp.ones((5,))}
     tx = adamw(hp, jnp.asarray(lr), {"a": 1.0, "b": 1.0}, {"a": True, "b": False}, False, True)

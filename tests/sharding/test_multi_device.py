@@ -8,6 +8,8 @@ to 1e-9 and a logic error shows. Bit-exactness is not promised.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -38,7 +40,8 @@ def test_fsdp_splits_params_and_optimizer_state_and_the_step_keeps_them_split(ma
     layout = run_layout(cfg.mesh, cfg.train.batch_size)
     model = Transformer(cfg.model, 256, cfg.train.seq_len)
     state = init_state(model, cfg, jax.random.key(0))
-    runner = Runner([state], [hparams_from_config(cfg)], vmapped=False, layout=layout)
+    runner = Runner([state], [hparams_from_config(cfg, loss_limit=math.inf)], vmapped=False,
+                    layout=layout)
     runner.compile("k", model, cfg, np.zeros((8, 17), np.int32))
     runner.step(np.ones((8, 17), np.int32), with_stats=False)
     kernel = runner.state.params["block_0"]["mlp"]["up"]["kernel"]  # 32 x 128
@@ -80,7 +83,8 @@ def test_the_member_axis_is_split_one_member_per_device(make_cfg):
     layout = group_layout(cfgs[0].mesh, 4)
     model = Transformer(cfgs[0].model, 256, 16)
     state = init_state(model, cfgs[0], jax.random.key(0))
-    runner = Runner([state] * 4, [hparams_from_config(c) for c in cfgs], True, layout)
+    hps = [hparams_from_config(c, loss_limit=math.inf) for c in cfgs]
+    runner = Runner([state] * 4, hps, True, layout)
     kernel = runner.state.params["block_0"]["mlp"]["up"]["kernel"]  # 4 x 32 x 128
     assert kernel.sharding.spec == P(MEMBERS)
     assert len({s.device for s in kernel.addressable_shards}) == 4

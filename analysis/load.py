@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from proxies.config import LR_KEY, SIZE_KEYS
-from proxies.results import FINISHED, table_from_dirs
+from proxies.sweep_table import FINISHED, table_from_dirs
 from proxies.rundir import CONFIG, METRICS, read_config_file, read_metrics
 
 # Run-config values analysis needs even when a sweep did not sweep them.

@@ -16,7 +16,8 @@ from analysis.fits import FitError, QuadraticLogFit, eps_crossover, fit_quadrati
 from analysis.load import finished, is_size_key, load_sweep, series_keys, toggle_keys
 from analysis.sensitivity import series_lr_stats
 from proxies.config import LR_KEY, DEFAULT_LR_RANGE, DEFAULT_TARGETS, DEFAULT_THRESHOLD
-from proxies.results import EDITED, TABLE, table_damaged, write_table
+from proxies import metric_names as M
+from proxies.sweep_table import EDITED, TABLE, table_damaged, write_table
 
 
 @dataclass
@@ -294,7 +295,7 @@ def analyze_table(df: pd.DataFrame, out: Path, name: str,
                 out / "attn_logit_fit.png")
         if sweep_dir is not None:
             figs["log Z mean over training"] = _save(figures.training_curves(
-                sweep_dir, done, "logits/log_z_mean", "mean log Z (held-out batch)"),
+                sweep_dir, done, M.LOG_Z_MEAN, "mean log Z (held-out batch)"),
                 out / "log_z.png")
         if "grad_rms_median" in done.columns:
             figs["gradient and update RMS vs params"] = _save(
@@ -303,8 +304,8 @@ def analyze_table(df: pd.DataFrame, out: Path, name: str,
             pick = select(done, series) if series else done[
                 done["n_params_nonembed"] == done["n_params_nonembed"].max()]  # the largest
             figs["loss curves"] = _save(figures.training_curves(
-                sweep_dir, pick, "train/ce", "train CE (line), eval CE (dots)",
-                markers="eval/ce"), out / "loss_curves.png")
+                sweep_dir, pick, M.TRAIN_CE, "train CE (line), eval CE (dots)",
+                markers=M.EVAL_CE), out / "loss_curves.png")
         else:
             notes.append("training curves (log Z, loss) need the runs' metrics over steps; a "
                          "table of final values has none: those figures are left out")

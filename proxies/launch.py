@@ -155,7 +155,7 @@ def run_group_job(spec_path: str) -> List[str]:
     """One launcher job: train (or resume) a group's runs, then rebuild the sweep's table.
     Returns the run directories. On failure the error's first line and traceback go to
     `<id>.error` (read by the coordinator whatever the engine) and the exception fails the job."""
-    from proxies.results import update_table
+    from proxies.sweep_table import update_table
     from proxies.coordination import train_free
 
     path = Path(spec_path)

@@ -17,7 +17,7 @@ from proxies.checkpoint import Checkpointer
 from proxies.config import DEFAULT_THRESHOLD, config_hash
 from proxies.data import Dataset
 from proxies.naming import resolve_out_dir
-from proxies.results import early_logits, grad_rms_summary, mlp0_tail
+from proxies.sweep_table import early_logits, grad_rms_summary, mlp0_tail
 from proxies.rundir import RunDir, Say, run_dir
 from proxies.sharding import sync_processes
 from proxies.tracking import Tracker

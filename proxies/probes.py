@@ -26,22 +26,23 @@ def make_probe(model: nn.Module, n_layers: int) -> Callable[[Any, jax.Array], Di
                                           mutable=["intermediates"])
         inter = state.get("intermediates", {})  # nothing sown by a zero-layer model
         out: Dict[str, jax.Array] = {}
+        sown = {M.ATTN_MAX_LOGIT: lambda blk: blk["attn"]["max_logit"],
+                M.ATTN_ENTROPY: lambda blk: blk["attn"]["entropy"],
+                M.ATTN_ENTROPY_MIN_HEAD: lambda blk: blk["attn"]["entropy_min_head"],
+                M.ACT_MAX_ABS: lambda blk: blk["act_max_abs"],
+                M.ACT_MAX_MEDIAN_RATIO: lambda blk: blk["act_max_median_ratio"]}
         for i in range(n_layers):
-            blk = inter[f"block_{i}"]
-            out[f"attn/max_logit/layer_{i}"] = blk["attn"]["max_logit"][0]
-            out[f"attn/entropy/layer_{i}"] = blk["attn"]["entropy"][0]
-            out[f"{M.ATTN_ENTROPY_MIN_HEAD}/layer_{i}"] = blk["attn"]["entropy_min_head"][0]
-            out[f"act/max_abs/layer_{i}"] = blk["act_max_abs"][0]
-            out[f"act/max_median_ratio/layer_{i}"] = blk["act_max_median_ratio"][0]
+            for family, read in sown.items():
+                out[M.per_layer(family, i)] = read(inter[f"block_{i}"])[0]
         if n_layers:  # a zero-layer (bigram) model has no attention
-            out["attn/max_logit"] = jnp.max(jnp.stack(
-                [out[f"attn/max_logit/layer_{i}"] for i in range(n_layers)]))
+            out[M.ATTN_MAX_LOGIT] = jnp.max(jnp.stack(
+                [out[M.per_layer(M.ATTN_MAX_LOGIT, i)] for i in range(n_layers)]))
             out[M.ATTN_ENTROPY_MIN_HEAD] = jnp.min(jnp.stack(
-                [out[f"{M.ATTN_ENTROPY_MIN_HEAD}/layer_{i}"] for i in range(n_layers)]))
+                [out[M.per_layer(M.ATTN_ENTROPY_MIN_HEAD, i)] for i in range(n_layers)]))
         log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-        out["logits/log_z_mean"] = jnp.mean(log_z_BxL)
-        out["logits/mean"] = jnp.mean(logits_BxLxV)
-        out["logits/max_abs"] = jnp.max(jnp.abs(logits_BxLxV))
+        out[M.LOG_Z_MEAN] = jnp.mean(log_z_BxL)
+        out[M.LOGITS_MEAN] = jnp.mean(logits_BxLxV)
+        out[M.LOGITS_MAX_ABS] = jnp.max(jnp.abs(logits_BxLxV))
         return out
 
     return jax.jit(probe)

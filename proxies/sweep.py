@@ -32,7 +32,7 @@ from proxies.grid import expand_grid, label_runs, sweep_dir, write_manifest
 from proxies.launch import (POLL_S, CoreWorkers, JobsFailed, Launcher, available_cores,
                             check_installed, dispatch, from_hydra, run_jobs)
 from proxies.naming import GridPoint, group_key
-from proxies.results import TABLE, update_table
+from proxies.sweep_table import TABLE, update_table
 from proxies.rundir import RunDir, atomic_write_text, run_finished, take_lock
 from proxies.sharding import initialize_distributed
 from proxies.stopping import stop_requests

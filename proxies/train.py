@@ -382,7 +382,7 @@ def init_records(ms: List[Member], fns: Evaluators, state0: Any, evals: List[jax
 def multirun_job(cfg: DictConfig, sweep_dir: Path, overrides: List[str]) -> Dict[str, Any]:
     """One job of `python -m proxies.train -m ...`: a run directory inside Hydra's sweep dir, then
     the sweep dir's results.csv rebuilt from every run directory in it."""
-    from proxies.results import update_table
+    from proxies.sweep_table import update_table
 
     if cfg.out_dir is None:
         cfg.out_dir = str(sweep_dir / run_name(cfg))

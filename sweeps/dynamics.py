@@ -40,6 +40,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from analysis.dashboard.panels import PanelSpec
+from proxies import metric_names as M
 from sweeps import panels as P
 from sweeps import verdicts as V
 from sweeps.core import (SPECS, Part, Reproduced, Result, ScaleSpec, Tables, main, size,
@@ -293,7 +294,7 @@ def draw_ratio(ax: plt.Axes, run_dir: Path, style: str, label_layers: bool) -> N
 
 # The paper figure's panels in a W&B report (python -m analysis.dashboard <result dir>).
 DASHBOARD = [PanelSpec("residual-stream max / median per layer over training",
-                       "act/max_median_ratio", layers=True, split=("model.norm", "model.mlp"))]
+                       M.ACT_MAX_MEDIAN_RATIO, layers=True, split=("model.norm", "model.mlp"))]
 
 RESULT = Result("dynamics", CLAIM, parts, judge, figure, DASHBOARD, paper="outlier literature")
 

@@ -119,7 +119,7 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
             top_lr_logits(df),
         "verdict rule": "(b) decides false/inconclusive; true needs (a) true; (c) reported",
     }
-    why = (f"(b) {b}: {b_why}; (a) {a}: {a_why}; (c) reported: no qk-LN "
+    why = (f"(b) {b}: {b_why}; (a) {a}: {a_why}; (c) reported: without qk-LN "
            f"{V.trend_words(trend_off)}, with qk-LN {V.trend_words(trend_on)}")
     return verdict, why, measured
 

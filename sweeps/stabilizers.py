@@ -48,6 +48,7 @@ import pandas as pd
 
 from analysis.dashboard.panels import PanelSpec, lr_vs_loss
 from proxies.config import LR_KEY
+from proxies import metric_names as M
 from sweeps import panels as P
 from sweeps import verdicts as V
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, half_decades, main
@@ -66,7 +67,7 @@ COLLAPSE = 0.5  # claim (3): entropy below this share of its value at init has c
 # The verdict is claims (1)-(4) together: each says "false" at Bonferroni's level for four.
 CLAIMS = 4
 NEAR_BEST = 0.1  # nats: the highest LR whose loss is within this of the best
-ENTROPY = "attn/entropy_min_head"
+ENTROPY = M.ATTN_ENTROPY_MIN_HEAD
 
 QK = "model.qk_layernorm"
 # Each stabiliser: its label and the keys it sets (QK-clip's τ comes from the scale).
@@ -162,7 +163,7 @@ def max_logit_after_init(g: pd.DataFrame) -> float:
     acts from the first update on; the step-0 probe sees the init)."""
     peaks = []
     for _, row in g.iterrows():
-        c = P.curve(row, "attn/max_logit")
+        c = P.curve(row, M.ATTN_MAX_LOGIT)
         c = c[(c.index > 0) & np.isfinite(c.to_numpy(float))]
         if len(c):
             peaks.append(float(c.max()))

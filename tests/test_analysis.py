@@ -308,7 +308,7 @@ def test_the_sweep_record_uses_the_sweeps_lr_range(tmp_path):
     (3.0), 1e-2 (3.5), 1e-1 (5.0) give (0 + 0.5 + 2.0) / 3 over the whole grid and 0.25 over
     [1e-3, 1e-2]."""
     from analysis.report import run_sensitivity, series_table
-    from proxies.results import table_from_dirs
+    from proxies.sweep_table import table_from_dirs
     root = tmp_path / "sweep"
     for name, lr, ce in (("a", 1e-3, 3.0), ("b", 1e-2, 3.5), ("c", 1e-1, 5.0)):
         _fake_run(root, name, lr, 64, _summary(ce, 1e5))

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from proxies import rundir as R
 from proxies.batches import Batches
-from proxies.results import run_row
+from proxies.sweep_table import run_row
 from proxies.rundir import RunDirError, read_metrics, take_lock
 from proxies.stopping import EXIT_INTERRUPTED, EXIT_PREEMPTED, Stopped
 from proxies.train import train

@@ -15,7 +15,7 @@ from proxies.batches import Batches
 from proxies.model import Transformer
 from proxies.naming import group_key
 from proxies.optim import hparams_from_config
-from proxies.results import run_row
+from proxies.sweep_table import run_row
 from proxies.rundir import read_metrics
 from proxies.spikes import SpikeWindow, detect, init_window, push
 from proxies.step import init_state, make_train_step

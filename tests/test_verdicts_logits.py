@@ -18,7 +18,7 @@ from proxies import metric_names as M
 from proxies.checkpoint import Checkpointer
 from proxies.data import eval_batches, load_dataset, train_batch
 from proxies.model import Transformer
-from proxies.results import early_logits, mlp0_tail
+from proxies.sweep_table import early_logits, mlp0_tail
 from proxies.rundir import read_metrics
 from proxies.step import init_state
 from proxies.train import train

@@ -14,7 +14,7 @@ import pytest
 from analysis import load
 from analysis.dashboard import wandb_group
 from analysis.sweep_end import after_sweep
-from proxies.results import table_from_dirs
+from proxies.sweep_table import table_from_dirs
 from proxies.tracking import series_name as series_label
 from proxies.sweep import run_sweep
 from proxies.train import train

@@ -16,7 +16,7 @@ import yaml
 from analysis.dashboard.panels import PanelSpec
 from analysis.load import load_sweep
 from proxies.config import nonembed_params
-from proxies.results import read_manifest
+from proxies.sweep_table import read_manifest
 from proxies.rundir import CONFIG, read_config_file
 from proxies.tracking import run_id, series_name
 

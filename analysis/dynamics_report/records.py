@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from proxies import metric_names as M
 from proxies.rundir import (  # noqa: E402
     CONFIG, METRICS, hist_files, read_config_file, read_dynamics, read_metrics)
 
@@ -98,7 +99,7 @@ def load_records(run_dir: Path) -> Records:
     cfg = read_config_file(run_dir / CONFIG)
     metrics = read_metrics(run_dir / METRICS)
     loss, eval_ce = ([(int(r["step"]), float(r[k])) for r in metrics
-                      if isinstance(r.get(k), (int, float))] for k in ("train/loss", "eval/ce"))
+                      if isinstance(r.get(k), (int, float))] for k in (M.TRAIN_LOSS, M.EVAL_CE))
     hists = {s: p for s, p in hist_files(run_dir).items() if s in by_step}
     return Records(run_dir=run_dir, steps=steps, stats=stats, hist_paths=hists,
                    model=dict(cfg.get("model") or {}),

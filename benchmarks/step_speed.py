@@ -217,11 +217,14 @@ def print_hlo_hashes(batch: int, seq: int, dtype: str) -> None:
                         ("+ paper baseline (qk-LN, z-loss, independent decay)",
                          ["model.qk_layernorm=true", "optim.z_loss=1e-4",
                           "optim.independent_wd=true"])):
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist(
-            [f"train.seq_len={seq}", f"model.dtype={dtype}", *over]))
-        text = step_instructions(cfg, 256, batch, seq)
-        print(f"{label}: {hashlib.sha256(text.encode()).hexdigest()[:12]} "
-              f"({text.count(chr(10))} instructions)")
+        for monitor in (True, False):  # the early warning's readings in the step, or not
+            cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist(
+                [f"train.seq_len={seq}", f"model.dtype={dtype}", *over,
+                 f"train.monitor.enabled={str(monitor).lower()}"]))
+            text = step_instructions(cfg, 256, batch, seq)
+            print(f"{label}, monitor {'on' if monitor else 'off'}: "
+                  f"{hashlib.sha256(text.encode()).hexdigest()[:12]} "
+                  f"({text.count(chr(10))} instructions)")
 
 
 def main() -> None:

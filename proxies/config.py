@@ -159,6 +159,11 @@ class SpikeAction(Choice):
     rollback = "rollback"  # restore the newest checkpoint, skip batches, go on
 
 
+class MonitorAction(Choice):
+    log = "log"  # a warning is an event, a console line and a W&B alert; training goes on
+    stop = "stop"  # the first warning also ends the run, its checkpoint saved (exit code 3)
+
+
 class AttnImpl(Choice):
     # jax.nn.dot_product_attention (cuDNN in bf16) on ordinary steps off CPU; explicit logits on
     # probe steps and on CPU, where XLA's fused version is slower (+7-8% per laptop step)
@@ -284,6 +289,26 @@ class SpikeConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """Early warning (proxies/monitor.py): each signal's trend over the last `window` updates is
+    extrapolated; a warning fires when it crosses its limit within `horizon` updates. It reads
+    what the step returns anyway plus a few reductions, and never changes training unless
+    `action=stop`."""
+
+    enabled: bool = True  # record the signals every update (signals.jsonl) and forecast
+    action: MonitorAction = MonitorAction.log  # log: warn; stop: end at the first warning (exit 3)
+    window: int = 20  # updates each trend is fitted to
+    horizon: int = 100  # warn when the crossing is at most this many updates ahead
+    confirm: int = 3  # forecasts in a row that must agree before a warning fires
+    every: int = 5  # forecast every N updates (signals are recorded every update)
+    attn_logit_limit: float = 1e4  # the paper's runs whose max attention logit passed ~1e4 diverged
+    log_z_limit: float = 30.0  # |mean log Z|: output-logit divergence drifts it far from 0
+    logit_drift_limit: float = 30.0  # |mean output logit - its value at the first update|
+    grad_rms_eps_factor: float = 10.0  # block 0's first MLP grad RMS within this factor of ε
+    update_rms_floor: float = 0.1  # that layer's update RMS below this share of its early median
+
+
+@dataclass
 class TrainConfig:
     steps: int = 300  # number of updates
     batch_size: int = 32  # sequences per update
@@ -306,6 +331,8 @@ class TrainConfig:
     probes: bool = True  # attention-logit, log Z and activation probes on log steps
     quiet: bool = shown(False)  # no progress bar (sweeps set it)
     spike: SpikeConfig = added(default_factory=SpikeConfig)
+    # watches, never changes, a run (action=stop ends it early: the same run, fewer steps)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig, metadata={IDENTITY: "never"})
     # Testing aid: update numbers s (1-based, like metrics rows' `step`) whose batch is replaced
     # by garbage (batch) or whose gradient is multiplied by inject_spike_scale before clipping.
     inject_spike_at: List[int] = added(default_factory=list)
@@ -565,6 +592,16 @@ def _x64_enabled() -> bool:
     return bool(jax.config.jax_enable_x64)
 
 
+def _validate_monitor(t: Any) -> None:
+    mo = t.monitor
+    _int_at_least("train.monitor.window", mo.window, 4, 20)
+    for k, low, example in (("horizon", 1, 100), ("confirm", 1, 3), ("every", 1, 5)):
+        _int_at_least(f"train.monitor.{k}", getattr(mo, k), low, example)
+    for k in ("attn_logit_limit", "log_z_limit", "logit_drift_limit", "grad_rms_eps_factor",
+              "update_rms_floor"):
+        _positive(f"train.monitor.{k}", getattr(mo, k))
+
+
 def validate(cfg: DictConfig | Config) -> None:
     """Raise ConfigError (one line, naming the fix) for any impossible value."""
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
@@ -621,6 +658,7 @@ def validate(cfg: DictConfig | Config) -> None:
     if t.divergence_patience is not None:
         _int_at_least("train.divergence_patience", t.divergence_patience, 0, 20)
     _validate_spike(t)
+    _validate_monitor(t)
     _int_at_least("train.ce_chunk", t.ce_chunk, -1, 1024)
     mesh = getattr(cfg, "mesh", None)
     if mesh is not None:

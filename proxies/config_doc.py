@@ -21,7 +21,8 @@ from proxies import config as C
 
 SECTIONS: Tuple[Tuple[str, type], ...] = (
     ("model", C.ModelConfig), ("optim", C.OptimConfig), ("data", C.DataConfig),
-    ("train", C.TrainConfig), ("train.spike", C.SpikeConfig), ("wandb", C.WandbConfig),
+    ("train", C.TrainConfig), ("train.spike", C.SpikeConfig), ("train.monitor", C.MonitorConfig),
+    ("wandb", C.WandbConfig),
     ("dynamics", C.DynamicsConfig), ("mesh", C.MeshConfig), ("", C.Config),
     ("sweep", C.SweepConfig))
 

@@ -13,6 +13,7 @@ import jax
 from omegaconf import DictConfig, OmegaConf
 
 from proxies import metric_names as M
+from proxies import monitor as MO
 from proxies.checkpoint import Checkpointer
 from proxies.config import DEFAULT_THRESHOLD, config_hash
 from proxies.data import Dataset
@@ -46,6 +47,8 @@ class Member:
     logit_alerted: bool = False
     started_threads: Optional[str] = None  # xla_cpu_threads of the run's first process
     eval_set_hash: Optional[str] = None
+    monitor: Optional[MO.Monitor] = None  # train.monitor.enabled: the run's early warning
+    signal_rows: List[Dict[str, Any]] = field(default_factory=list)  # not yet in signals.jsonl
 
     @property
     def active(self) -> bool:
@@ -65,6 +68,24 @@ class Member:
     def alert_logit(self) -> float:
         a = self.cfg.wandb.alert_logit
         return DEFAULT_THRESHOLD if a is None else float(a)
+
+    def watch(self, update: int, w: Dict[str, float], say: Say) -> List[MO.EarlyWarning]:
+        """Record one update's monitored values and feed them to the monitor; each warning
+        becomes an event, a console line and an alert."""
+        if self.monitor is None:
+            return []
+        self.signal_rows.append({M.STEP: update, **{k: w[k] for k in MO.RECORDED if k in w}})
+        warnings = self.monitor.observe(update, w)
+        for warning in warnings:
+            self.run.append_event(warning.record())
+            self.alert(f"early warning: {warning.signal}", warning.line(), say)
+        return warnings
+
+    def flush_signals(self) -> None:
+        """Write the recorded signal rows (before a checkpoint: a resume finds them all)."""
+        if self.signal_rows:
+            rows, self.signal_rows = self.signal_rows, []
+            self.run.append_signals(rows)
 
     def alert(self, title: str, text: str, say: Say) -> None:
         """A console line, and `wandb.alert` when W&B is on."""
@@ -144,6 +165,9 @@ def restore_member(m: Member, state0: Any, rng: jax.Array, say: Say) -> None:
         m.run.start_afresh()
     sync_processes(f"restored {m.run.path.name}")  # followers read what process 0 repaired
     m.rollbacks = [e for e in m.run.read_events() if e.get("action") == "rollback"]
+    if tc.monitor.enabled:  # where the live monitor stood: its recorded signals replayed
+        m.monitor = MO.from_config(tc.monitor, m.cfg.optim.eps)
+        MO.replay(m.monitor, m.run.signal_rows())
 
 
 def loss_at_init(m: Member) -> Optional[float]:
@@ -161,6 +185,8 @@ def run_summary(rows: List[Dict[str, Any]], events: List[Dict[str, Any]],
         v = finite(key)
         return v[-1] if v else None
     log_z, attn = finite(M.LOG_Z_MEAN), finite(M.ATTN_MAX_LOGIT)
+    warnings = [e for e in events if e.get("event") == MO.EVENT]
+    spikes = [e for e in events if "action" in e]
     return {
         "final_eval_ce": last(M.EVAL_CE),
         "final_train_ce": last(M.TRAIN_CE),
@@ -168,8 +194,10 @@ def run_summary(rows: List[Dict[str, Any]], events: List[Dict[str, Any]],
         "max_attn_logit": max(attn) if attn else None,
         "final_max_attn_logit": attn[-1] if attn else None,
         "max_abs_log_z": max(abs(v) for v in log_z) if log_z else None,
-        "spikes": sum(e.get("action") != "stop" for e in events),
-        "rollbacks": sum(e.get("action") == "rollback" for e in events),
+        "spikes": sum(e.get("action", "stop") != "stop" for e in spikes),
+        "rollbacks": sum(e.get("action") == "rollback" for e in spikes),
+        "early_warnings": len(warnings),
+        "first_warning_step": min((e[M.STEP] for e in warnings), default=None),
         **extra,
     }
 

@@ -108,6 +108,8 @@ class RunSummary(TypedDict):
     max_abs_log_z: Optional[float]
     spikes: int  # spike events (skips and rollbacks)
     rollbacks: int
+    early_warnings: int  # the monitor's warnings (proxies/monitor.py), one per signal at most
+    first_warning_step: Optional[int]
     diverged: bool
     diverged_at_step: Optional[int]
     stop_reason: str  # completed | diverged | max_rollbacks
@@ -130,5 +132,6 @@ class RunSummary(TypedDict):
 SUMMARY_KEYS = ("n_params", "n_params_nonembed", "final_eval_ce", "final_train_ce",
                 "loss_at_init", "diverged", "diverged_at_step", "steps_done",
                 "max_attn_logit", "final_max_attn_logit", "max_abs_log_z", "spikes", "rollbacks",
+                "early_warnings", "first_warning_step",
                 "stop_reason", "tokens_per_s", "wall_s", LOGIT_BLOCK0_EARLY, LOGIT_EARLY,
                 GRAD_RMS_MLP0_TAIL, UPDATE_RMS_MLP0_TAIL)

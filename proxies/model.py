@@ -267,6 +267,10 @@ def head_max_logits(logits_BxHxLxL: jax.Array) -> jax.Array:
 
 
 QK_CLIP = "qk_clip"  # the collection each attention layer sows its heads' max logits into
+# The collection each attention layer sows its max logit into for the early-warning monitor
+# (proxies/monitor.py): over the batch where the logits are written out anyway; the fused path
+# keeps none, so there it is the first sequence's (1/B of the logits' cost, the same trend).
+MONITOR = "monitor"
 
 
 def auto_fuses(backend: str) -> bool:
@@ -335,6 +339,9 @@ class Attention(nn.Module):
             if self.is_mutable_collection(QK_CLIP):  # the fused kernel keeps its logits
                 self.sow(QK_CLIP, "max_logit", jax.lax.stop_gradient(head_max_logits(
                     upcast(attn_logits(cfg, q_BxLxHxK, k_BxLxHxK, dtype)))))
+            if self.is_mutable_collection(MONITOR):
+                self.sow(MONITOR, "max_logit", jax.lax.stop_gradient(jnp.max(head_max_logits(
+                    upcast(attn_logits(cfg, q_BxLxHxK[:1], k_BxLxHxK[:1], dtype))))))
             q_BxLxHxK, k_BxLxHxK, post = qk_for_product(cfg, q_BxLxHxK, k_BxLxHxK, dtype)
             out_BxLxHxK = fused_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, post, dtype)
         else:
@@ -379,6 +386,9 @@ class Attention(nn.Module):
         causal_LxL = causal_mask(q_BxLxHxK.shape[1])
         if self.is_mutable_collection(QK_CLIP):
             self.sow(QK_CLIP, "max_logit", jax.lax.stop_gradient(head_max_logits(logits_BxHxLxL)))
+        if self.is_mutable_collection(MONITOR):
+            self.sow(MONITOR, "max_logit",
+                     jax.lax.stop_gradient(jnp.max(head_max_logits(logits_BxHxLxL))))
         capped_BxHxLxL = softcap(logits_BxHxLxL, self.cfg.attn_softcap)
         masked = jnp.where(causal_LxL, capped_BxHxLxL, jnp.finfo(logits_BxHxLxL.dtype).min)
         probs_BxHxLxL = jax.nn.softmax(masked, axis=-1)

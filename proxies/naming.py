@@ -37,6 +37,8 @@ def group_key(cfg: DictConfig) -> str:
     ident = identity(cfg)
     ident["optim"] = {k: v for k, v in ident["optim"].items() if k not in HPARAM_KEYS}
     ident["train"].pop("inject_spike_scale", None)  # a step argument too (optim.py)
+    if not cfg.train.monitor.enabled:  # the step returns no readings for the monitor
+        ident["train"]["monitor"] = "off"
     return json.dumps(ident, sort_keys=True)
 
 

@@ -3,7 +3,9 @@
     out_dir/
       config.yaml     the resolved config plus `run:` metadata; its identity is checked on reuse
       metrics.jsonl   one row per log or eval step, appended as the run goes
-      events.jsonl    spike events (step, z-scores, action, batches skipped), appended
+      events.jsonl    spike events (step, z-scores, action, batches skipped) and early
+                      warnings (signal, value, limit, forecast step), appended
+      signals.jsonl   with train.monitor.enabled: one row per update of what the monitor reads
       summary.json    written once, atomically, when the run ends
       checkpoints/    orbax, one directory per step (proxies/checkpoint.py)
       dynamics/       with dynamics.enabled: stats.jsonl (one row of scalars per probe step) and
@@ -40,6 +42,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 BAD_METRICS = "metrics.bad.jsonl"
 EVENTS = "events.jsonl"
+SIGNALS = "signals.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 DYNAMICS = "dynamics"
@@ -250,6 +253,7 @@ class RunDir:
         self.config = self.path / CONFIG
         self.metrics = self.path / METRICS
         self.events = self.path / EVENTS
+        self.signals = self.path / SIGNALS
         self.summary = self.path / SUMMARY
         self.checkpoints = self.path / CHECKPOINTS
         self.damaged = self.path / DAMAGED
@@ -336,6 +340,9 @@ class RunDir:
         events = [e for e in read_jsonl(self.events)[0]
                   if e[STEP] <= last_step or e.get("action") == "rollback"]
         atomic_write_text(self.events, "".join(json.dumps(e) + "\n" for e in events))
+        if self.signals.exists():
+            kept = [r for r in read_jsonl(self.signals)[0] if r[STEP] <= last_step]
+            atomic_write_text(self.signals, "".join(json.dumps(r) + "\n" for r in kept))
         self._repair_dynamics(last_step)
 
     def _repair_dynamics(self, last_step: int) -> None:
@@ -390,6 +397,16 @@ class RunDir:
         with writing(self.dynamics / DYN_STATS), open(self.dynamics / DYN_STATS, "a") as f:
             append_line(f, {STEP: step, **scalars})
 
+    # ---- the monitor's signals
+    def signal_rows(self) -> List[Dict[str, Any]]:
+        return read_jsonl(self.signals)[0]
+
+    def append_signals(self, rows: List[Dict[str, Any]]) -> None:
+        """Append a batch of per-update rows (written on log and checkpoint steps)."""
+        with writing(self.signals), open(self.signals, "a") as f:
+            for row in rows:
+                append_line(f, row)
+
     # ---- spike events
     def read_events(self) -> List[Dict[str, Any]]:
         return read_jsonl(self.events)[0]
@@ -435,6 +452,9 @@ class FollowerRunDir(RunDir):
         pass
 
     def append_event(self, event: Dict[str, Any]) -> None:
+        pass
+
+    def append_signals(self, rows: List[Dict[str, Any]]) -> None:
         pass
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from proxies import metric_names as M
 from proxies.probes import flatten_tensor_stats, make_dynamics_probe, make_probe
 from proxies.sharding import Layout
-from proxies.step import WATCHED, make_eval_step, make_train_step
+from proxies.step import make_eval_step, make_train_step, watched_keys
 
 
 def vmapped_step(step: Callable) -> Callable:
@@ -130,6 +130,7 @@ class Runner:
             self.hp = layout.put(self.hp, layout.hparams(self.hp))
         self._alive_G = self._members(np.ones(self.G, bool))
         self.fns: Compiled
+        self.watch_keys: Tuple[str, ...] = ()
 
     def _members(self, x_G: np.ndarray) -> jax.Array:
         """A per-member array, split over the members' devices like the states."""
@@ -144,6 +145,7 @@ class Runner:
     def compile(self, key: str, model: Any, cfg: DictConfig, batch: jax.Array) -> Compiled:
         self.fns = compiled(key, model, cfg, self.state, batch, self.hp,
                             self.G if self.vmapped else 0, self.layout)
+        self.watch_keys = watched_keys(cfg)
         return self.fns
 
     def step(self, batch: np.ndarray, with_stats: bool) -> Dict[str, Any]:
@@ -171,8 +173,9 @@ class Runner:
 
     def read(self, watched: jax.Array) -> List[Dict[str, float]]:
         """Host values of the watched metrics, one dict per member."""
-        host_GxK = np.asarray(watched, np.float64).reshape(self.G, len(WATCHED))
-        return [dict(zip(WATCHED, row.tolist())) for row in host_GxK]
+        keys = self.watch_keys
+        host_GxK = np.asarray(watched, np.float64).reshape(self.G, len(keys))
+        return [dict(zip(keys, row.tolist())) for row in host_GxK]
 
     @staticmethod
     def ok(w: Dict[str, float]) -> bool:

@@ -9,7 +9,7 @@ update is dropped here, on device.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -20,7 +20,9 @@ from omegaconf import DictConfig
 
 from proxies.config import InjectKind, SpikeAction, unhandled
 from proxies.divergence import diverged
-from proxies.model import QK_CLIP, SIGMA_REPARAM, readout, readout_table, upcast, wide_dtype
+from proxies.metric_names import FIRST_MLP_KERNELS
+from proxies.model import (MONITOR, QK_CLIP, SIGMA_REPARAM, readout, readout_table, upcast,
+                           wide_dtype)
 from proxies.optim import (Hparams, adamw, chunked_cross_entropy_with_z_loss, clip_by_global_norm,
                            cross_entropy_with_z_loss, decay_mask, learning_rate,
                            lr_multipliers, optimizer_hparams, qk_clip, update_clipped_frac)
@@ -28,6 +30,15 @@ from proxies.spikes import SpikeWindow, detect, init_window, push
 
 # Per-step values the training loop reads back (proxies/runner.py), in this order.
 WATCHED = ("loss", "grad_norm", "spike", "skipped", "loss_zscore", "grad_zscore", "diverged")
+# With train.monitor.enabled, what the early-warning monitor reads (proxies/monitor.py), after
+# them: the max attention logit over layers, the mean log Z and mean output logit of the batch,
+# block 0's first MLP layer's gradient RMS and update RMS (÷ LR).
+MONITORED = ("attn_max_logit", "log_z_mean", "logit_mean", "mlp0_grad_rms", "mlp0_update_rms")
+
+
+def watched_keys(cfg: DictConfig) -> Tuple[str, ...]:
+    """The names of a step's `watch` values, in order."""
+    return WATCHED + (MONITORED if cfg.train.monitor.enabled else ())
 
 
 class TrainState(struct.PyTreeNode):
@@ -59,9 +70,11 @@ def _tx(cfg: DictConfig, params: Any, hp: Hparams, lr_t: jax.Array) -> optax.Gra
 
 def model_collections(cfg: DictConfig) -> Tuple[str, ...]:
     """The variable collections besides params that the train step's forward pass writes:
-    σReparam's vectors (kept in the state) and each head's max logit (read by QK-clip)."""
+    σReparam's vectors (kept in the state), each head's max logit (read by QK-clip) and each
+    layer's (read by the monitor)."""
     return ((SIGMA_REPARAM,) if cfg.model.sigma_reparam else ()) + (
-        (QK_CLIP,) if cfg.optim.qk_clip_tau is not None else ())
+        (QK_CLIP,) if cfg.optim.qk_clip_tau is not None else ()) + (
+        (MONITOR,) if cfg.train.monitor.enabled else ())
 
 
 def init_state(model: nn.Module, cfg: DictConfig, rng: jax.Array) -> TrainState:
@@ -109,24 +122,54 @@ def _grad_injection(cfg: DictConfig) -> Callable[[Any, jax.Array, Hparams], Any]
 
 def loss_and_aux(model: nn.Module, variables: Dict[str, Any], inputs_BxL: jax.Array,
                  targets_BxL: jax.Array, z_loss: jax.Array | float, ce_chunk: int,
-                 mutable: Tuple[str, ...] = ()) -> Tuple[jax.Array, Dict[str, Any]]:
-    """Loss and its parts (ce, z_loss, log_z_mean) of the model on one batch; with ce_chunk > 0
-    the readout and cross-entropy run that many tokens at a time (`train.ce_chunk`). The
-    `mutable` collections the forward pass wrote are in the parts, under "collections"."""
+                 mutable: Tuple[str, ...] = (),
+                 logit_mean: bool = False) -> Tuple[jax.Array, Dict[str, Any]]:
+    """Loss and its parts (ce, z_loss, log_z_mean; with `logit_mean`, the mean output logit) of
+    the model on one batch; with ce_chunk > 0 the readout and cross-entropy run that many tokens
+    at a time (`train.ce_chunk`). The `mutable` collections the forward pass wrote are in the
+    parts, under "collections"."""
     apply = partial(model.apply, variables, inputs_BxL, hidden_only=bool(ce_chunk))
     out, collections = apply(mutable=list(mutable)) if mutable else (apply(), {})
     if not ce_chunk:
         loss, aux = cross_entropy_with_z_loss(out, targets_BxL, z_loss)
+        logits_NxV = out
     else:
+        table_VxD = readout_table(model.cfg, variables["params"])
         loss, aux = chunked_cross_entropy_with_z_loss(
-            partial(readout, model.cfg), readout_table(model.cfg, variables["params"]), out,
-            targets_BxL, z_loss, ce_chunk)
+            partial(readout, model.cfg), table_VxD, out, targets_BxL, z_loss, ce_chunk)
+        # No chunk's logits outlive it: the first sequence's, read again (1/B of the readout).
+        logits_NxV = readout(model.cfg, table_VxD, out[0])
+    if logit_mean:
+        aux["logit_mean"] = jax.lax.stop_gradient(jnp.mean(logits_NxV.astype(jnp.float32)))
     return loss, {**aux, "collections": collections} if mutable else aux
 
 
 def head_max_logits_by_layer(sown: Dict[str, Any]) -> Dict[str, jax.Array]:
     """{'block_i': (H,)} from the `qk_clip` collection (sow keeps a 1-tuple per layer)."""
     return {block: tree["attn"]["max_logit"][0] for block, tree in sown.items()}
+
+
+def _first_mlp_kernel(tree: Any) -> Optional[jax.Array]:
+    """Block 0's first MLP kernel in a params-shaped tree (None without blocks)."""
+    for path in FIRST_MLP_KERNELS:
+        node = tree
+        for key in path.split("/"):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return None
+
+
+def monitored(written: Dict[str, Any], aux: Dict[str, Any], grads: Any, updates: Any,
+              lr_t: jax.Array) -> Dict[str, jax.Array]:
+    """The monitor's readings of one step (NaN where the model has no such part)."""
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    layers = [tree["attn"]["max_logit"][0] for tree in written.get(MONITOR, {}).values()]
+    grad, update = _first_mlp_kernel(grads), _first_mlp_kernel(updates)
+    return {"attn_max_logit": jnp.max(jnp.stack(layers)) if layers else nan,
+            "log_z_mean": aux["log_z_mean"], "logit_mean": aux["logit_mean"],
+            "mlp0_grad_rms": nan if grad is None else _rms(grad),
+            "mlp0_update_rms": nan if update is None else _rms(update) / lr_t}
 
 
 def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False) -> Callable:
@@ -136,6 +179,7 @@ def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False)
     skips_spikes, inject = _skips_spikes(cfg), _grad_injection(cfg)
     ce_chunk = ce_chunk_for(cfg.train.ce_chunk, model.vocab_size)
     mutable, tau = model_collections(cfg), cfg.optim.qk_clip_tau
+    watch, monitor = watched_keys(cfg), cfg.train.monitor.enabled
 
     def train_step(state: TrainState, batch_BxLp1: jax.Array,
                    hp: Hparams) -> Tuple[TrainState, Dict[str, Any]]:
@@ -143,7 +187,7 @@ def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False)
 
         def loss_fn(params):
             return loss_and_aux(model, {**state.variables, "params": params}, inputs_BxL,
-                                targets_BxL, hp["z_loss"], ce_chunk, mutable)
+                                targets_BxL, hp["z_loss"], ce_chunk, mutable, monitor)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         written = aux.get("collections", {})
@@ -171,6 +215,8 @@ def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False)
         metrics = {"loss": loss, "ce": aux["ce"], "z_loss": aux["z_loss"], "lr": lr_t,
                    "grad_norm": grad_norm, "spike": spike, "skipped": skip,
                    "loss_zscore": loss_z, "grad_zscore": grad_z, "diverged": gone, **stabilizers}
+        if monitor:
+            metrics.update(monitored(written, aux, grads, updates, lr_t))
         if with_stats:
             tmap = jax.tree_util.tree_map
             metrics["grad_rms"] = tmap(_rms, grads)  # the (clipped) gradient Adam sees
@@ -179,7 +225,7 @@ def make_train_step(model: nn.Module, cfg: DictConfig, with_stats: bool = False)
         window = push(state.spike, loss, grad_norm, spike, skip)
         metrics["spikes"], metrics["skips"] = window.spikes, window.skipped
         # What the loop reads every step, in one array: one device-to-host copy, not six.
-        metrics["watch"] = jnp.stack([jnp.asarray(metrics[k], loss.dtype) for k in WATCHED])
+        metrics["watch"] = jnp.stack([jnp.asarray(metrics[k], loss.dtype) for k in watch])
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                           spike=window, over_limit=over_limit, model_state=model_state), metrics
 

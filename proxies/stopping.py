@@ -6,7 +6,8 @@ the loop (start-up, compilation) SIGTERM/SIGUSR1 raise `Stopped` at once and Ctr
 KeyboardInterrupt as usual: nothing is half-written there (every record write is atomic or an
 appended line). A second Ctrl-C inside the loop interrupts at once.
 
-Exit codes of the commands: 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1, 130 after Ctrl-C.
+Exit codes of the commands: 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1, 130 after Ctrl-C, 3 after an
+early warning with `train.monitor.action=stop` (proxies/monitor.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,23 @@ class Stopped(Exception):
     @property
     def exit_code(self) -> int:
         return EXIT_INTERRUPTED if self.signame == "SIGINT" else EXIT_PREEMPTED
+
+
+EXIT_WARNED = 3  # train.monitor.action=stop ended the run on an early warning
+
+
+class WarnedStop(Stopped):
+    """A run ended by its early warning (`train.monitor.action=stop`), its records and a
+    checkpoint saved: the same run resumes with `train.monitor.action=log`."""
+
+    def __init__(self, warning_line: str, step: int):
+        self.signame, self.step = "early warning", step
+        Exception.__init__(self, f"stopped at step {step} by the {warning_line}; checkpoint and "
+                           "records saved, rerun with train.monitor.action=log to go on")
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_WARNED
 
 
 class StopRequest:

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from proxies import divergence
 from proxies import metric_names as M
+from proxies import monitor as MO
 from proxies.batches import Batches, shared_dataset, the_eval_set
 from proxies.cli import one_line_errors, run_cli
-from proxies.config import SpikeAction, register_configs, unhandled, validate
+from proxies.config import MonitorAction, SpikeAction, register_configs, unhandled, validate
 from proxies.data import Dataset, cache_dir, eval_set_hash
 from proxies.members import (Member, finish_member, loss_at_init, open_member,
                              restore_member)
@@ -41,7 +42,7 @@ from proxies.rundir import Say, quiet_storage_noise, writing
 from proxies.runner import Evaluators, Runner, evaluators, place_batch
 from proxies.sharding import group_layout, initialize_distributed, run_layout, sync_processes
 from proxies.step import init_state
-from proxies.stopping import StopRequest, Stopped, stop_requests
+from proxies.stopping import StopRequest, Stopped, WarnedStop, stop_requests
 from proxies.tracking import Tracker
 
 register_configs()
@@ -75,6 +76,7 @@ class Loop:
     _logged_at: int = 0  # last log step, and when it was written: throughput between them
     _t_last: float = 0.0
     _bar: Any = None
+    warned: Optional[MO.EarlyWarning] = None  # with train.monitor.action=stop: ends the loop
 
     @property
     def tc(self) -> Any:
@@ -89,13 +91,14 @@ class Loop:
         try:  # closed whatever stops the loop, so an error's line starts a line of its own
             with self.stop.armed_loop():
                 for update in range(start + 1, end + 1):
-                    if self.stop.requested or not self.any_active():
+                    if self.stop.requested or self.warned or not self.any_active():
                         break
                     self.step(update, end)
                     done = update
                 self.resolve()
-                if self.stop.requested:
+                if self.stop.requested or self.warned:
                     self.checkpoint(done)
+                self.flush_signals()
         finally:
             self._bar.close()
         return done
@@ -121,6 +124,7 @@ class Loop:
     def record(self, update: int, metrics: Optional[Dict[str, Any]], eval_now: bool) -> None:
         """Write the rows of a log and/or eval step (after checking the update)."""
         self.resolve()
+        self.flush_signals()
         rows = self.observe(update, metrics, eval_now)
         if metrics is not None:
             tok_s = self.throughput(update - self._logged_at, self._t_last)
@@ -155,7 +159,7 @@ class Loop:
         return steps * self.tc.batch_size * self.tc.seq_len / (now - since)
 
     def resolve(self) -> None:
-        """Act on the pending update's watched values: spikes, divergence."""
+        """Act on the pending update's watched values: spikes, divergence, early warnings."""
         if self._pending is None:
             return
         update, watched = self._pending
@@ -164,10 +168,34 @@ class Loop:
             if not m.active:
                 continue
             m.last_loss = w["loss"]
+            self.on_warnings(m.watch(update, w, self.write_line), m)
             if w["spike"]:
                 self.on_spike(i, m, update, w)
             if m.active and not self.runner.ok(w):
                 m.diverged_at, m.outcome = update, "diverged"
+
+    def write_line(self, text: str) -> None:
+        """A console line through the progress bar (it redraws below the line)."""
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(text)
+        else:
+            self.say(text)
+
+    def on_warnings(self, warnings: List[MO.EarlyWarning], m: Member) -> None:
+        if not warnings:
+            return
+        self._bar.set_postfix_str(f"early warning: {warnings[0].signal}")
+        match MonitorAction(m.cfg.train.monitor.action):
+            case MonitorAction.log:
+                pass
+            case MonitorAction.stop:
+                self.warned = self.warned or warnings[0]
+            case action:
+                unhandled("train.monitor.action", action)
+
+    def flush_signals(self) -> None:
+        for m in self.members:
+            m.flush_signals()
 
     def on_spike(self, i: int, m: Member, update: int, w: Dict[str, float]) -> None:
         sc = m.cfg.train.spike
@@ -220,6 +248,7 @@ class Loop:
         self.resolve()
         if update <= self.last_saved:
             return
+        self.flush_signals()
         for i, m in enumerate(self.members):
             if m.active:
                 m.ckpt.save(update, self.runner.member_state(i), m.rng)
@@ -342,6 +371,8 @@ def _train_members(members: List[tuple[int, Member]], summaries: List[Optional[D
     wall = time.time() - t0  # the training loop, probes and evals included, compilation not
     if stop.requested and done < end and loop.any_active():  # work left: resume it later
         raise Stopped(stop.requested, done)
+    if loop.warned is not None and done < end and loop.any_active():
+        raise WarnedStop(loop.warned.line(), done)
     for (i, m) in members:
         steps_run = (m.diverged_at or done) - start
         summaries[i] = finish_member(m, end, steps_run, wall, len(ms) if vmapped else 1, say)

@@ -39,7 +39,9 @@ from sweeps import RESULTS
 from sweeps.core import Result, cell, fmt_value, plan
 
 DYNAMICS_RUN_FIGURE = "outliers_over_training.png"  # analysis/dynamics_report/ writes it
-CLAIMED = ("onset",) + RESULTS  # the rows, in order: the onset study says what a scale can show
+# The rows, in order: the onset study says what a scale can show; the early warning (beyond
+# the paper, outside sweeps.all) comes last.
+CLAIMED = ("onset",) + RESULTS + ("early_warning",)
 
 
 def parse(argv: Sequence[str]) -> Tuple[str, Path, Path]:

@@ -156,8 +156,9 @@ def _choice_types():
 
 def test_choice_members_are_named_by_their_values():
     kinds = _choice_types()
-    # 12 options, spike.action, inject_spike_kind, attn_impl, distributed, eval_set
-    assert len(kinds) == 17
+    # 12 options, spike.action, monitor.action, inject_spike_kind, attn_impl, distributed,
+    # eval_set
+    assert len(kinds) == 18
     for kind in kinds:
         assert all(m.name == m.value for m in kind), kind  # OmegaConf reads enums by name
 

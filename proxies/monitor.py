@@ -1,0 +1,317 @@
+"""Early warning (`train.monitor`): forecast, from each signal's recent trend, the step at which
+it crosses its limit, before the loss shows anything.
+
+The signals are the mechanisms the paper names (../shared/spec/paper.md), read every update from
+the train step (proxies/step.py `MONITORED`):
+
+- `attn_max_logit`: the max attention logit over layers and heads; the paper's runs whose max
+  logit passed ~1e4 all diverged (Fig 9) -> limit `attn_logit_limit`, above.
+- `log_z_abs`: |mean log Z| of the batch; output-logit divergence is log Z drifting far from 0
+  (Fig 3-4; z-loss holds it there) -> `log_z_limit`, above.
+- `logit_drift`: |mean output logit - its value at the first update|; the paper's output logits
+  "become very negative" while CE, shift-invariant, need not move -> `logit_drift_limit`, above.
+- `grad_rms_over_eps`: block 0's first MLP layer's gradient RMS / Adam ε; near ε the update
+  Δ = m / (√v + ε) shrinks (Fig 11-13) -> `grad_rms_eps_factor` (10: within 10× of ε), below.
+- `update_rms_ratio`: that layer's update RMS (÷ LR) over its median in the first `window`
+  updates; update-RMS collapse is the symptom the paper's ε study shows -> `update_rms_floor`,
+  below.
+
+A forecast fits a line, a parabola and an exponential to the last `window` values (by least
+squares, the form kept is the one with the smallest AICc), and solves for the first step after
+the newest at which the fitted trend crosses the limit. A warning fires when that step is at
+most `horizon` updates ahead (or the value is already past the limit) on `confirm` checks in a
+row (a check every `every` updates, and at every update past the limit), once per signal per
+run. The reactive detectors large trainers use are here too, for
+scoring against the same records (`reactive_warnings`): a loss or gradient-norm z-score above 6
+over the last 128 updates (OLMo-core, MaxText), a loss above 10× the largest seen so far
+(Megatron-LM).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Signal names, as a run's signals.jsonl and events.jsonl hold them.
+ATTN_MAX_LOGIT = "attn_max_logit"
+LOG_Z_ABS = "log_z_abs"
+LOGIT_DRIFT = "logit_drift"
+GRAD_RMS_OVER_EPS = "grad_rms_over_eps"
+UPDATE_RMS_RATIO = "update_rms_ratio"
+SIGNALS = (ATTN_MAX_LOGIT, LOG_Z_ABS, LOGIT_DRIFT, GRAD_RMS_OVER_EPS, UPDATE_RMS_RATIO)
+# What a run's signals.jsonl holds per update: the step's readings the signals are derived from
+# (proxies/step.py MONITORED) and the loss and gradient norm the reactive detectors read.
+RECORDED = ("loss", "grad_norm", "attn_max_logit", "log_z_mean", "logit_mean", "mlp0_grad_rms",
+            "mlp0_update_rms")
+EVENT = "early_warning"  # an events.jsonl row's "event"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A signal's limit and the side of it that is trouble."""
+    value: float
+    above: bool  # True: trouble is above the limit; False: below it
+
+    def past(self, x: float) -> bool:
+        return x >= self.value if self.above else x <= self.value
+
+
+def limits(attn_logit_limit: float, log_z_limit: float, logit_drift_limit: float,
+           grad_rms_eps_factor: float, update_rms_floor: float) -> Dict[str, Limit]:
+    """Each signal's limit from `train.monitor`'s settings."""
+    return {ATTN_MAX_LOGIT: Limit(attn_logit_limit, True),
+            LOG_Z_ABS: Limit(log_z_limit, True),
+            LOGIT_DRIFT: Limit(logit_drift_limit, True),
+            GRAD_RMS_OVER_EPS: Limit(grad_rms_eps_factor, False),
+            UPDATE_RMS_RATIO: Limit(update_rms_floor, False)}
+
+
+# --- the forecast -------------------------------------------------------------------------
+
+
+def _aicc(rss: float, n: int, k: int) -> float:
+    """Akaike's criterion with the small-sample correction, for a least-squares fit."""
+    rss = max(rss, 1e-300)
+    if n - k - 1 <= 0:
+        return math.inf
+    return n * math.log(rss / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1)
+
+
+def _poly_crossing(coef: np.ndarray, level: float, after: float, until: float) -> Optional[float]:
+    """First t in (after, until] where c0 + c1 t (+ c2 t²) equals `level` (coefficients lowest
+    power first)."""
+    c = [float(coef[0]) - level] + [float(x) for x in coef[1:]]
+    if len(c) == 3 and c[2] != 0:
+        disc = c[1] ** 2 - 4 * c[2] * c[0]
+        if disc < 0:
+            return None
+        roots = [(-c[1] + sgn * math.sqrt(disc)) / (2 * c[2]) for sgn in (-1, 1)]
+    elif c[1] != 0:
+        roots = [-c[0] / c[1]]
+    else:
+        return None
+    inside = [r for r in roots if after < r <= until]
+    return min(inside) if inside else None
+
+
+@dataclass(frozen=True)
+class Fit:
+    form: str  # line | parabola | exponential
+    crossing: Optional[float]  # the step at which the fitted trend crosses the limit, if it does
+
+
+def forecast(steps: Sequence[float], values: Sequence[float], limit: Limit,
+             horizon: float) -> Fit:
+    """The trend of (steps, values) that fits best, and the first step within `horizon` after
+    the newest at which it crosses `limit` (None: not within the horizon).
+
+    Steps are centred and scaled before fitting, so a parabola over steps 1e5..1e5+50 is as well
+    conditioned as one over 0..50. An exponential is fitted (in log space) only to values that
+    keep one sign."""
+    t = np.asarray(steps, float)
+    y = np.asarray(values, float)
+    ok = np.isfinite(t) & np.isfinite(y)
+    t, y = t[ok], y[ok]
+    n = len(t)
+    if n < 4:
+        return Fit("none", None)
+    t0, scale = t.mean(), max(float(np.ptp(t)), 1.0)
+    u = (t - t0) / scale
+    after, until = (t[-1] - t0) / scale, (t[-1] + horizon - t0) / scale
+    fits: List[Tuple[float, str, Optional[float]]] = []
+    V_nx3 = np.stack([np.ones_like(u), u, u * u], axis=1)
+    for k, form in ((2, "line"), (3, "parabola")):
+        coef, *_ = np.linalg.lstsq(V_nx3[:, :k], y, rcond=None)
+        rss = float(np.sum((V_nx3[:, :k] @ coef - y) ** 2))
+        fits.append((_aicc(rss, n, k), form, _poly_crossing(coef, limit.value, after, until)))
+    sign = np.sign(y[-1])
+    if sign != 0 and np.all(np.sign(y) == sign) and np.sign(limit.value) == sign:
+        (a, b), *_ = np.linalg.lstsq(V_nx3[:, :2], np.log(sign * y), rcond=None)  # log|y| = a + bu
+        rss = float(np.sum((sign * np.exp(a + b * u) - y) ** 2))
+        cross = None
+        if b != 0:
+            uc = (math.log(sign * limit.value) - a) / b
+            cross = uc if after < uc <= until else None
+        fits.append((_aicc(rss, n, 2), "exponential", cross))
+    _, form, cross = min(fits, key=lambda f: f[0])
+    return Fit(form, None if cross is None else t0 + cross * scale)
+
+
+# --- the monitor ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EarlyWarning:
+    """One early warning: the signal, its value and limit now, and where its trend crosses."""
+    signal: str
+    step: int  # the update at which the warning fired
+    value: float
+    limit: float
+    forecast_step: Optional[float]  # None when the value is already past the limit
+    form: str
+
+    @property
+    def steps_ahead(self) -> Optional[float]:
+        return None if self.forecast_step is None else self.forecast_step - self.step
+
+    def record(self) -> Dict[str, object]:
+        """Its events.jsonl fields."""
+        return {"event": EVENT, "signal": self.signal, "step": self.step,
+                "value": self.value, "limit": self.limit,
+                "forecast_step": (None if self.forecast_step is None
+                                  else round(self.forecast_step, 1)),
+                "steps_ahead": (None if self.steps_ahead is None
+                                else round(self.steps_ahead, 1)),
+                "trend": self.form}
+
+    def line(self) -> str:
+        """Its one console line."""
+        where = ("is past its limit" if self.forecast_step is None else
+                 f"crosses it at step ~{self.forecast_step:.0f} ({self.steps_ahead:.0f} ahead, "
+                 f"{self.form} trend)")
+        return (f"early warning at step {self.step}: {self.signal} = {self.value:.4g}, limit "
+                f"{self.limit:.4g}, {where}")
+
+
+@dataclass
+class Monitor:
+    """One run's monitor: feed it each update's raw readings (`observe`), get warnings back.
+
+    Raw readings are the step's: the max attention logit, the mean log Z, the mean output logit,
+    block 0's first MLP layer's grad and update RMS; `derive` turns them into the signals."""
+    limits: Dict[str, Limit]
+    window: int = 50
+    horizon: int = 100
+    confirm: int = 3
+    eps: float = 1e-8
+    every: int = 1  # forecast every N updates (the readings are kept every update)
+    history: Dict[str, Deque[Tuple[int, float]]] = field(default_factory=dict)
+    warned: Dict[str, EarlyWarning] = field(default_factory=dict)
+    streak: Dict[str, int] = field(default_factory=dict)
+    logit_at_start: Optional[float] = None
+    update_rms_ref: Optional[float] = None
+    _update_rms_early: List[float] = field(default_factory=list)
+
+    def derive(self, raw: Dict[str, float]) -> Dict[str, float]:
+        """The signals of one update's raw readings (NaN where a reading is missing)."""
+        out = {s: math.nan for s in SIGNALS}
+        if (x := raw.get("attn_max_logit")) is not None:
+            out[ATTN_MAX_LOGIT] = float(x)
+        if (x := raw.get("log_z_mean")) is not None:
+            out[LOG_Z_ABS] = abs(float(x))
+        if (x := raw.get("logit_mean")) is not None and math.isfinite(x):
+            if self.logit_at_start is None:
+                self.logit_at_start = float(x)
+            out[LOGIT_DRIFT] = abs(float(x) - self.logit_at_start)
+        if (x := raw.get("mlp0_grad_rms")) is not None:
+            out[GRAD_RMS_OVER_EPS] = float(x) / self.eps
+        if (x := raw.get("mlp0_update_rms")) is not None and math.isfinite(x):
+            if self.update_rms_ref is None:
+                self._update_rms_early.append(float(x))
+                if len(self._update_rms_early) >= self.window:
+                    self.update_rms_ref = float(np.median(self._update_rms_early))
+            if self.update_rms_ref:
+                out[UPDATE_RMS_RATIO] = float(x) / self.update_rms_ref
+        return out
+
+    def observe(self, step: int, raw: Dict[str, float]) -> List[EarlyWarning]:
+        """Take one update's readings; the warnings that fire at it."""
+        fired = []
+        for name, value in self.derive(raw).items():
+            if not math.isfinite(value) or name not in self.limits:
+                continue
+            hist = self.history.setdefault(name, deque(maxlen=self.window))
+            hist.append((step, value))
+            if name in self.warned or not self._checks(name, step, value):
+                continue
+            w = self._check(name, step, value, hist)
+            self.streak[name] = self.streak.get(name, 0) + 1 if w else 0
+            if w and self.streak[name] >= self.confirm:
+                self.warned[name] = w
+                fired.append(w)
+        return fired
+
+    def _checks(self, name: str, step: int, value: float) -> bool:
+        """Whether this update is one of the signal's checks: every `every`th update, and any
+        update whose value is past the limit."""
+        return step % self.every == 0 or self.limits[name].past(value)
+
+    def _check(self, name: str, step: int, value: float,
+               hist: Deque[Tuple[int, float]]) -> Optional[EarlyWarning]:
+        lim = self.limits[name]
+        if lim.past(value):
+            return EarlyWarning(name, step, value, lim.value, None, "past")
+        if len(hist) < self.window:
+            return None
+        ts, ys = zip(*hist)
+        fit = forecast(ts, ys, lim, self.horizon)
+        if fit.crossing is None:
+            return None
+        return EarlyWarning(name, step, value, lim.value, fit.crossing, fit.form)
+
+
+def from_config(mo: Any, eps: float) -> Monitor:
+    """A fresh monitor with `train.monitor`'s settings (a config node or its plain dict) for a
+    run whose Adam ε is `eps`."""
+    get = (lambda k: mo[k]) if isinstance(mo, dict) else (lambda k: getattr(mo, k))  # noqa: E731
+    lim = limits(*(float(get(k)) for k in ("attn_logit_limit", "log_z_limit",
+                                             "logit_drift_limit", "grad_rms_eps_factor",
+                                             "update_rms_floor")))
+    return Monitor(limits=lim, window=int(get("window")), horizon=int(get("horizon")),
+                   confirm=int(get("confirm")), every=int(get("every")), eps=float(eps))
+
+
+def replay(monitor: Monitor, rows: Iterable[Dict[str, float]]) -> List[EarlyWarning]:
+    """Feed recorded signal rows ({"step": s, raw reading: value, ...}) through a monitor."""
+    warnings = []
+    for row in rows:
+        warnings.extend(monitor.observe(int(row["step"]), row))
+    return warnings
+
+
+# --- the reactive detectors ------------------------------------------------------------------
+
+ZSCORE_SIGMA, ZSCORE_WINDOW, ZSCORE_MIN = 6.0, 128, 32
+LOSS_RATIO = 10.0
+
+
+def zscore_first(steps: Sequence[int], values: Sequence[float], sigma: float = ZSCORE_SIGMA,
+                 window: int = ZSCORE_WINDOW, min_samples: int = ZSCORE_MIN) -> Optional[int]:
+    """The first step whose value lies more than `sigma` standard deviations above the mean of
+    the previous `window` values (with at least `min_samples` of them), or is not finite."""
+    past: Deque[float] = deque(maxlen=window)
+    for s, v in zip(steps, values):
+        if not math.isfinite(v):
+            return int(s)
+        if len(past) >= min_samples:
+            mean, std = float(np.mean(past)), float(np.std(past))
+            if v > mean + sigma * max(std, 1e-3 * abs(mean) + 1e-8):
+                return int(s)
+        past.append(v)
+    return None
+
+
+def ratio_first(steps: Sequence[int], values: Sequence[float],
+                ratio: float = LOSS_RATIO) -> Optional[int]:
+    """The first step whose loss exceeds `ratio` × the largest loss seen before it, or is not
+    finite."""
+    top = -math.inf
+    for s, v in zip(steps, values):
+        if not math.isfinite(v) or (top > 0 and v > ratio * top):
+            return int(s)
+        top = max(top, v)
+    return None
+
+
+def reactive_warnings(rows: Sequence[Dict[str, float]]) -> Dict[str, Optional[int]]:
+    """Each reactive detector's first warning step on a run's signal rows."""
+    steps = [int(r["step"]) for r in rows]
+    loss = [float(r.get("loss", math.nan)) for r in rows]
+    grad = [float(r.get("grad_norm", math.nan)) for r in rows]
+    return {"loss z-score > 6 (128 steps)": zscore_first(steps, loss),
+            "grad-norm z-score > 6 (128 steps)": zscore_first(steps, grad),
+            "loss > 10x largest seen": ratio_first(steps, loss)}

@@ -44,14 +44,19 @@ NO_QK_NO_Z = {"model": {"qk_layernorm": False}, "optim": {"z_loss": 0.0}}
 
 def lrs(s: ScaleSpec) -> List[float]:
     """From the scale's third-highest LR (runs train) to 10× its top (runs diverge)."""
-    return half_decades(s.lrs[-3], 10 * s.lrs[-1])
+    return half_decades(trains(s), 10 * s.lrs[-1])
+
+
+def trains(s: ScaleSpec) -> float:
+    """The scale's third-highest LR (its lowest on a shorter grid)."""
+    return s.lrs[-min(3, len(s.lrs))]
 
 
 def parts(s: ScaleSpec) -> List[Part]:
     return [Part("main", {"sweep": {"lrs": lrs(s), "sizes": s.sizes[:2],
                                     "variants": [NO_QK, NO_QK_NO_Z]}}),
             Part("eps", {"optim": {"eps": EPS_LARGE},
-                         "sweep": {"lrs": [s.lrs[-3], s.lrs[-1]], "sizes": s.sizes[:1]}})]
+                         "sweep": {"lrs": [trains(s), s.lrs[-1]], "sizes": s.sizes[:1]}})]
 
 
 def replays(t: Tables) -> List[RunReplay]:

@@ -411,7 +411,7 @@ def refuse_metrics_row(monkeypatch, at_step: int):
     real = R.append_line
 
     def append(f, row):
-        if row.get("step") == at_step:
+        if row.get("step") == at_step and f.name.endswith(R.METRICS):
             f.write(json.dumps(row)[:40])
             f.flush()
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -568,8 +568,9 @@ def test_a_full_disk_stops_a_sweep_in_one_line_keeping_its_table(tmp_path, corpu
     cfg = sweep_cfg(tmp_path, corpus_dir, cache_dir, "sweep.lrs=[1e-3,3e-3]", "sweep.vmap='off'")
     real, files = R.append_line, set()
 
-    def append(f, row):  # the second run's first row finds the disk full
-        files.add(f.name)
+    def append(f, row):  # the second run's first metrics row finds the disk full
+        if f.name.endswith(R.METRICS):
+            files.add(f.name)
         if len(files) == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(f, row)

@@ -51,10 +51,9 @@ def replay_run(run_dir: Path) -> RunReplay:
     summary = read_summary_file(run_dir / SUMMARY) or {}
     rows = read_jsonl(run_dir / SIGNALS)[0]
     mon = MO.from_config(cfg["train"]["monitor"], cfg["optim"]["eps"])
-    warnings = MO.replay(mon, rows)
-    derive = MO.from_config(cfg["train"]["monitor"], cfg["optim"]["eps"]).derive
-    signals = pd.DataFrame([{k: v / mon.limits[k].value for k, v in derive(r).items()}
-                            for r in rows], index=[int(r["step"]) for r in rows])
+    warnings, derived = MO.replay(mon, rows)
+    signals = pd.DataFrame([{k: v / mon.limits[k].value for k, v in d.items()} for d in derived],
+                           index=[int(r["step"]) for r in rows])
     first = {EARLY: min((w.step for w in warnings), default=None),
              **MO.reactive_warnings(rows)}
     diverged_at = summary.get("diverged_at_step") if summary.get("diverged") else None
@@ -69,10 +68,9 @@ def score(replays: Sequence[RunReplay]) -> pd.DataFrame:
     calm = [r for r in replays if r.diverged_at is None]
     out = []
     for d in detectors:
-        leads = [r.diverged_at - r.first[d] for r in diverged
-                 if r.first[d] is not None and r.first[d] < r.diverged_at]
-        shares = [r_lead / r.steps for r, r_lead in zip(
-            [r for r in diverged if r.first[d] is not None and r.first[d] < r.diverged_at], leads)]
+        warned = [r for r in diverged if warned_before(r, d)]
+        leads = [r.diverged_at - r.first[d] for r in warned]
+        shares = [(r.diverged_at - r.first[d]) / r.steps for r in warned]
         alarms = sum(r.first[d] is not None for r in calm)
         out.append({"detector": d,
                     "diverged runs warned": f"{len(leads)}/{len(diverged)}",

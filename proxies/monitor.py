@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -220,8 +220,12 @@ class Monitor:
 
     def observe(self, step: int, raw: Dict[str, float]) -> List[EarlyWarning]:
         """Take one update's readings; the warnings that fire at it."""
+        return self.judge(step, self.derive(raw))
+
+    def judge(self, step: int, signals: Dict[str, float]) -> List[EarlyWarning]:
+        """Take one update's signals (`derive`'s); the warnings that fire at it."""
         fired = []
-        for name, value in self.derive(raw).items():
+        for name, value in signals.items():
             if not math.isfinite(value) or name not in self.limits:
                 continue
             hist = self.history.setdefault(name, deque(maxlen=self.window))
@@ -265,12 +269,19 @@ def from_config(mo: Any, eps: float) -> Monitor:
                    confirm=int(get("confirm")), every=int(get("every")), eps=float(eps))
 
 
-def replay(monitor: Monitor, rows: Iterable[Dict[str, float]]) -> List[EarlyWarning]:
+class Replayed(NamedTuple):
+    warnings: List[EarlyWarning]
+    signals: List[Dict[str, float]]  # per row, the signals the monitor derived from it
+
+
+def replay(monitor: Monitor, rows: Iterable[Dict[str, float]]) -> Replayed:
     """Feed recorded signal rows ({"step": s, raw reading: value, ...}) through a monitor."""
-    warnings = []
+    out = Replayed([], [])
     for row in rows:
-        warnings.extend(monitor.observe(int(row["step"]), row))
-    return warnings
+        signals = monitor.derive(row)
+        out.signals.append(signals)
+        out.warnings.extend(monitor.judge(int(row["step"]), signals))
+    return out
 
 
 # --- the reactive detectors ------------------------------------------------------------------

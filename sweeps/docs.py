@@ -76,6 +76,11 @@ def figure_copies(scale: str, root: Path, out: Path) -> List[Tuple[Path, Path]]:
     return pairs
 
 
+def result_of(src: Path, root: Path, scale: str) -> str:
+    """The result whose sweep writes `src` (a path under root/repro/<result>-<scale>/)."""
+    return src.relative_to(root / "repro").parts[0].removesuffix(f"-{scale}")
+
+
 def gelu_run(dyn: Path) -> Optional[Path]:
     """The run directory of the dynamics result's LayerNorm + GELU run (seed 0), if recorded."""
     table = dyn / "main" / "results.csv"
@@ -270,8 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     def entry() -> None:
         for src, dst in figure_copies(scale, root, out):
             if not src.exists():
-                print(f"missing: {src} (run `python -m sweeps.all scale={scale}` or "
-                      f"`python -m sweeps.dynamics scale={scale}` first); left out")
+                print(f"missing: {src} (run `python -m sweeps.{result_of(src, root, scale)} "
+                      f"scale={scale}` first); left out")
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)

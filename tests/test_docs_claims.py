@@ -84,6 +84,18 @@ def test_every_claimed_result_has_its_figure_shown(tmp_path):
         assert pairs[src] == tmp_path / "docs" / "repro" / f"{name}.png"
 
 
+def test_a_missing_figure_names_the_sweep_that_draws_it(tmp_path, capsys):
+    """Run before any sweep, the docs builder names, per missing figure, the one sweep to run."""
+    (tmp_path / "repo" / "docs").mkdir(parents=True)
+    (tmp_path / "repo" / "README.md").write_text(f"{D.CLAIMS_START}\n{D.CLAIMS_END}\n")
+    (tmp_path / "repo" / "docs" / "repro.md").write_text(f"{D.RESULTS_START}\n{D.RESULTS_END}\n")
+    D.main(["scale=laptop", f"sweep.root={tmp_path / 'runs'}", "--repo", str(tmp_path / "repo")])
+    said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("missing:")]
+    for name in (*D.CLAIMED, "dynamics"):
+        assert any(f"{name}-laptop" in ln and f"python -m sweeps.{name} scale=laptop" in ln
+                   for ln in said), name
+
+
 def test_a_results_records_archive_is_byte_identical_when_nothing_changed(tmp_path):
     """records.tar.gz holds the plan, each part's sweep record and table, and the records (not
     the checkpoints) of every run the tables name, under runs/; written again from unchanged

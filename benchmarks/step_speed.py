@@ -3,6 +3,7 @@
     python benchmarks/step_speed.py                 # the reference sizes at batch 32 x 128
     python benchmarks/step_speed.py --probe-overhead  # also: whole loop with vs without probes
     python benchmarks/step_speed.py --dynamics-overhead  # whole loop with vs without dynamics.*
+    python benchmarks/step_speed.py --no-table --monitor-overhead  # ... without train.monitor
     python benchmarks/step_speed.py --no-table --ab train.ce_chunk=0,1024 --ab-size V32768
         # A/B of config values, interleaved in one process: medians of alternating windows
     python benchmarks/step_speed.py --no-table --ab model.attn_impl=explicit,auto --fuse-on-cpu
@@ -162,41 +163,51 @@ def profile(size: tuple, batch: int, seq: int, steps: int, dtype: str, top: int)
         print(f"  {ms:7.2f} ms  {ms / total * 100:4.1f}%  {site}")
 
 
-def probe_overhead(steps: int, log_every: int) -> None:
-    """Whole training loop (laptop preset, stdlib bytes) with probes on vs off."""
+def loop_wall(steps: int, overrides: Sequence[str]) -> float:
+    """One whole training loop (laptop preset, stdlib bytes): its summary's wall_s, which leaves
+    out compilation (the loop's clock starts after the step and any probe compile)."""
     from proxies.train import train
-    walls = {}
-    for probes in (False, True):
-        with tempfile.TemporaryDirectory() as out:
-            cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist([
-                f"train.steps={steps}", f"train.log_every={log_every}", "train.quiet=true",
-                f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
-                f"train.probes={str(probes).lower()}", "wandb.mode=disabled", f"out_dir={out}"]))
-            s = train(cfg)
-            walls[probes] = s["tokens_per_s"]
-    print(f"\nprobe overhead, laptop preset, {steps} steps, log_every={log_every}: "
-          f"{walls[False]:,.0f} tokens/s without probes, {walls[True]:,.0f} with "
-          f"({(walls[False] / walls[True] - 1) * 100:+.1f}% time)")
+    with tempfile.TemporaryDirectory() as out:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist([
+            f"train.steps={steps}", "train.quiet=true", f"train.eval_every={steps}",
+            f"train.checkpoint_every={steps}", "wandb.mode=disabled", f"out_dir={out}",
+            *overrides]))
+        return float(train(cfg)["wall_s"])
 
 
-def dynamics_overhead(steps: int, every: int) -> None:
-    """Training loop (laptop preset, probes on) with the training-dynamics probes on vs off:
-    the summaries' wall_s, which leave out compilation (the dynamics probe compiles on its step-0
-    call, before the loop's clock starts)."""
-    from proxies.train import train
+def loop_overhead(what: str, steps: int, off: Sequence[str], on: Sequence[str],
+                  pairs: int) -> None:
+    """Whole loops without and with `what`, alternated `pairs` times: the median of each and
+    of the pairs' time ratios (alternating shares any drift in the machine's load)."""
+    walls = [(loop_wall(steps, off), loop_wall(steps, on)) for _ in range(pairs)]
+    offs, ons = zip(*walls)
+    ratio = statistics.median(b / a for a, b in walls)
+    print(f"\n{what} overhead, laptop preset, {steps} steps, {pairs} alternating pairs: "
+          f"{statistics.median(offs):.2f} s off, {statistics.median(ons):.2f} s on "
+          f"(median pair ratio {(ratio - 1) * 100:+.1f}% time; pairs: "
+          f"{', '.join(f'{(b / a - 1) * 100:+.1f}%' for a, b in walls)})")
 
-    def run(on: bool) -> float:
-        with tempfile.TemporaryDirectory() as out:
-            cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist([
-                f"train.steps={steps}", "train.quiet=true", f"train.eval_every={steps}",
-                f"train.checkpoint_every={steps}", f"dynamics.enabled={str(on).lower()}",
-                f"dynamics.every={every}", "wandb.mode=disabled", f"out_dir={out}"]))
-            return train(cfg)["wall_s"]
 
-    off, on = run(False), run(True)
-    print(f"\ndynamics overhead, laptop preset, {steps} steps, dynamics.every={every}: "
-          f"{off:.1f} s off, {on:.1f} s on ({(on / off - 1) * 100:+.1f}% time, "
-          f"{steps // every} probes in the loop)")
+def probe_overhead(steps: int, log_every: int, pairs: int) -> None:
+    """Whole training loop with probes on vs off."""
+    base = [f"train.log_every={log_every}"]
+    loop_overhead(f"probe (log_every={log_every})", steps, [*base, "train.probes=false"],
+                  [*base, "train.probes=true"], pairs)
+
+
+def dynamics_overhead(steps: int, every: int, pairs: int) -> None:
+    """Training loop (probes on) with the training-dynamics probes on vs off (the dynamics probe
+    compiles on its step-0 call, before the loop's clock starts)."""
+    base = [f"dynamics.every={every}"]
+    loop_overhead(f"dynamics ({steps // every} probes in the loop)", steps,
+                  [*base, "dynamics.enabled=false"], [*base, "dynamics.enabled=true"], pairs)
+
+
+def monitor_overhead(steps: int, pairs: int) -> None:
+    """Training loop with the early-warning monitor on vs off: its readings in the step, their
+    fetch, the forecasts every `train.monitor.every` updates and signals.jsonl."""
+    loop_overhead("early-warning monitor", steps, ["train.monitor.enabled=false"],
+                  ["train.monitor.enabled=true"], pairs)
 
 
 def step_instructions(cfg: Any, vocab: int, batch: int, seq: int) -> str:
@@ -236,6 +247,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--probe-overhead", action="store_true")
     ap.add_argument("--overhead-steps", type=int, default=200)
+    ap.add_argument("--overhead-pairs", type=int, default=3,
+                    help="alternating off/on loops per overhead measurement")
+    ap.add_argument("--monitor-overhead", action="store_true")
     ap.add_argument("--log-every", type=int, default=Config().train.log_every)
     ap.add_argument("--dynamics-overhead", action="store_true")
     ap.add_argument("--no-table", action="store_true", help="only the overhead measurements")
@@ -278,9 +292,11 @@ def main() -> None:
         size = next(sz for sz in SIZES if want in sz[0])
         profile(size, args.batch, args.seq, args.steps, args.dtype, args.profile_top)
     if args.probe_overhead:
-        probe_overhead(args.overhead_steps, args.log_every)
+        probe_overhead(args.overhead_steps, args.log_every, args.overhead_pairs)
     if args.dynamics_overhead:
-        dynamics_overhead(max(args.overhead_steps, 300), args.dynamics_every)
+        dynamics_overhead(max(args.overhead_steps, 300), args.dynamics_every, args.overhead_pairs)
+    if args.monitor_overhead:
+        monitor_overhead(args.overhead_steps, args.overhead_pairs)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ with 100 warm-up steps, AdamW (0.9, 0.99), coupled decay 0.1 on matrices, clip 1
 bias, tied embeddings, learned positions, init N(0, 0.02). nanoGPT runs eager (`--compile=False`,
 its CPU advice). Prints each side's median ms per step (nanoGPT: its per-iteration times; proxies:
 its logged throughput, probes off), the whole command's wall time and the final held-out loss.
+
+    python benchmarks/nanogpt.py --profile --nanogpt ... --torch-python ... --shakespeare ...
+
+instead profiles one step of each side at this recipe (nanoGPT's with torch.profiler,
+benchmarks/nanogpt_profile.py; ours with XLA's kernel trace) and prints the time per op family
+side by side, as a markdown table.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_speed import FAMILIES, kernel_profile, setup, site_family  # noqa: E402
 
 BATCH, BLOCK = 12, 64
 NANOGPT_ITER = re.compile(r"^iter (\d+): loss ([\d.]+), time ([\d.]+)ms")
@@ -74,15 +83,18 @@ def run_nanogpt(repo: Path, python: str, iters: int, out_dir: Path, timeout: flo
             "final_val_loss": float(evals[-1].group(3)) if evals else None}
 
 
+RECIPE = [  # nanoGPT's recipe as proxies overrides (the model and its optimizer)
+    "model.d_model=128", "model.n_layers=4", "model.n_heads=4", "model.tie_embeddings=true",
+    "model.use_bias=false", "model.init_std=0.02", "model.pos_emb=learned", "optim.lr=1e-3",
+    "optim.min_lr=1e-4", "optim.b2=0.99", "optim.weight_decay=0.1", "optim.independent_wd=false",
+    "optim.warmup_steps=100", "optim.grad_clip=1.0", "optim.z_loss=0"]
+
+
 def run_proxies(data: Path, vocab: int, iters: int, out_dir: Path, timeout: float,
                 extra: List[str]) -> Dict:
     cmd = [sys.executable, "-m", "proxies.train", f"out_dir={out_dir}", "data.source=tokens",
            f"data.train_bin={data / 'train.bin'}", f"data.val_bin={data / 'val.bin'}",
-           f"data.vocab_size={vocab}", "model.d_model=128", "model.n_layers=4", "model.n_heads=4",
-           "model.tie_embeddings=true", "model.use_bias=false", "model.init_std=0.02",
-           "model.pos_emb=learned", "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.b2=0.99",
-           "optim.weight_decay=0.1", "optim.independent_wd=false", "optim.warmup_steps=100",
-           "optim.grad_clip=1.0", "optim.z_loss=0", f"train.steps={iters}",
+           f"data.vocab_size={vocab}", *RECIPE, f"train.steps={iters}",
            f"train.batch_size={BATCH}", f"train.seq_len={BLOCK}", "train.eval_every=250",
            "train.eval_batches=20", "train.log_every=10", f"train.checkpoint_every={iters}",
            "train.probes=false", "train.quiet=true", "wandb.mode=disabled", *extra]
@@ -92,6 +104,76 @@ def run_proxies(data: Path, vocab: int, iters: int, out_dir: Path, timeout: floa
     summary = json.loads((out_dir / "summary.json").read_text())
     return {"ms_per_step": statistics.median(1e3 * BATCH * BLOCK / t for t in tok_s),
             "wall_s": wall, "final_val_loss": summary["final_eval_ce"]}
+
+
+VIEWS = {"view", "t", "transpose", "reshape", "as_strided", "_unsafe_view", "empty",
+         "empty_strided", "split", "detach", "expand", "permute", "unsqueeze", "squeeze",
+         "slice", "select", "alias", "to", "contiguous"}  # no data moved: dispatch cost only
+
+
+def aten_family(phase: str, op: str) -> str:
+    """The op family (step_speed.FAMILIES) of one of nanoGPT's profiled ops in its phase."""
+    if phase == "optimizer":
+        return "optimizer, clip, step metrics"
+    if not op.startswith("aten::"):
+        return "host (dispatch, autograd, Python)"
+    name = op.removeprefix("aten::")
+    if name in VIEWS:
+        return "host (dispatch, autograd, Python)"
+    if "scaled_dot_product" in name:
+        return "attention core"
+    if name in {"mm", "addmm", "bmm", "matmul", "linear", "baddbmm"}:
+        return "matmul"
+    if "layer_norm" in name:
+        return "layernorm"
+    if name.startswith("gelu"):
+        return "GELU"
+    if any(k in name for k in ("embedding", "index", "log_softmax", "nll_loss", "cross_entropy")):
+        return "embedding and loss"
+    if name in {"cat", "copy_", "clone", "_to_copy", "stack"}:
+        return "layout (copy, transpose, concatenate)"
+    return "residual and other elementwise"
+
+
+def torch_profile(repo: Path, python: str, vocab: int, steps: int, timeout: float) -> tuple:
+    """(wall ms per step, {family: self CPU ms per step}) of nanoGPT's eager step."""
+    out, _ = timed([python, str(Path(__file__).with_name("nanogpt_profile.py")),
+                    f"--nanogpt={repo}", f"--vocab={vocab}", f"--batch={BATCH}",
+                    f"--block={BLOCK}", f"--steps={steps}"], Path.cwd(), timeout)
+    report = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
+    families: Dict[str, float] = dict.fromkeys(FAMILIES, 0.0)
+    for key, ms in report["self_ms"].items():
+        phase, op = key.split("\t", 1)
+        families[aten_family(phase, op)] += ms
+    return report["ms_per_step"], families
+
+
+def xla_profile(vocab: int, steps: int, extra: List[str]) -> tuple:
+    """(wall ms per step, {family: XLA kernel ms per step}) of our step at the recipe; the time
+    outside kernels is counted as host time."""
+    step, state, hp, batches, _ = setup(128, 4, 4, vocab, BATCH, BLOCK, "float32",
+                                        [*RECIPE, "train.probes=false", *extra])
+    wall, per_site = kernel_profile(step, state, hp, batches, steps)
+    families: Dict[str, float] = dict.fromkeys(FAMILIES, 0.0)
+    for site, ms in per_site.items():
+        families[site_family(site)] += ms
+    families["host (dispatch, autograd, Python)"] += max(0.0, wall - sum(per_site.values()))
+    return wall, families
+
+
+def profile_table(theirs: tuple, ours: tuple) -> str:
+    """Markdown: per op family, ms per step and share of the step on each side."""
+    (t_wall, t_fam), (o_wall, o_fam) = theirs, ours
+    t_sum, o_sum = sum(t_fam.values()), sum(o_fam.values())
+    lines = ["| op family | nanoGPT (PyTorch eager) ms/step | proxies (XLA) ms/step | "
+             "proxies / nanoGPT |", "|---|---|---|---|"]
+    for f in sorted(FAMILIES, key=lambda f: -max(t_fam[f], o_fam[f])):
+        ratio = f"{o_fam[f] / t_fam[f]:.2f}x" if t_fam[f] > 0 else "–"
+        lines.append(f"| {f} | {t_fam[f]:.2f} ({t_fam[f] / t_sum:.0%}) | "
+                     f"{o_fam[f]:.2f} ({o_fam[f] / o_sum:.0%}) | {ratio} |")
+    lines.append(f"| **sum** (wall without the profiler) | **{t_sum:.1f}** ({t_wall:.1f}) | "
+                 f"**{o_sum:.1f}** ({o_wall:.1f}) | {o_sum / t_sum:.2f}x |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -104,11 +186,22 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per command")
     ap.add_argument("--proxies-arg", action="append", default=[],
                     help="extra proxies.train override (repeatable)")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile one step of each side per op family instead of training")
+    ap.add_argument("--profile-steps", type=int, default=50)
     args = ap.parse_args()
     if not (args.nanogpt / "train.py").is_file():
         sys.exit(f"error: {args.nanogpt} holds no train.py; pass a karpathy/nanoGPT checkout")
     data = args.nanogpt / "data" / "shakespeare_char"
     vocab = write_char_dataset(args.shakespeare, data)
+    if args.profile:
+        theirs = torch_profile(args.nanogpt.resolve(), args.torch_python, vocab,
+                               args.profile_steps, args.timeout)
+        ours = xla_profile(vocab, args.profile_steps, args.proxies_arg)
+        print(f"one step at nanoGPT's recipe ({BATCH} x {BLOCK} tokens), ms per step by op "
+              f"family; PyTorch self CPU time, XLA kernel time (summed over threads):\n")
+        print(profile_table(theirs, ours))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         results = {
             "nanoGPT (PyTorch eager)": run_nanogpt(args.nanogpt.resolve(), args.torch_python,

@@ -139,11 +139,9 @@ def kernel_sites(hlo_text: str) -> Dict[str, str]:
     return sites
 
 
-def profile(size: tuple, batch: int, seq: int, steps: int, dtype: str, top: int) -> None:
-    """XLA's kernel time per model site over `steps` steps (jax.profiler's trace), largest
-    first: which ops a step's time goes to, and how much of the wall time is kernels at all."""
-    name, d, n_layers, n_heads, vocab = size
-    step, state, hp, batches, _ = setup(d, n_layers, n_heads, vocab, batch, seq, dtype)
+def kernel_profile(step, state, hp, batches, steps: int) -> tuple:
+    """(wall ms per step without the profiler, {model site: XLA kernel ms per step}) over
+    `steps` steps (jax.profiler's trace; kernel times summed over threads)."""
     sites = kernel_sites(step.as_text())
     state, wall, _ = timed_window(step, state, hp, batches, steps)
     with tempfile.TemporaryDirectory() as trace_dir:
@@ -156,11 +154,49 @@ def profile(size: tuple, batch: int, seq: int, steps: int, dtype: str, top: int)
     for e in events:
         if e.get("ph") == "X" and e.get("name") in sites:
             per_site[sites[e["name"]]] += e["dur"] / 1e3 / steps
+    return wall * 1e3, dict(per_site)
+
+
+FAMILIES = ("matmul", "attention core", "layernorm", "GELU", "embedding and loss",
+            "residual and other elementwise", "layout (copy, transpose, concatenate)",
+            "optimizer, clip, step metrics", "host (dispatch, autograd, Python)")
+LAYOUT_OPS = {"transpose", "copy", "concatenate", "reshape", "slice", "pad", "dynamic_slice",
+              "dynamic_update_slice", "broadcast_in_dim"}
+PROJECTIONS = ("/query/", "/key/", "/value/", "/out/")
+
+
+def site_family(site: str) -> str:
+    """The op family (FAMILIES) of one of `kernel_sites`' model sites."""
+    op = site.rsplit("/", 1)[-1].split(" ")[-1]
+    if site.startswith("step "):
+        return "optimizer, clip, step metrics"
+    if op == "dot_general":
+        inside_attention = "/attn/" in site and not any(p in site for p in PROJECTIONS)
+        return "attention core" if inside_attention else "matmul"
+    if op in LAYOUT_OPS:
+        return "layout (copy, transpose, concatenate)"
+    if "/attn/" in site and not any(p in site for p in PROJECTIONS):
+        return "attention core"
+    if "/ln_" in site or "norm" in site.lower():
+        return "layernorm"
+    if "/mlp/" in site:
+        return "GELU"
+    if "embed" in site or "take" in site or "jvp()" in site:
+        return "embedding and loss"
+    return "residual and other elementwise"
+
+
+def profile(size: tuple, batch: int, seq: int, steps: int, dtype: str, top: int) -> None:
+    """XLA's kernel time per model site, largest first: which ops a step's time goes to, and
+    how much of the wall time is kernels at all."""
+    name, d, n_layers, n_heads, vocab = size
+    step, state, hp, batches, _ = setup(d, n_layers, n_heads, vocab, batch, seq, dtype)
+    wall, per_site = kernel_profile(step, state, hp, batches, steps)
     total = sum(per_site.values())
-    print(f"\nprofile, {name}, batch {batch} x {seq}, {dtype}: {wall * 1e3:.1f} ms/step wall "
+    print(f"\nprofile, {name}, batch {batch} x {seq}, {dtype}: {wall:.1f} ms/step wall "
           f"(without the profiler), {total:.1f} ms/step in XLA kernels (summed over threads)")
     for site, ms in sorted(per_site.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"  {ms:7.2f} ms  {ms / total * 100:4.1f}%  {site}")
+        print(f"  {ms:7.2f} ms  {ms / total * 100:4.1f}%  {site}  [{site_family(site)}]")
 
 
 def loop_wall(steps: int, overrides: Sequence[str]) -> float:

@@ -50,7 +50,8 @@ def replay_run(run_dir: Path) -> RunReplay:
     cfg = read_config_file(run_dir / CONFIG)
     summary = read_summary_file(run_dir / SUMMARY) or {}
     rows = read_jsonl(run_dir / SIGNALS)[0]
-    mon = MO.from_config(cfg["train"]["monitor"], cfg["optim"]["eps"])
+    mon = MO.from_config(cfg["train"]["monitor"], cfg["optim"]["eps"],
+                         cfg["optim"]["warmup_steps"])
     warnings, derived = MO.replay(mon, rows)
     signals = pd.DataFrame([{k: v / mon.limits[k].value for k, v in d.items()} for d in derived],
                            index=[int(r["step"]) for r in rows])

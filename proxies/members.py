@@ -166,7 +166,7 @@ def restore_member(m: Member, state0: Any, rng: jax.Array, say: Say) -> None:
     sync_processes(f"restored {m.run.path.name}")  # followers read what process 0 repaired
     m.rollbacks = [e for e in m.run.read_events() if e.get("action") == "rollback"]
     if tc.monitor.enabled:  # where the live monitor stood: its recorded signals replayed
-        m.monitor = MO.from_config(tc.monitor, m.cfg.optim.eps)
+        m.monitor = MO.from_config(tc.monitor, m.cfg.optim.eps, m.cfg.optim.warmup_steps)
         MO.replay(m.monitor, m.run.signal_rows())
 
 

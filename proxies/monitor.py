@@ -52,9 +52,12 @@ EVENT = "early_warning"  # an events.jsonl row's "event"
 
 @dataclass(frozen=True)
 class Limit:
-    """A signal's limit and the side of it that is trouble."""
+    """A signal's limit, the side of it that is trouble, and whether its trend is forecast on
+    a log scale (a signal that grows or shrinks by factors: a straight line there is an
+    exponential, and a shrinking positive value never reaches 0)."""
     value: float
     above: bool  # True: trouble is above the limit; False: below it
+    log: bool = False
 
     def past(self, x: float) -> bool:
         return x >= self.value if self.above else x <= self.value
@@ -63,11 +66,11 @@ class Limit:
 def limits(attn_logit_limit: float, log_z_limit: float, logit_drift_limit: float,
            grad_rms_eps_factor: float, update_rms_floor: float) -> Dict[str, Limit]:
     """Each signal's limit from `train.monitor`'s settings."""
-    return {ATTN_MAX_LOGIT: Limit(attn_logit_limit, True),
-            LOG_Z_ABS: Limit(log_z_limit, True),
-            LOGIT_DRIFT: Limit(logit_drift_limit, True),
-            GRAD_RMS_OVER_EPS: Limit(grad_rms_eps_factor, False),
-            UPDATE_RMS_RATIO: Limit(update_rms_floor, False)}
+    return {ATTN_MAX_LOGIT: Limit(attn_logit_limit, True, log=True),
+            LOG_Z_ABS: Limit(log_z_limit, True),  # already a log (nats)
+            LOGIT_DRIFT: Limit(logit_drift_limit, True),  # nats
+            GRAD_RMS_OVER_EPS: Limit(grad_rms_eps_factor, False, log=True),
+            UPDATE_RMS_RATIO: Limit(update_rms_floor, False, log=True)}
 
 
 # --- the forecast -------------------------------------------------------------------------
@@ -110,12 +113,26 @@ def forecast(steps: Sequence[float], values: Sequence[float], limit: Limit,
     the newest at which it crosses `limit` (None: not within the horizon).
 
     Steps are centred and scaled before fitting, so a parabola over steps 1e5..1e5+50 is as well
-    conditioned as one over 0..50. An exponential is fitted (in log space) only to values that
-    keep one sign."""
+    conditioned as one over 0..50. On a linear scale an exponential is fitted (in log space)
+    too, to values that keep one sign; on a log scale (`limit.log`) the line and the parabola
+    are fitted to log values (the line is then an exponential), non-positive values dropped."""
     t = np.asarray(steps, float)
     y = np.asarray(values, float)
     ok = np.isfinite(t) & np.isfinite(y)
+    if limit.log:
+        ok &= y > 0
     t, y = t[ok], y[ok]
+    if limit.log:
+        fit = _forecast(t, np.log(y), math.log(limit.value), horizon, exponential=False)
+        return Fit({"line": "exponential", "parabola": "log-parabola"}.get(fit.form, fit.form),
+                   fit.crossing)
+    return _forecast(t, y, limit.value, horizon, exponential=True)
+
+
+def _forecast(t: np.ndarray, y: np.ndarray, level: float, horizon: float,
+              exponential: bool) -> Fit:
+    """`forecast` on one scale: the AICc-best of a line, a parabola (and an exponential) through
+    (t, y), and its first crossing of `level` within `horizon` after t[-1]."""
     n = len(t)
     if n < 4:
         return Fit("none", None)
@@ -127,14 +144,14 @@ def forecast(steps: Sequence[float], values: Sequence[float], limit: Limit,
     for k, form in ((2, "line"), (3, "parabola")):
         coef, *_ = np.linalg.lstsq(V_nx3[:, :k], y, rcond=None)
         rss = float(np.sum((V_nx3[:, :k] @ coef - y) ** 2))
-        fits.append((_aicc(rss, n, k), form, _poly_crossing(coef, limit.value, after, until)))
+        fits.append((_aicc(rss, n, k), form, _poly_crossing(coef, level, after, until)))
     sign = np.sign(y[-1])
-    if sign != 0 and np.all(np.sign(y) == sign) and np.sign(limit.value) == sign:
+    if exponential and sign != 0 and np.all(np.sign(y) == sign) and np.sign(level) == sign:
         (a, b), *_ = np.linalg.lstsq(V_nx3[:, :2], np.log(sign * y), rcond=None)  # log|y| = a + bu
         rss = float(np.sum((sign * np.exp(a + b * u) - y) ** 2))
         cross = None
         if b != 0:
-            uc = (math.log(sign * limit.value) - a) / b
+            uc = (math.log(sign * level) - a) / b
             cross = uc if after < uc <= until else None
         fits.append((_aicc(rss, n, 2), "exponential", cross))
     _, form, cross = min(fits, key=lambda f: f[0])
@@ -189,6 +206,8 @@ class Monitor:
     confirm: int = 3
     eps: float = 1e-8
     every: int = 1  # forecast every N updates (the readings are kept every update)
+    start: int = 0  # the first update forecast (the warm-up's end: before it the LR ramp, not
+    # an instability, drives every trend); a value past its limit warns at any update
     history: Dict[str, Deque[Tuple[int, float]]] = field(default_factory=dict)
     warned: Dict[str, EarlyWarning] = field(default_factory=dict)
     streak: Dict[str, int] = field(default_factory=dict)
@@ -196,8 +215,8 @@ class Monitor:
     update_rms_ref: Optional[float] = None
     _update_rms_early: List[float] = field(default_factory=list)
 
-    def derive(self, raw: Dict[str, float]) -> Dict[str, float]:
-        """The signals of one update's raw readings (NaN where a reading is missing)."""
+    def derive(self, step: int, raw: Dict[str, float]) -> Dict[str, float]:
+        """The signals of update `step`'s raw readings (NaN where a reading is missing)."""
         out = {s: math.nan for s in SIGNALS}
         if (x := raw.get("attn_max_logit")) is not None:
             out[ATTN_MAX_LOGIT] = float(x)
@@ -210,7 +229,7 @@ class Monitor:
         if (x := raw.get("mlp0_grad_rms")) is not None:
             out[GRAD_RMS_OVER_EPS] = float(x) / self.eps
         if (x := raw.get("mlp0_update_rms")) is not None and math.isfinite(x):
-            if self.update_rms_ref is None:
+            if self.update_rms_ref is None and step >= self.start:
                 self._update_rms_early.append(float(x))
                 if len(self._update_rms_early) >= self.window:
                     self.update_rms_ref = float(np.median(self._update_rms_early))
@@ -220,7 +239,7 @@ class Monitor:
 
     def observe(self, step: int, raw: Dict[str, float]) -> List[EarlyWarning]:
         """Take one update's readings; the warnings that fire at it."""
-        return self.judge(step, self.derive(raw))
+        return self.judge(step, self.derive(step, raw))
 
     def judge(self, step: int, signals: Dict[str, float]) -> List[EarlyWarning]:
         """Take one update's signals (`derive`'s); the warnings that fire at it."""
@@ -249,7 +268,7 @@ class Monitor:
         lim = self.limits[name]
         if lim.past(value):
             return EarlyWarning(name, step, value, lim.value, None, "past")
-        if len(hist) < self.window:
+        if len(hist) < self.window or step < self.start:
             return None
         ts, ys = zip(*hist)
         fit = forecast(ts, ys, lim, self.horizon)
@@ -258,15 +277,16 @@ class Monitor:
         return EarlyWarning(name, step, value, lim.value, fit.crossing, fit.form)
 
 
-def from_config(mo: Any, eps: float) -> Monitor:
+def from_config(mo: Any, eps: float, warmup_steps: int) -> Monitor:
     """A fresh monitor with `train.monitor`'s settings (a config node or its plain dict) for a
-    run whose Adam ε is `eps`."""
+    run whose Adam ε is `eps` and whose warm-up lasts `warmup_steps` updates."""
     get = (lambda k: mo[k]) if isinstance(mo, dict) else (lambda k: getattr(mo, k))  # noqa: E731
     lim = limits(*(float(get(k)) for k in ("attn_logit_limit", "log_z_limit",
                                              "logit_drift_limit", "grad_rms_eps_factor",
                                              "update_rms_floor")))
     return Monitor(limits=lim, window=int(get("window")), horizon=int(get("horizon")),
-                   confirm=int(get("confirm")), every=int(get("every")), eps=float(eps))
+                   confirm=int(get("confirm")), every=int(get("every")), eps=float(eps),
+                   start=int(warmup_steps))
 
 
 class Replayed(NamedTuple):
@@ -278,7 +298,7 @@ def replay(monitor: Monitor, rows: Iterable[Dict[str, float]]) -> Replayed:
     """Feed recorded signal rows ({"step": s, raw reading: value, ...}) through a monitor."""
     out = Replayed([], [])
     for row in rows:
-        signals = monitor.derive(row)
+        signals = monitor.derive(int(row["step"]), row)
         out.signals.append(signals)
         out.warnings.extend(monitor.judge(int(row["step"]), signals))
     return out

@@ -22,6 +22,7 @@ below 1/2 or the second above 5%; else inconclusive.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -96,9 +97,13 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
     f = sum(r.first[EARLY] is not None for r in calm)
     reproduced = verdict(k, len(diverged), f, len(calm))
     table = score(rs)
+    by_signal = Counter(min(r.warnings, key=lambda w: w.step).signal
+                        for r in calm if r.warnings)
     measured = {
         "diverged runs the monitor warned first": fmt_share(k, len(diverged)),
         "runs that trained and were warned (false alarms)": fmt_share(f, len(calm)),
+        "false alarms by the signal that warned first": (
+            ", ".join(f"{k}: {v}" for k, v in by_signal.most_common()) or "none"),
         "score per detector": {r["detector"]: (
             f"warned {r['diverged runs warned']} diverged runs before they diverged, median "
             f"lead {r['median lead (steps)']:.0f} steps ({r['median lead (share of run)']:.1%} "

@@ -101,19 +101,54 @@ def test_a_value_past_its_limit_warns_without_a_forecast():
 def test_derived_signals_read_drift_from_the_first_update_and_eps_ratio():
     mon = _monitor()
     mon.eps = 1e-8
-    a = mon.derive({"logit_mean": -2.0, "log_z_mean": -7.0, "mlp0_grad_rms": 3e-7})
-    b = mon.derive({"logit_mean": -9.5})
+    a = mon.derive(1, {"logit_mean": -2.0, "log_z_mean": -7.0, "mlp0_grad_rms": 3e-7})
+    b = mon.derive(2, {"logit_mean": -9.5})
     assert a[MO.LOGIT_DRIFT] == 0 and b[MO.LOGIT_DRIFT] == pytest.approx(7.5)
     assert a[MO.LOG_Z_ABS] == 7.0 and a[MO.GRAD_RMS_OVER_EPS] == pytest.approx(30.0)
 
 
-def test_update_rms_is_read_against_its_early_median():
-    mon = _monitor()
-    for s in range(1, 21):
-        out = mon.derive({"mlp0_update_rms": 0.2})
+def test_update_rms_is_read_against_its_median_over_the_first_window_after_warm_up():
+    mon = _monitor(start=10)
+    for s in range(0, 10):  # during the warm-up: not part of the reference
+        mon.derive(s, {"mlp0_update_rms": 5.0})
+    for s in range(10, 30):
+        out = mon.derive(s, {"mlp0_update_rms": 0.2})
     assert mon.update_rms_ref == pytest.approx(0.2)
     assert out[MO.UPDATE_RMS_RATIO] == pytest.approx(1.0)
-    assert mon.derive({"mlp0_update_rms": 0.01})[MO.UPDATE_RMS_RATIO] == pytest.approx(0.05)
+    assert mon.derive(30, {"mlp0_update_rms": 0.01})[MO.UPDATE_RMS_RATIO] == pytest.approx(0.05)
+
+
+def test_no_forecast_before_the_warm_up_ends_but_a_value_past_its_limit_still_warns():
+    f = lambda t: 10 * math.exp(t / 20)  # noqa: E731: forecast within 100 from step 39
+    mon = _monitor(start=60)
+    fired = [w for s in range(1, 200) for w in mon.observe(s, {"attn_max_logit": f(s)})]
+    assert [w.step for w in fired] == [62]  # checks 60, 61, 62 confirm it
+    mon = _monitor(start=60, confirm=1)
+    assert mon.observe(5, {"attn_max_logit": 2e4})[0].forecast_step is None
+
+
+def test_on_a_log_scale_multiplicative_noise_seldom_forecasts_a_crossing():
+    """Gradient RMS / ε bouncing by factors around a flat 1,000 (as it does after the warm-up),
+    floor 10: on a linear scale the big values steer the fits and a quarter of the windows
+    forecast a fall to the floor; read on a log scale, few do."""
+    rng = np.random.default_rng(2)
+    steps = np.arange(30, 50)
+    draws = [1_000 * np.exp(rng.normal(0, 0.3, len(steps))) for _ in range(500)]
+
+    def crossed(limit):
+        return np.mean([MO.forecast(steps, v, limit, horizon=100).crossing is not None
+                        for v in draws])
+
+    assert crossed(MO.Limit(10.0, above=False)) > 0.2
+    assert crossed(MO.Limit(10.0, above=False, log=True)) < 0.1
+
+
+def test_on_a_log_scale_an_exponential_is_a_line_and_is_forecast_where_it_crosses():
+    steps = np.arange(100, 150)
+    f = lambda t: 10 * np.exp(t / 40)  # noqa: E731
+    fit = MO.forecast(steps, f(steps), MO.Limit(1e3, above=True, log=True), horizon=10_000)
+    assert fit.form == "exponential"
+    assert fit.crossing == pytest.approx(40 * math.log(100), abs=0.5)
 
 
 def test_loss_zscore_fires_at_the_first_step_six_sigma_above_the_window():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from proxies import monitor as MO
+from proxies.config import MonitorConfig
 from proxies.rundir import CONFIG, SIGNALS, SUMMARY, read_config_file, read_jsonl, read_summary_file
 
 EARLY = "early warning (monitor)"
@@ -39,6 +40,7 @@ class RunReplay:
     first: Dict[str, Optional[int]]  # detector -> its first warning step (None: never)
     warnings: List[MO.EarlyWarning]  # the monitor's, every signal
     signals: pd.DataFrame  # per update (index), each signal over its limit (1 = at the limit)
+    label: str = ""  # what the run is: size, LR and the settings the scoring set varies
 
 
 def replay_run(run_dir: Path) -> RunReplay:
@@ -50,15 +52,23 @@ def replay_run(run_dir: Path) -> RunReplay:
     cfg = read_config_file(run_dir / CONFIG)
     summary = read_summary_file(run_dir / SUMMARY) or {}
     rows = read_jsonl(run_dir / SIGNALS)[0]
-    mon = MO.from_config(cfg["train"]["monitor"], cfg["optim"]["eps"],
-                         cfg["optim"]["warmup_steps"])
+    settings = cfg["train"].get("monitor") or asdict(MonitorConfig())  # older runs: defaults
+    mon = MO.from_config(settings, cfg["optim"]["eps"], cfg["optim"]["warmup_steps"])
     warnings, derived = MO.replay(mon, rows)
     signals = pd.DataFrame([{k: v / mon.limits[k].value for k, v in d.items()} for d in derived],
                            index=[int(r["step"]) for r in rows])
     first = {EARLY: min((w.step for w in warnings), default=None),
              **MO.reactive_warnings(rows)}
     diverged_at = summary.get("diverged_at_step") if summary.get("diverged") else None
-    return RunReplay(run_dir, int(cfg["train"]["steps"]), diverged_at, first, warnings, signals)
+    return RunReplay(run_dir, int(cfg["train"]["steps"]), diverged_at, first, warnings, signals,
+                     run_label(cfg))
+
+
+def run_label(cfg: Dict) -> str:
+    """"d64 L2, LR 0.3, qk-LN off, z-loss 0, ε 1e-08": what sets one scored run apart."""
+    m, o = cfg["model"], cfg["optim"]
+    return (f"d{m['d_model']} L{m['n_layers']}, LR {o['lr']:g}, qk-LN "
+            f"{'on' if m['qk_layernorm'] else 'off'}, z-loss {o['z_loss']:g}, ε {o['eps']:g}")
 
 
 def score(replays: Sequence[RunReplay]) -> pd.DataFrame:
@@ -118,12 +128,19 @@ REACTIVE_STYLES = (":", "--", "-.")
 
 
 def pick_runs(replays: Sequence[RunReplay], n: int = 4) -> List[RunReplay]:
-    """Up to `n` runs to draw: the earliest-diverging ones, then one that did not diverge."""
+    """Up to `n` runs to draw, one of each kind there is: the diverged run that diverged last
+    (the most room to warn) and the one that diverged first, a run that trained but was warned
+    (a false alarm), one that trained unwarned."""
     diverged = sorted((r for r in replays if r.diverged_at is not None),
                       key=lambda r: r.diverged_at)
     calm = [r for r in replays if r.diverged_at is None]
-    pick = (diverged[:n - 1] + calm[:1]) if calm else diverged[:n]
-    return pick or list(replays[:n])
+    kinds = [diverged[-1:], diverged[:1], [r for r in calm if r.first[EARLY] is not None][:1],
+             [r for r in calm if r.first[EARLY] is None][:1]]
+    pick: List[RunReplay] = []
+    for r in (r for kind in kinds for r in kind):
+        if all(r is not p for p in pick):
+            pick.append(r)
+    return pick[:n] or list(replays[:n])
 
 
 def draw_signals(ax, r: RunReplay) -> None:
@@ -146,7 +163,7 @@ def draw_signals(ax, r: RunReplay) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("update")
     end = f"diverged at {r.diverged_at}" if r.diverged_at is not None else "no divergence"
-    ax.set_title(f"{r.run_dir.name}: {end}", fontsize=8)
+    ax.set_title(f"{r.label or r.run_dir.name}\n{end}", fontsize=8)
 
 
 def signals_figure(replays: Sequence[RunReplay], n: int = 4):

@@ -101,6 +101,15 @@ def _poly_crossing(coef: np.ndarray, level: float, after: float, until: float) -
     return min(inside) if inside else None
 
 
+def _heading(coef: np.ndarray, level: float, at: float) -> bool:
+    """Whether the polynomial (lowest power first) moves toward `level` at `at`: a trend moving
+    away from its limit now is not forecast to turn back (that would extrapolate the window's
+    curvature, mostly its noise, beyond it)."""
+    value = sum(float(c) * at ** i for i, c in enumerate(coef))
+    slope = sum(i * float(c) * at ** (i - 1) for i, c in enumerate(coef) if i)
+    return (level - value) * slope > 0
+
+
 @dataclass(frozen=True)
 class Fit:
     form: str  # line | parabola | exponential
@@ -144,7 +153,8 @@ def _forecast(t: np.ndarray, y: np.ndarray, level: float, horizon: float,
     for k, form in ((2, "line"), (3, "parabola")):
         coef, *_ = np.linalg.lstsq(V_nx3[:, :k], y, rcond=None)
         rss = float(np.sum((V_nx3[:, :k] @ coef - y) ** 2))
-        fits.append((_aicc(rss, n, k), form, _poly_crossing(coef, level, after, until)))
+        cross = _poly_crossing(coef, level, after, until) if _heading(coef, level, after) else None
+        fits.append((_aicc(rss, n, k), form, cross))
     sign = np.sign(y[-1])
     if exponential and sign != 0 and np.all(np.sign(y) == sign) and np.sign(level) == sign:
         (a, b), *_ = np.linalg.lstsq(V_nx3[:, :2], np.log(sign * y), rcond=None)  # log|y| = a + bu

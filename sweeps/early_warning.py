@@ -32,7 +32,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from analysis.monitor import (EARLY, RunReplay, draw_signals, earliest, pick_runs, replay_run,
-                              score, shared_legend, warned_before)
+                              score, warned_before)
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, half_decades, main
 
 CLAIM = ("ours: the early warning (forecast from the paper's signals) warns most diverged runs "
@@ -105,9 +105,11 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
         "false alarms by the signal that warned first": (
             ", ".join(f"{k}: {v}" for k, v in by_signal.most_common()) or "none"),
         "score per detector": {r["detector"]: (
-            f"warned {r['diverged runs warned']} diverged runs before they diverged, median "
-            f"lead {r['median lead (steps)']:.0f} steps ({r['median lead (share of run)']:.1%} "
-            f"of the run); false alarms {r['false alarms']}") for _, r in table.iterrows()},
+            f"warned {r['diverged runs warned']} diverged runs before they diverged"
+            + ("" if np.isnan(r["median lead (steps)"]) else
+               f", median lead {r['median lead (steps)']:.0f} steps "
+               f"({r['median lead (share of run)']:.1%} of the run)")
+            + f"; false alarms {r['false alarms']}") for _, r in table.iterrows()},
         "verdict rule": (f"true: the first interval above {MOST:.0%} and the second below "
                          f"{FALSE_ALARMS:.0%}; false: the first below {MOST:.0%} or the second "
                          f"above {FALSE_ALARMS:.0%}"),
@@ -120,10 +122,11 @@ def judge(t: Tables, s: ScaleSpec) -> Tuple[Reproduced, str, Dict[str, Any]]:
 def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     rs = replays(t)
     table = score(rs)
-    pick = pick_runs(rs, 3)
-    fig = plt.figure(figsize=(13, 7.5))
-    grid = fig.add_gridspec(2, max(2, len(pick)))
+    pick = pick_runs(rs, 4)
+    fig = plt.figure(figsize=(16, 8.5))
+    grid = fig.add_gridspec(2, max(4, len(pick)))
     ax_w, ax_f = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    ax_key = fig.add_subplot(grid[0, 2:])
     diverged = [r for r in rs if r.diverged_at is not None]
     calm = [r for r in rs if r.diverged_at is None]
     order = list(table["detector"])
@@ -148,8 +151,14 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
     for ax, r in zip(axes, pick):
         draw_signals(ax, r)
     if axes:
-        axes[0].set_ylabel("signal / its limit")
-        shared_legend(fig, axes)
+        axes[0].set_ylabel("signal / its limit (1 = the limit)")
+    handles: Dict[str, Any] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    ax_key.axis("off")
+    ax_key.legend(list(handles.values()), list(handles), loc="center", fontsize=9,
+                  title="below: signals (lines), a warning (vertical, its signal's colour)")
     fig.suptitle("Ours: the early warning (red) against reactive detectors (grey); below, "
                  "signals of a few runs with their warnings", fontsize=10)
     fig.tight_layout()

@@ -67,6 +67,18 @@ def test_a_flat_noisy_signal_is_not_forecast_to_cross():
     assert crossed == 0
 
 
+def test_a_trend_moving_away_from_its_limit_is_not_forecast_to_turn_back():
+    """Rising to step 50 and bending over: a parabola through it falls back below a floor of 0
+    within the horizon, but at the newest step the signal still climbs away from the floor."""
+    steps = np.arange(0, 50)
+    values = 10 + 2.0 * steps - 0.02 * steps ** 2  # slope at 49: +0.04, away from the floor
+    assert MO.forecast(steps, values, MO.Limit(0.0, above=False), horizon=200).crossing is None
+    falling = 10 + 2.0 * steps - 0.03 * steps ** 2  # slope at 49: -0.94, toward it
+    fit = MO.forecast(steps, falling, MO.Limit(0.0, above=False), horizon=200)
+    assert fit.form == "parabola" and fit.crossing == pytest.approx(
+        (2.0 + math.sqrt(4.0 + 1.2)) / 0.06, abs=0.5)
+
+
 def test_a_crossing_beyond_the_horizon_is_no_forecast():
     steps = np.arange(0, 50)
     fit = MO.forecast(steps, 1.0 + steps, MO.Limit(1e3, above=True), horizon=100)

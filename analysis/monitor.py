@@ -23,13 +23,15 @@ import pandas as pd
 
 from proxies import monitor as MO
 from proxies.config import MonitorConfig
-from proxies.rundir import CONFIG, SIGNALS, SUMMARY, read_config_file, read_jsonl, read_summary_file
+from proxies.rundir import (CONFIG, SIGNALS, SUMMARY, RunDirError, read_config_file, read_jsonl,
+                            read_summary_file)
 
 EARLY = "early warning (monitor)"
 
 
-class MonitorReplayError(Exception):
-    """A run directory the replay cannot read; the message names the fix."""
+class MonitorReplayError(RunDirError):
+    """A run directory the replay cannot read; the message names the fix (one line wherever it
+    surfaces: a RunDirError)."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,10 @@ def replay_run(run_dir: Path) -> RunReplay:
     """The monitor and the reactive detectors over one run's recorded signals."""
     run_dir = Path(run_dir)
     if not (run_dir / SIGNALS).exists():
-        raise MonitorReplayError(f"{run_dir} has no {SIGNALS}: train it with "
-                                 "train.monitor.enabled=true (the default) to record its signals")
+        raise MonitorReplayError(
+            f"{run_dir} has no {SIGNALS} (trained with the monitor off, or before it existed): "
+            "train it with train.monitor.enabled=true (the default); a sweep that reused it "
+            "retrains it once that directory is moved away")
     cfg = read_config_file(run_dir / CONFIG)
     summary = read_summary_file(run_dir / SUMMARY) or {}
     rows = read_jsonl(run_dir / SIGNALS)[0]

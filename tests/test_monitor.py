@@ -327,3 +327,14 @@ def test_forecasts_every_fifth_update_confirm_over_checks_not_updates():
     # checks at 40, 45, 50 (the first with a full window within the horizon is 40)
     assert [w.step for w in fired] == [50]
     assert fired[0].forecast_step == pytest.approx(138.2, abs=0.5)
+
+
+def test_replaying_a_run_without_signals_is_one_line_naming_the_fix(tmp_path, capsys):
+    from analysis import monitor as AM
+    from proxies.rundir import RunDirError
+    with pytest.raises(RunDirError, match="train.monitor.enabled=true"):
+        AM.replay_run(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        AM.main([str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "moved away" in err

@@ -16,12 +16,13 @@ the train step (proxies/step.py `MONITORED`):
   updates; update-RMS collapse is the symptom the paper's ε study shows -> `update_rms_floor`,
   below.
 
-A forecast fits a line, a parabola and an exponential to the last `window` values (by least
-squares, the form kept is the one with the smallest AICc), and solves for the first step after
-the newest at which the fitted trend crosses the limit. A warning fires when that step is at
-most `horizon` updates ahead (or the value is already past the limit) on `confirm` checks in a
-row (a check every `every` updates, and at every update past the limit), once per signal per
-run. The reactive detectors large trainers use are here too, for
+A forecast fits a line and a parabola to the last `window` values (by least squares; on a log
+scale for the signals that grow or shrink by factors, with an exponential besides on a linear
+scale; the form kept is the one with the smallest AICc), and solves for the first step after the
+newest at which the fitted trend, heading toward the limit now, crosses it. A warning fires when
+that step is at most `horizon` updates ahead (or the value is already past the limit) on
+`confirm` checks in a row (a check every `every` updates once the warm-up is over, and at every
+update past the limit), once per signal per run. The reactive detectors large trainers use are here too, for
 scoring against the same records (`reactive_warnings`): a loss or gradient-norm z-score above 6
 over the last 128 updates (OLMo-core, MaxText), a loss above 10× the largest seen so far
 (Megatron-LM).

@@ -22,10 +22,10 @@ scale; the form kept is the one with the smallest AICc), and solves for the firs
 newest at which the fitted trend, heading toward the limit now, crosses it. A warning fires when
 that step is at most `horizon` updates ahead (or the value is already past the limit) on
 `confirm` checks in a row (a check every `every` updates once the warm-up is over, and at every
-update past the limit), once per signal per run. The reactive detectors large trainers use are here too, for
-scoring against the same records (`reactive_warnings`): a loss or gradient-norm z-score above 6
-over the last 128 updates (OLMo-core, MaxText), a loss above 10× the largest seen so far
-(Megatron-LM).
+update past the limit), once per signal per run. The reactive detectors large trainers use are
+here too, for scoring against the same records (`reactive_warnings`): a loss or gradient-norm
+z-score above 6 over the last 128 updates (OLMo-core, MaxText), a loss above 10× the largest
+seen so far (Megatron-LM).
 """
 
 from __future__ import annotations

@@ -52,3 +52,35 @@ def test_the_vmap_benchmark_times_a_group_against_one_by_one_on_cpu(capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("d16 L1 H2  group 2: one by one") and "runs/h) -> x" in line
     assert float(line.rsplit("-> x", 1)[1]) > 0
+
+
+def test_the_profile_sorts_both_sides_ops_into_the_same_families():
+    """nanogpt.py --profile sets nanoGPT's ops beside ours per family: our compiled step's sites
+    (a tiny model at nanoGPT's recipe) and PyTorch's op names land where they belong."""
+    sys.path.insert(0, str(BENCH.parent))
+    import nanogpt as N
+    import step_speed as S
+
+    step, *_ = S.setup(32, 1, 2, 65, 2, 8, "float32", [*N.RECIPE, "model.d_model=32",
+                                                      "model.n_layers=1", "model.n_heads=2"])
+    families = {site: S.site_family(site) for site in set(S.kernel_sites(step.as_text()).values())}
+    assert set(families.values()) <= set(S.FAMILIES)
+    for site, fam in families.items():
+        if site.endswith("dot_general") and "/mlp/" in site:
+            assert fam == "matmul", site
+        if "attn._explicit" in site and site.endswith("dot_general"):
+            assert fam == "attention core", site
+        if site.startswith("step "):
+            assert fam == "optimizer, clip, step metrics", site
+        if "/mlp/" in site and site.rsplit("/", 1)[-1] in ("tanh", "add_any", "integer_pow"):
+            assert fam == "GELU", site
+    assert {"matmul", "attention core", "GELU", "layernorm"} <= set(families.values())
+    assert N.aten_family("backward", "aten::mm") == "matmul"
+    assert N.aten_family("forward", "aten::_scaled_dot_product_flash_attention_for_cpu") == \
+        "attention core"
+    assert N.aten_family("backward", "aten::native_layer_norm_backward") == "layernorm"
+    assert N.aten_family("backward", "aten::gelu_backward") == "GELU"
+    assert N.aten_family("optimizer", "aten::addcdiv_") == "optimizer, clip, step metrics"
+    assert N.aten_family("forward", "aten::view") == "host (dispatch, autograd, Python)"
+    assert N.aten_family("backward", "autograd::engine::evaluate_function: MmBackward0") == \
+        "host (dispatch, autograd, Python)"

@@ -35,6 +35,7 @@ import pandas as pd
 
 from proxies.cli import run_cli
 from proxies.cost import CPU_FLOPS, GPU_FLOPS, RUN_OVERHEAD_S, fmt_duration, run_flops
+from proxies.rundir import SIGNALS
 from sweeps import RESULTS
 from sweeps.core import Result, cell, fmt_value, plan
 
@@ -137,7 +138,8 @@ def keep_results(scale: str, root: Path, results: Path) -> List[str]:
 RECORDS = "records.tar.gz"
 ARCHIVE_ROOT = Path("runs")
 PART_FILES = ("sweep.yaml", "results.csv", "runs.json")
-RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "events.jsonl")
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "events.jsonl",
+             SIGNALS)  # the monitor's readings: early_warning judges again from them
 
 
 def record_paths(result_dir: Path, root: Path) -> List[Path]:

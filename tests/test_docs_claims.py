@@ -111,7 +111,8 @@ def test_a_results_records_archive_is_byte_identical_when_nothing_changed(tmp_pa
     (part / "results.csv").write_text("run_dir,final_eval_ce\n../../../r1,2.0\n")
     run = root / "r1"
     (run / "checkpoints").mkdir(parents=True)
-    for f in ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints/state"):
+    for f in ("config.yaml", "summary.json", "metrics.jsonl", "signals.jsonl",
+              "checkpoints/state"):
         (run / f).write_text(f)
     out = tmp_path / "results"
     D.keep_results("laptop", root, out)
@@ -119,7 +120,8 @@ def test_a_results_records_archive_is_byte_identical_when_nothing_changed(tmp_pa
     first = archive.read_bytes()
     with tarfile.open(archive) as tar:
         assert tar.getnames() == ["runs/r1/config.yaml", "runs/r1/metrics.jsonl",
-                                  "runs/r1/summary.json", "runs/repro/z_loss-laptop/main/results.csv",
+                                  "runs/r1/signals.jsonl", "runs/r1/summary.json",
+                                  "runs/repro/z_loss-laptop/main/results.csv",
                                   "runs/repro/z_loss-laptop/main/sweep.yaml",
                                   "runs/repro/z_loss-laptop/plan.json"]
         assert {m.mtime for m in tar.getmembers()} == {0}

@@ -16,7 +16,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -184,13 +184,19 @@ def signals_figure(replays: Sequence[RunReplay], n: int = 4):
     return fig
 
 
-def shared_legend(fig, axes) -> None:
+def legend_handles(axes) -> Tuple[List[object], List[str]]:
+    """(handles, labels) of every labelled line on `axes`, each label once."""
     handles: Dict[str, object] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles), loc="lower center",
-               ncol=min(5, len(handles)), fontsize=8, bbox_to_anchor=(0.5, -0.1))
+    return list(handles.values()), list(handles)
+
+
+def shared_legend(fig, axes) -> None:
+    handles, labels = legend_handles(axes)
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.1))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from analysis.monitor import (EARLY, RunReplay, draw_signals, earliest, pick_runs, replay_run,
-                              score, warned_before)
+from analysis.monitor import (EARLY, RunReplay, draw_signals, earliest, legend_handles,
+                              pick_runs, replay_run, score, warned_before)
 from sweeps.core import Part, Reproduced, Result, ScaleSpec, Tables, half_decades, main
 
 CLAIM = ("ours: the early warning (forecast from the paper's signals) warns most diverged runs "
@@ -152,12 +152,8 @@ def figure(t: Tables, s: ScaleSpec) -> plt.Figure:
         draw_signals(ax, r)
     if axes:
         axes[0].set_ylabel("signal / its limit (1 = the limit)")
-    handles: Dict[str, Any] = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
     ax_key.axis("off")
-    ax_key.legend(list(handles.values()), list(handles), loc="center", fontsize=9,
+    ax_key.legend(*legend_handles(axes), loc="center", fontsize=9,
                   title="below: signals (lines), a warning (vertical, its signal's colour)")
     fig.suptitle("Ours: the early warning (red) against reactive detectors (grey); below, "
                  "signals of a few runs with their warnings", fontsize=10)
